@@ -1,0 +1,43 @@
+"""The ``organdetr`` command line: one verb per job (nnU-Net style).
+
+Each verb lives in its own module ``organdetr.cli.<verb>`` that defines one typer command
+function of the same name; heavy imports (torch, SimpleITK) happen inside the function so
+that ``organdetr --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+app = typer.Typer(
+    name="organdetr",
+    help="Organ detection in 3D CT with detection transformers (Organ-DETR).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+# Order here is the order shown by --help.
+VERBS = [
+    "demo",
+    "synth",
+    "convert",
+    "preprocess",
+    "boxes",
+    "train",
+    "predict",
+    "evaluate",
+    "export",
+    "benchmark",
+]
+
+for _verb in VERBS:
+    _module = importlib.import_module(f"organdetr.cli.{_verb}")
+    app.command(name=_verb)(getattr(_module, _verb))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,19 @@
+"""Errors raised on bad user input.
+
+Every problem with an input file is reported as :class:`InputError` whose message is a single
+line naming the file and the problem, e.g. ``"scan.nii.gz: image is 4D (shape 64x64x32x2); expected a 3D volume"``.
+The CLI prints the message (no traceback) and, in a batch, lists all failures at the end.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class InputError(ValueError):
+    """A user-supplied file or value is unusable. ``str(err)`` is one line: ``"<file>: <problem>"``."""
+
+    def __init__(self, path: str | Path | None, problem: str):
+        self.path = None if path is None else Path(path)
+        self.problem = " ".join(str(problem).split())  # force one line
+        super().__init__(self.problem if path is None else f"{path}: {self.problem}")
