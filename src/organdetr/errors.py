@@ -1,7 +1,8 @@
 """Errors raised on bad user input.
 
 Every problem with an input file is reported as :class:`InputError` whose message is a single
-line naming the file and the problem, e.g. ``"scan.nii.gz: image is 4D (shape 64x64x32x2); expected a 3D volume"``.
+line naming the file and the problem, e.g.
+``"scan.nii.gz: image is 4D (shape 64x64x32x2); expected a 3D volume"``.
 The CLI prints the message (no traceback) and, in a batch, lists all failures at the end.
 """
 
@@ -17,3 +18,7 @@ class InputError(ValueError):
         self.path = None if path is None else Path(path)
         self.problem = " ".join(str(problem).split())  # force one line
         super().__init__(self.problem if path is None else f"{path}: {self.problem}")
+
+    def __reduce__(self):
+        # picklable (multiprocessing workers send errors back to the parent)
+        return (type(self), (self.path, self.problem))

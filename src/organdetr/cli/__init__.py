@@ -39,5 +39,11 @@ for _verb in VERBS:
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: bad input ends in one line naming the file, not a traceback."""
+    from organdetr.errors import InputError
+
+    try:
+        app()
+    except InputError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise SystemExit(2) from None

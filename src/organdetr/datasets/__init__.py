@@ -1,0 +1,37 @@
+"""Public datasets: the nnU-Net v2 raw format (:mod:`.nnunet`), official class maps (:mod:`.labels`)
+and one converter per dataset (``organdetr convert <format> SRC DST``).
+
+Kept light: converters are imported on demand by :func:`get_converter`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from organdetr.datasets.conversion import ConversionSummary
+
+# format name -> (module, fixed keyword arguments of its ``convert``)
+FORMATS: dict[str, tuple[str, dict]] = {
+    "abdomenct1k": ("abdomenct1k", {}),
+    "word": ("word", {}),
+    "amos": ("amos", {}),
+    "verse": ("verse", {}),
+    "totalsegmentator": ("totalsegmentator", {"variant": "totalsegmentator"}),
+    "totalsegmentator_mr": ("totalsegmentator", {"variant": "totalsegmentator_mr"}),
+}
+
+
+def get_converter(fmt: str) -> Callable[..., ConversionSummary]:
+    """The ``convert(src, dst, **options) -> ConversionSummary`` function of dataset format ``fmt``."""
+    if fmt not in FORMATS:
+        raise KeyError(f"unknown dataset format {fmt!r}; known: {', '.join(FORMATS)}")
+    module_name, fixed = FORMATS[fmt]
+    module = importlib.import_module(f"organdetr.datasets.{module_name}")
+    return partial(module.convert, **fixed)
+
+
+__all__ = ["FORMATS", "get_converter"]

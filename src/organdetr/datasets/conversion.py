@@ -1,0 +1,373 @@
+"""The shared engine of the dataset converters: source cases in, nnU-Net v2 raw dataset out.
+
+Every converter (``organdetr.datasets.<format>``) only *discovers* its cases and knows how to read
+one label map; this module does the rest, the same way for all of them:
+
+* images are written as ``images<split>/<case>_0000.nii.gz`` with their own geometry, unchanged;
+* labels are written as ``labels<split>/<case>.nii.gz`` (uint8, or uint16 above 255 classes) on the
+  image's geometry, which they must share (else :class:`InputError` naming the label file);
+* label ids are checked against the official class map and remapped to a dense ``1..K`` when the
+  official ids are not consecutive or a subset of classes is kept;
+* every file is written atomically, the label before the image, so a case counts as converted once
+  its image exists; re-running resumes (converted cases are skipped);
+* one bad case never stops the others: failures are collected and returned;
+* ``dataset.json`` is written last, counting every complete training case in the destination.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from organdetr.datasets.nnunet import image_path, label_path, read_dataset_json, write_dataset_json
+from organdetr.errors import InputError
+from organdetr.geometry import Geometry
+from organdetr.io import read_image, write_image
+
+FILE_ENDING = ".nii.gz"
+
+# Geometry tolerance between an image and its label (headers are often rewritten in float32).
+SPACING_RTOL = 1e-4
+ORIGIN_ATOL_MM = 1e-3
+DIRECTION_ATOL = 1e-4
+
+
+@dataclass(frozen=True)
+class SourceCase:
+    """One case of a source dataset.
+
+    ``label`` is the label file (or, for TotalSegmentator, the folder of per-structure masks);
+    ``None`` for unlabelled images. ``split`` is ``"Tr"`` (training pool) or ``"Ts"`` (test).
+    """
+
+    case_id: str
+    image: Path
+    label: Path | None
+    split: str = "Tr"
+
+
+@dataclass
+class ConversionSummary:
+    """Outcome of one conversion run: case ids converted now, skipped (already there), and failed."""
+
+    dst: Path
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    num_training: int = 0
+    num_test: int = 0
+
+
+# (case, image geometry) -> label ids [I, J, K] (official ids, any integer dtype) on the image grid.
+LabelReader = Callable[[SourceCase, Geometry], np.ndarray]
+
+
+def select_cases(
+    cases: Sequence[SourceCase], subset: Sequence[str] | None = None, limit: int | None = None
+) -> list[SourceCase]:
+    """Keep the cases named in ``subset`` (all if ``None``), then the first ``limit`` of them."""
+    chosen = list(cases)
+    if subset:
+        wanted = set(subset)
+        unknown = wanted - {c.case_id for c in chosen}
+        if unknown:
+            raise InputError(None, f"--subset names unknown case ids: {', '.join(sorted(unknown))}")
+        chosen = [c for c in chosen if c.case_id in wanted]
+    if limit is not None:
+        if limit < 1:
+            raise InputError(None, f"--limit must be >= 1, got {limit}")
+        chosen = chosen[:limit]
+    return chosen
+
+
+def dense_class_map(
+    classes: dict[int, str], keep: Sequence[str] | None = None
+) -> tuple[dict[int, str], np.ndarray]:
+    """Output class map ``1..K`` and the lookup table official id -> output id (0 = dropped).
+
+    Ids stay as they are when they already are ``1..K`` and no subset is asked for; otherwise the kept
+    classes, in official id order, get ``1..K``. ``keep`` holds class names.
+    """
+    kept = sorted(classes)
+    if keep is not None:
+        unknown = set(keep) - set(classes.values())
+        if unknown:
+            raise InputError(None, f"unknown class names: {', '.join(sorted(unknown))}")
+        kept = [i for i in kept if classes[i] in set(keep)]
+    lut = np.zeros(max(classes) + 1, dtype=np.uint8 if len(kept) <= np.iinfo(np.uint8).max else np.uint16)
+    out = {}
+    for new_id, old_id in enumerate(kept, start=1):
+        lut[old_id] = new_id
+        out[new_id] = classes[old_id]
+    return out, lut
+
+
+def check_same_geometry(path: Path, geometry: Geometry, reference: Geometry, reference_path: Path) -> None:
+    """InputError naming ``path`` unless its grid (size, spacing, origin, direction) equals ``reference``."""
+    problems = []
+    if tuple(geometry.size) != tuple(reference.size):
+        problems.append(f"size {list(geometry.size)} vs {list(reference.size)}")
+    if not np.allclose(geometry.spacing, reference.spacing, rtol=SPACING_RTOL, atol=0):
+        problems.append(f"spacing {_fmt(geometry.spacing)} vs {_fmt(reference.spacing)} mm")
+    if not np.allclose(geometry.origin, reference.origin, rtol=0, atol=ORIGIN_ATOL_MM):
+        problems.append(f"origin {_fmt(geometry.origin)} vs {_fmt(reference.origin)} mm")
+    if not np.allclose(geometry.direction, reference.direction, rtol=0, atol=DIRECTION_ATOL):
+        problems.append(f"direction {_fmt(geometry.direction)} vs {_fmt(reference.direction)}")
+    if problems:
+        raise InputError(
+            path, f"geometry differs from the image {reference_path.name}: {'; '.join(problems)}"
+        )
+
+
+def _fmt(values: Sequence[float]) -> str:
+    return "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
+
+
+def integer_labels(path: Path, array: np.ndarray) -> np.ndarray:
+    """Label array as the smallest fitting unsigned integer type (no copy when it already is one).
+
+    InputError naming ``path`` for non-3D arrays and non-integer or negative values.
+    """
+    if array.ndim != 3:
+        raise InputError(
+            path, f"label map is {array.ndim}D (shape {'x'.join(map(str, array.shape))}); expected 3D"
+        )
+    if not np.issubdtype(array.dtype, np.integer) and (
+        not np.all(np.isfinite(array)) or not np.array_equal(array, np.round(array))
+    ):
+        raise InputError(path, "label map holds non-integer values")
+    if array.size == 0:
+        return array.astype(np.uint8)
+    low, high = array.min(), array.max()
+    if low < 0:
+        raise InputError(path, f"label map holds negative ids (min {low})")
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if high <= np.iinfo(dtype).max:
+            return array.astype(dtype, copy=False)
+    raise InputError(path, f"label id {high} is too large")
+
+
+def read_label_file(case: SourceCase, geometry: Geometry) -> np.ndarray:
+    """Default :data:`LabelReader`: one multi-label file that must share the image's grid."""
+    if case.label is None or not case.label.is_file():
+        raise InputError(case.label or case.image, f"label file of case {case.case_id!r} is missing")
+    label = read_image(case.label)
+    labels = integer_labels(case.label, label.array)
+    check_same_geometry(case.label, label.geometry, geometry, case.image)
+    return labels
+
+
+def read_image_checked(path: Path) -> tuple[np.ndarray, Geometry]:
+    """Read a 3D image; InputError naming ``path`` for non-3D or non-finite data."""
+    volume = read_image(path)
+    array = volume.array
+    if array.ndim != 3:
+        raise InputError(
+            path, f"image is {array.ndim}D (shape {'x'.join(map(str, array.shape))}); expected 3D"
+        )
+    if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
+        raise InputError(path, "image holds NaN or infinite values")
+    return array, volume.geometry
+
+
+def convert_case(
+    case: SourceCase,
+    dst: Path,
+    *,
+    read_label: LabelReader,
+    lut: np.ndarray,
+    valid_ids: frozenset[int],
+    dataset: str,
+    resume: bool,
+) -> str:
+    """Convert one case into ``dst``; returns ``"done"`` or ``"skipped"`` (raises on bad input)."""
+    image_out = image_path(dst, case.case_id, case.split, FILE_ENDING)
+    label_out = label_path(dst, case.case_id, case.split, FILE_ENDING) if case.label is not None else None
+    if resume and image_out.is_file() and (label_out is None or label_out.is_file()):
+        return "skipped"
+    array, geometry = read_image_checked(case.image)
+    if case.label is not None and label_out is not None:
+        labels = read_label(case, geometry)
+        if labels.shape != array.shape:
+            raise InputError(case.label, f"label shape {labels.shape} differs from image shape {array.shape}")
+        _check_ids(case.label, labels, valid_ids, dataset)
+        out = lut[labels]
+        write_image(label_out, out, geometry)  # label first: the image marks the case as complete
+    write_image(image_out, array, geometry)
+    return "done"
+
+
+def _check_ids(path: Path, labels: np.ndarray, valid_ids: frozenset[int], dataset: str) -> None:
+    """InputError naming ``path`` if ``labels`` holds ids outside ``valid_ids`` (0 always allowed)."""
+    highest = int(labels.max()) if labels.size else 0
+    if all(i in valid_ids for i in range(1, highest + 1)):
+        return  # fast path: every id up to the maximum is valid, no need for np.unique
+    unknown = sorted({int(v) for v in np.unique(labels)} - valid_ids - {0})
+    if unknown:
+        raise InputError(path, f"label ids {unknown} are not in the {dataset} class map")
+
+
+def _one_line(case: SourceCase, err: Exception) -> str:
+    if isinstance(err, InputError):
+        return str(err)
+    return f"{case.image}: {' '.join(str(err).split()) or type(err).__name__}"
+
+
+def convert_cases(
+    cases: Sequence[SourceCase],
+    dst: str | Path,
+    classes: dict[int, str],
+    *,
+    dataset: str,
+    name: str,
+    read_label: LabelReader = read_label_file,
+    keep_classes: Sequence[str] | None = None,
+    channel_name: str = "CT",
+    resume: bool = True,
+    workers: int = 1,
+    progress: bool = True,
+    extra: dict[str, Any] | None = None,
+) -> ConversionSummary:
+    """Convert ``cases`` into the nnU-Net v2 raw dataset ``dst`` and write its dataset.json last.
+
+    ``classes``: official label id -> name; ``dataset``: format name used in messages;
+    ``keep_classes``: optional subset of class names (remapped to dense ids). ``workers`` > 1 converts
+    in parallel processes. Returns a :class:`ConversionSummary`; per-case failures are collected, not raised.
+    """
+    dst = Path(dst)
+    out_classes, lut = dense_class_map(classes, keep_classes)
+    _check_existing_dataset(dst, out_classes, resume)
+    _check_unique_ids(cases)
+    summary = ConversionSummary(dst=dst)
+    job = partial(
+        convert_case,
+        dst=dst,
+        read_label=read_label,
+        lut=lut,
+        valid_ids=frozenset(classes),
+        dataset=dataset,
+        resume=resume,
+    )
+    bar = tqdm(total=len(cases), desc=f"convert {dataset}", unit="case", disable=not progress)
+    if workers <= 1:
+        for case in cases:
+            _record(summary, case, _guarded(job, case))
+            bar.update()
+    else:
+        with ProcessPoolExecutor(max_workers=min(workers, os.cpu_count() or 1)) as pool:
+            futures = {pool.submit(_guarded, job, case): case for case in cases}
+            for future in as_completed(futures):
+                _record(summary, futures[future], future.result())
+                bar.update()
+    bar.close()
+    summary.failed.sort()
+    summary.done.sort()
+    summary.skipped.sort()
+    summary.num_training = _count_complete(dst, "Tr")
+    summary.num_test = _count_complete(dst, "Ts")
+    official = {new: old for old, new in enumerate(lut) if new > 0}
+    extras = dict(extra or {})
+    if any(new != old for new, old in official.items()):
+        extras["official_label_ids"] = {str(k): int(v) for k, v in sorted(official.items())}
+    write_dataset_json(
+        dst,
+        out_classes,
+        summary.num_training,
+        name=name,
+        file_ending=FILE_ENDING,
+        channel_names={"0": channel_name},
+        numTest=summary.num_test,
+        converted_from=dataset,
+        **extras,
+    )
+    return summary
+
+
+def _guarded(job: Callable[[SourceCase], str], case: SourceCase) -> tuple[str, str]:
+    """Run ``job(case)`` -> ``(outcome, message)``; errors become ``("failed", one-line message)``.
+
+    Errors are turned into strings inside the worker so that nothing needs unpickling in the parent.
+    """
+    try:
+        return job(case), ""
+    except Exception as err:  # one bad case never stops the others
+        return "failed", _one_line(case, err)
+
+
+def _record(summary: ConversionSummary, case: SourceCase, result: tuple[str, str]) -> None:
+    outcome, message = result
+    if outcome == "failed":
+        summary.failed.append((case.case_id, message))
+    else:
+        (summary.done if outcome == "done" else summary.skipped).append(case.case_id)
+
+
+def _check_unique_ids(cases: Sequence[SourceCase]) -> None:
+    seen: dict[str, Path] = {}
+    for case in cases:
+        if case.case_id in seen:
+            raise InputError(case.image, f"case id {case.case_id!r} is also used by {seen[case.case_id]}")
+        seen[case.case_id] = case.image
+
+
+def _check_existing_dataset(dst: Path, classes: dict[int, str], resume: bool) -> None:
+    """Refuse to resume into a folder that holds a dataset with another class list."""
+    if not resume or not (dst / "dataset.json").is_file():
+        return
+    existing = read_dataset_json(dst).get("labels")
+    wanted = {"background": 0} | {n: i for i, n in classes.items()}
+    if existing != wanted:
+        raise InputError(
+            dst / "dataset.json",
+            "already describes a dataset with other labels; convert into a new folder or pass --no-resume",
+        )
+
+
+def _count_complete(dst: Path, split: str) -> int:
+    folder = dst / f"images{split}"
+    if not folder.is_dir():
+        return 0
+    suffix = f"_0000{FILE_ENDING}"
+    count = 0
+    for image in folder.iterdir():
+        if image.name.endswith(suffix) and not image.name.startswith("."):
+            case_id = image.name[: -len(suffix)]
+            if split == "Ts" or label_path(dst, case_id, split, FILE_ENDING).is_file():
+                count += 1
+    return count
+
+
+def require_folder(src: str | Path) -> Path:
+    """``src`` as a Path; InputError unless it is an existing folder."""
+    src = Path(src)
+    if not src.is_dir():
+        raise InputError(src, "source folder not found")
+    return src
+
+
+def find_root(src: Path, marker: str, max_depth: int = 2) -> Path:
+    """The folder at or below ``src`` (at most ``max_depth`` levels) that contains ``marker``."""
+    level = [src]
+    for _ in range(max_depth + 1):
+        for folder in level:
+            if (folder / marker).exists():
+                return folder
+        level = sorted(p for folder in level for p in folder.iterdir() if p.is_dir())
+    raise InputError(src, f"no {marker} found here or up to {max_depth} folders below")
+
+
+def nifti_stem(path: Path) -> str:
+    """``word_0001.nii.gz`` -> ``word_0001`` (also ``.nii``, ``.mha``, ``.nrrd``)."""
+    name = path.name
+    for ending in (".nii.gz", ".nii", ".mha", ".nrrd"):
+        if name.endswith(ending):
+            return name[: -len(ending)]
+    return path.stem

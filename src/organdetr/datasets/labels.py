@@ -1,0 +1,52 @@
+"""Official class lists of the public datasets, kept as data in ``labels/<dataset>.json``.
+
+Each JSON file holds ``"dataset"`` (full name), ``"source"`` (where the list comes from),
+``"labels"`` (label id -> snake_case class name, as used throughout organdetr) and, where the
+dataset's own spelling differs from ours, ``"official_names"`` (label id -> name as published).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import cache
+from pathlib import Path
+
+LABELS_DIR = Path(__file__).resolve().parent / "labels"
+
+CLASS_MAP_NAMES = ("abdomenct1k", "word", "amos", "verse", "totalsegmentator", "totalsegmentator_mr")
+
+
+@cache
+def _load_table(dataset: str) -> dict:
+    if dataset not in CLASS_MAP_NAMES:
+        raise KeyError(f"unknown dataset {dataset!r}; known: {', '.join(CLASS_MAP_NAMES)}")
+    with open(LABELS_DIR / f"{dataset}.json", encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def load_class_map(dataset: str) -> dict[int, str]:
+    """Official class map of ``dataset``: label id (>= 1) -> snake_case name, sorted by id.
+
+    ``dataset`` is one of :data:`CLASS_MAP_NAMES` ("abdomenct1k", "word", "amos", "verse",
+    "totalsegmentator", "totalsegmentator_mr").
+    """
+    labels = _load_table(dataset)["labels"]
+    return {int(k): v for k, v in sorted(labels.items(), key=lambda kv: int(kv[0]))}
+
+
+def class_map_source(dataset: str) -> str:
+    """The citation of where ``dataset``'s class list comes from (the JSON's ``"source"``)."""
+    return str(_load_table(dataset)["source"])
+
+
+def official_names(dataset: str) -> dict[int, str]:
+    """Label id -> name as the dataset publishes it (falls back to :func:`load_class_map`)."""
+    table = _load_table(dataset)
+    names = table.get("official_names", table["labels"])
+    return {int(k): v for k, v in sorted(names.items(), key=lambda kv: int(kv[0]))}
+
+
+def snake_case(name: str) -> str:
+    """Lower-case ``name`` and join words with ``_`` (``"prostate/uterus"`` -> ``"prostate_uterus"``)."""
+    return re.sub(r"[^0-9a-z]+", "_", name.strip().lower()).strip("_")

@@ -1,0 +1,230 @@
+"""nnU-Net v2 raw dataset format: read (:func:`load_dataset`) and write (:func:`write_dataset_json`).
+
+Layout (see docs/conventions.md)::
+
+    DatasetXXX_Name/
+      dataset.json   {"channel_names": {"0": "CT"}, "labels": {"background": 0, "liver": 1, ...},
+                      "numTraining": N, "file_ending": ".nii.gz", ...}
+      imagesTr/<case>_0000<ending>  labelsTr/<case><ending>
+      imagesTs/<case>_0000<ending>  labelsTs/<case><ending>   (optional)
+
+Case ids are taken from ``imagesTr/<case>_0000<ending>`` (nnU-Net v2 convention) unless dataset.json
+lists them explicitly under ``"dataset"``. organdetr detects in single-channel CT, so only channel
+``0000`` is used. Region-based label dicts (nnU-Net's ``"tumor": [1, 2]``) are rejected.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from organdetr.atomic import write_json
+from organdetr.errors import InputError
+
+CHANNEL = "_0000"
+
+
+@dataclass(frozen=True)
+class NnUNetCase:
+    """One case: its id, channel-0 image file and label file (``None`` for unlabelled test cases)."""
+
+    case_id: str
+    image: Path
+    label: Path | None
+
+
+@dataclass
+class NnUNetDataset:
+    """A validated nnU-Net v2 raw dataset.
+
+    ``classes``: label id (>= 1) -> class name, sorted by id (background excluded).
+    ``cases``: the training cases (imagesTr + labelsTr); ``test_cases``: imagesTs (+ labelsTs if present).
+    """
+
+    root: Path
+    name: str
+    classes: dict[int, str]
+    file_ending: str
+    cases: list[NnUNetCase]
+    test_cases: list[NnUNetCase] = field(default_factory=list)
+    channel_names: dict[str, str] = field(default_factory=lambda: {"0": "CT"})
+
+
+def image_path(root: str | Path, case_id: str, split: str = "Tr", file_ending: str = ".nii.gz") -> Path:
+    """``root/images<split>/<case_id>_0000<file_ending>`` (``split`` is ``"Tr"`` or ``"Ts"``)."""
+    return Path(root) / f"images{split}" / f"{case_id}{CHANNEL}{file_ending}"
+
+
+def label_path(root: str | Path, case_id: str, split: str = "Tr", file_ending: str = ".nii.gz") -> Path:
+    """``root/labels<split>/<case_id><file_ending>``."""
+    return Path(root) / f"labels{split}" / f"{case_id}{file_ending}"
+
+
+def write_dataset_json(
+    root: str | Path,
+    classes: dict[int, str],
+    num_training: int,
+    *,
+    name: str,
+    file_ending: str = ".nii.gz",
+    channel_names: dict[str, str] | None = None,
+    **extra: Any,
+) -> Path:
+    """Write ``root/dataset.json`` atomically (the one writer of this file); returns its path.
+
+    ``classes``: label id (>= 1) -> unique name; written as nnU-Net's ``{"background": 0, name: id}``
+    in id order. ``extra`` keys (e.g. ``source``, ``class_source``) are stored as given.
+    """
+    root = Path(root)
+    path = root / "dataset.json"
+    _check_classes(path, classes)
+    if not file_ending.startswith("."):
+        raise InputError(path, f"file_ending must start with '.', got {file_ending!r}")
+    labels = {"background": 0} | {classes[i]: int(i) for i in sorted(classes)}
+    content = {
+        "name": name,
+        "channel_names": dict(channel_names or {"0": "CT"}),
+        "labels": labels,
+        "numTraining": int(num_training),
+        "file_ending": file_ending,
+        **extra,
+    }
+    write_json(path, content)
+    return path
+
+
+def _check_classes(path: Path, classes: dict[int, str]) -> None:
+    names = list(classes.values())
+    if any(int(i) < 1 for i in classes):
+        raise InputError(path, "label ids must be >= 1 (0 is background)")
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise InputError(path, f"class names must be unique; repeated: {', '.join(duplicates)}")
+    if "background" in names:
+        raise InputError(path, "'background' is reserved for label 0")
+
+
+def read_dataset_json(root: str | Path) -> dict:
+    """Parse ``root/dataset.json``; InputError if missing or not a JSON object."""
+    path = Path(root) / "dataset.json"
+    if not path.is_file():
+        raise InputError(path, "dataset.json not found (is this an nnU-Net v2 raw dataset folder?)")
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(path, f"not valid JSON ({err})") from None
+    if not isinstance(content, dict):
+        raise InputError(path, "expected a JSON object at the top level")
+    return content
+
+
+def parse_labels(path: Path, labels: Any) -> dict[int, str]:
+    """nnU-Net ``"labels"`` (name -> id) -> class map id -> name (background dropped), validated."""
+    if not isinstance(labels, dict) or not labels:
+        raise InputError(path, "'labels' must be a non-empty object mapping class name -> label id")
+    classes: dict[int, str] = {}
+    seen: dict[int, str] = {}
+    for name, value in labels.items():
+        if isinstance(value, list | tuple):
+            raise InputError(
+                path,
+                f"region-based label {name!r}: {list(value)} is not supported; give one integer id per class",
+            )
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise InputError(path, f"label {name!r} has id {value!r}; expected a non-negative integer")
+        if value in seen:
+            raise InputError(path, f"label id {value} is used twice ({seen[value]!r} and {name!r})")
+        seen[value] = name
+        if value != 0:
+            classes[value] = name
+    if labels.get("background") != 0:
+        raise InputError(path, "'labels' must contain \"background\": 0")
+    return dict(sorted(classes.items()))
+
+
+def load_dataset(root: str | Path) -> NnUNetDataset:
+    """Read and validate an nnU-Net v2 raw dataset folder.
+
+    Checks: dataset.json present and well formed (``labels``, ``file_ending``, ``numTraining``,
+    ``channel_names``); every training case has its image and label; ``numTraining`` equals the number
+    of cases found. Raises :class:`InputError` naming the offending file.
+    """
+    root = Path(root)
+    json_path = root / "dataset.json"
+    content = read_dataset_json(root)
+    for key in ("labels", "file_ending", "numTraining"):
+        if key not in content:
+            raise InputError(json_path, f"missing required key {key!r}")
+    classes = parse_labels(json_path, content["labels"])
+    file_ending = content["file_ending"]
+    if not isinstance(file_ending, str) or not file_ending.startswith("."):
+        raise InputError(json_path, f"'file_ending' must be a string starting with '.', got {file_ending!r}")
+    num_training = content["numTraining"]
+    if isinstance(num_training, bool) or not isinstance(num_training, int) or num_training < 0:
+        raise InputError(json_path, f"'numTraining' must be a non-negative integer, got {num_training!r}")
+    channel_names = content.get("channel_names", content.get("modality", {"0": "CT"}))
+    if not isinstance(channel_names, dict) or "0" not in channel_names:
+        raise InputError(json_path, "'channel_names' must be an object with channel \"0\"")
+
+    if "dataset" in content:
+        cases = _explicit_cases(root, json_path, content["dataset"])
+    else:
+        cases = _discover_cases(root, "Tr", file_ending, require_labels=True)
+    if len(cases) != num_training:
+        raise InputError(
+            json_path, f"numTraining is {num_training} but {len(cases)} training cases were found in {root}"
+        )
+    if not cases:
+        raise InputError(json_path, "the dataset has no training cases")
+    test_cases = _discover_cases(root, "Ts", file_ending, require_labels=False)
+    return NnUNetDataset(
+        root=root,
+        name=str(content.get("name", root.name)),
+        classes=classes,
+        file_ending=file_ending,
+        cases=cases,
+        test_cases=test_cases,
+        channel_names={str(k): str(v) for k, v in channel_names.items()},
+    )
+
+
+def _discover_cases(root: Path, split: str, file_ending: str, *, require_labels: bool) -> list[NnUNetCase]:
+    """Cases of ``images<split>/<case>_0000<ending>``; labels from ``labels<split>/<case><ending>``."""
+    image_dir = root / f"images{split}"
+    if not image_dir.is_dir():
+        if require_labels:
+            raise InputError(image_dir, "folder not found (nnU-Net v2 needs imagesTr/)")
+        return []
+    suffix = f"{CHANNEL}{file_ending}"
+    cases = []
+    for image in sorted(image_dir.iterdir()):
+        if not image.name.endswith(suffix) or image.name.startswith("."):
+            continue
+        case_id = image.name[: -len(suffix)]
+        label = label_path(root, case_id, split, file_ending)
+        if not label.is_file():
+            if require_labels:
+                raise InputError(label, f"label file of case {case_id!r} is missing")
+            label = None
+        cases.append(NnUNetCase(case_id, image, label))
+    return cases
+
+
+def _explicit_cases(root: Path, json_path: Path, listing: Any) -> list[NnUNetCase]:
+    """nnU-Net v2's optional ``"dataset": {case_id: {"images": [...], "label": ...}}`` listing."""
+    if not isinstance(listing, dict):
+        raise InputError(json_path, "'dataset' must map case id -> {'images': [...], 'label': ...}")
+    cases = []
+    for case_id, entry in sorted(listing.items()):
+        try:
+            image = root / entry["images"][0]
+            label = root / entry["label"]
+        except (KeyError, IndexError, TypeError):
+            raise InputError(json_path, f"case {case_id!r}: expected 'images' (list) and 'label'") from None
+        for path, what in ((image, "image"), (label, "label")):
+            if not path.is_file():
+                raise InputError(path, f"{what} of case {case_id!r} named in dataset.json is missing")
+        cases.append(NnUNetCase(str(case_id), image, label))
+    return cases
