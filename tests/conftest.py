@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 # The real-data pack sits beside the checkout (../shared/data); users' machines don't have it.
-SHARED_DATA = Path(os.environ.get("ORGANDETR_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+_DEFAULT_SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_DATA = Path(os.environ.get("ORGANDETR_SHARED_DATA", _DEFAULT_SHARED))
 
 
 @pytest.fixture(scope="session")

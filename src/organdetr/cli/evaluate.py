@@ -1,8 +1,101 @@
-"""`organdetr evaluate` (not implemented yet)."""
+"""`organdetr evaluate PRED_DIR GT`: COCO-style 3D detection metrics per organ, tables and curves."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
 
 import typer
 
 
-def evaluate() -> None:
-    """Not implemented yet."""
-    raise typer.Exit(code=2)
+class EvalMode(StrEnum):
+    coco = "coco"
+    monai = "monai"
+
+
+class GroundTruthSplit(StrEnum):
+    all = "all"
+    tr = "tr"
+    ts = "ts"
+
+
+def evaluate(
+    pred_dir: Path = typer.Argument(..., help="Folder of <case>.json predictions (organdetr predict)."),
+    gt: Path = typer.Argument(..., help="Ground truth: a preprocessed cache or an nnU-Net dataset folder."),
+    output: Path | None = typer.Option(
+        None, "-o", "--output", help="Report folder (default: PRED_DIR/evaluation)."
+    ),
+    max_detections: int = typer.Option(
+        1,
+        "--max-detections",
+        min=1,
+        help="Detections kept per organ per scan: 1 = Organ-DETR protocol (default), 100 = COCO/MONAI.",
+    ),
+    mode: EvalMode = typer.Option(
+        EvalMode.coco, "--mode", help="coco (exact COCO convention) | monai (MONAI COCOMetric numbers)."
+    ),
+    split: GroundTruthSplit = typer.Option(
+        GroundTruthSplit.all, "--split", help="nnU-Net dataset only: labelsTr (tr), labelsTs (ts) or all."
+    ),
+) -> None:
+    """Score predictions against ground-truth organ boxes (LPS mm): mAP@.50:.95, AP50, AP75, mAR, per organ,
+    nnDetection mAP@.10:.50, centre and face errors in mm.
+
+    Writes OUT/metrics.json, metrics.csv, metrics.md, matches.csv and pr_curves.png. Cases without a
+    prediction file count as no detections (listed). Example:
+    organdetr evaluate runs/pred Dataset001_Organs --max-detections 1 --mode coco
+    """
+    from rich.console import Console
+
+    from organdetr.evaluation import evaluate_detections
+    from organdetr.evaluation.io import load_ground_truth, load_predictions
+    from organdetr.evaluation.report import print_table, write_report
+
+    console = Console()
+    truth = load_ground_truth(gt, split=split.value)
+    preds = load_predictions(pred_dir, truth.classes)
+    known = set(truth.case_ids)
+    missing = [c for c in truth.case_ids if c not in preds.files]
+    extra = [c for c in preds.case_ids if c not in known]
+    detections = [d for d in preds.detections if d.case_id in known]
+    for path in preds.skipped:
+        console.print(f"[yellow]warning[/]: {path} is not a prediction JSON (no 'detections'); skipped")
+    if extra:
+        console.print(
+            f"[yellow]warning[/]: {len(extra)} prediction file(s) for cases not in the ground truth, "
+            f"ignored: {_short(extra)}"
+        )
+    if missing:
+        console.print(
+            f"[yellow]warning[/]: {len(missing)} of {len(truth.case_ids)} cases have no prediction "
+            f"file and count as no detections: {_short(missing)}"
+        )
+    if len(missing) == len(truth.case_ids):
+        from organdetr.errors import InputError
+
+        raise InputError(pred_dir, f"no prediction file matches a ground-truth case of {gt}")
+    result = evaluate_detections(
+        detections,
+        truth.boxes,
+        truth.classes,
+        max_detections=max_detections,
+        mode=mode.value,
+        case_ids=truth.case_ids,
+    )
+    print_table(result, console)
+    out_dir = output or pred_dir / "evaluation"
+    paths = write_report(
+        result,
+        out_dir,
+        extra={
+            "predictions": str(pred_dir),
+            "ground_truth": truth.source,
+            "missing_predictions": missing,
+            "ignored_predictions": extra,
+        },
+    )
+    console.print(f"wrote {', '.join(p.name for p in paths)} to {out_dir}")
+
+
+def _short(items: list[str], limit: int = 10) -> str:
+    return ", ".join(items[:limit]) + (f", ... (+{len(items) - limit})" if len(items) > limit else "")

@@ -1,8 +1,72 @@
-"""`organdetr predict` (not implemented yet)."""
+"""`organdetr predict CHECKPOINT INPUT... -o OUT`: organ boxes for new scans (JSON + pictures)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
 
-def predict() -> None:
-    """Not implemented yet."""
-    raise typer.Exit(code=2)
+def predict(
+    checkpoint: Annotated[
+        Path,
+        typer.Argument(
+            metavar="CHECKPOINT", help="Run folder (uses best/, else last/) or checkpoint folder."
+        ),
+    ],
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="INPUT",
+            help="Scans: image files (NIfTI/NRRD/MHA/MHD), DICOM series folders, or folders of them.",
+        ),
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Output folder (one <case>.json [+ .png] per scan).")
+    ],
+    score_threshold: Annotated[
+        float,
+        typer.Option(help="Drop detections below this score. 0 keeps the best query of every organ (paper)."),
+    ] = 0.0,
+    batch_size: Annotated[int, typer.Option(help="Scans per forward pass.")] = 1,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N (bf16 autocast on GPU).")] = "auto",
+    overlay: Annotated[bool, typer.Option(help="Write <case>.png: three views with the boxes.")] = True,
+    save_box_mask: Annotated[
+        bool, typer.Option(help="Write <case>_boxes.nii.gz: the boxes as a label volume on the scan's grid.")
+    ] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Detect organs in CT scans with a trained checkpoint.
+
+    Per scan: OUT/<case>.json (organ, score, box in voxels of the original scan and in LPS mm, centre and
+    size in mm), OUT/<case>.png (W400/L40 views with boxes) and optionally OUT/<case>_boxes.nii.gz.
+    A bad scan is reported and skipped; the exit code is 1 if any scan failed.
+    """
+    import torch
+
+    from organdetr.predict import Predictor, find_scans, predict_scans
+
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), 8)))
+    scans = find_scans(inputs)
+    predictor = Predictor.from_checkpoint(checkpoint, device)
+    typer.echo(
+        f"{len(scans)} scan(s), {len(predictor.classes)} organ classes, model grid "
+        f"{'x'.join(str(s) for s in predictor.preprocess_config.input_size)}, device {predictor.device}"
+    )
+    summary = predict_scans(
+        predictor,
+        scans,
+        out,
+        batch_size=batch_size,
+        score_threshold=score_threshold,
+        overlay=overlay,
+        save_box_mask=save_box_mask,
+        progress=progress,
+    )
+    typer.echo(f"predicted {len(summary.done)} of {len(scans)} scan(s) -> {out}")
+    if summary.failed:
+        typer.echo(f"{len(summary.failed)} scan(s) failed:", err=True)
+        for path, reason in summary.failed:
+            typer.echo(f"  {reason}" if reason.startswith(path) else f"  {path}: {reason}", err=True)
+        raise typer.Exit(code=1)

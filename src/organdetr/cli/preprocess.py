@@ -1,8 +1,72 @@
-"""`organdetr preprocess` (not implemented yet)."""
+"""`organdetr preprocess DATASET OUT`: an nnU-Net v2 raw dataset -> the model-grid cache (resumable)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
 
 import typer
 
 
-def preprocess() -> None:
-    """Not implemented yet."""
-    raise typer.Exit(code=2)
+class Fit(StrEnum):
+    resize = "resize"
+    pad = "pad"
+
+
+def preprocess(
+    dataset: Path = typer.Argument(..., help="nnU-Net v2 raw dataset folder (with dataset.json)."),
+    out: Path = typer.Argument(..., help="Output cache folder (plans.json + cases/)."),
+    spacing: tuple[float, float, float] = typer.Option(
+        (2.0, 2.0, 2.0),
+        "--spacing",
+        help="Target spacing in mm (i, j, k after LPS reorientation); --fit pad.",
+    ),
+    size: tuple[int, int, int] = typer.Option((96, 96, 96), "--size", help="Model input grid, voxels."),
+    fit: Fit = typer.Option(
+        Fit.resize, "--fit", help="resize: whole scan onto the grid; pad: target spacing, centre pad/crop."
+    ),
+    hu: tuple[float, float] = typer.Option(
+        (-1000.0, 1000.0), "--hu", help="HU window: clip, scale to [0, 1]."
+    ),
+    workers: int = typer.Option(1, "--workers", min=1, help="Parallel processes."),
+    min_voxels: int = typer.Option(1, "--min-voxels", min=1, help="Drop organs with fewer voxels."),
+    largest_component: bool = typer.Option(
+        False, "--largest-component", help="Box only each organ's largest connected component."
+    ),
+    float16: bool = typer.Option(False, "--float16", help="Cache images as float16 (half the disk)."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip cases already in the cache."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace a cache made with other settings instead of stopping."
+    ),
+) -> None:
+    """Reorient to LPS, resample once onto the model grid, clip HU and write the cache with organ boxes.
+
+    Re-running resumes where it stopped; failed cases are listed at the end (exit code 1).
+    """
+    from rich.console import Console
+
+    from organdetr.preprocess import PreprocessConfig, preprocess_dataset
+
+    try:
+        cfg = PreprocessConfig(
+            target_spacing=spacing,
+            input_size=size,
+            fit=fit.value,
+            hu_window=hu,
+            min_voxels=min_voxels,
+            largest_component=largest_component,
+            image_dtype="float16" if float16 else "float32",
+        )
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+    summary = preprocess_dataset(dataset, out, cfg, workers=workers, resume=resume, overwrite=overwrite)
+    console = Console(stderr=True)
+    console.print(
+        f"[bold]{out}[/]: {len(summary.done)} preprocessed, {len(summary.skipped)} already there, "
+        f"{len(summary.failed)} failed."
+    )
+    if summary.failed:
+        console.print("[bold red]Failed cases:[/]")
+        for case_id, message in summary.failed:
+            console.print(f"  {case_id}: {message}", markup=False, highlight=False)
+        raise typer.Exit(code=1)

@@ -1,8 +1,50 @@
-"""`organdetr train` (not implemented yet)."""
+"""`organdetr train CONFIG`: train a detector on a preprocessed cache (single process or torchrun DDP)."""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
 
-def train() -> None:
-    """Not implemented yet."""
-    raise typer.Exit(code=2)
+def train(
+    config: str = typer.Argument(
+        None, help="YAML config file or preset name (tiny, small, paper). Omit with --resume."
+    ),
+    set_: list[str] = typer.Option(
+        None, "--set", help="Override a config value, e.g. --set optim.lr=1e-4 (repeatable; YAML values)."
+    ),
+    cache: Path = typer.Option(
+        None, "--cache", help="Preprocessed cache folder (same as --set data.cache_dir=)."
+    ),
+    output: Path = typer.Option(None, "--output", "-o", help="Run folder (default: runs/<config>-<time>)."),
+    resume: Path = typer.Option(
+        None, "--resume", help="Continue the run in this folder from its last checkpoint."
+    ),
+) -> None:
+    """Train a detector; writes config.yaml, checkpoints (last/, best/), CSV/TensorBoard logs, curves.png.
+
+    Multi-GPU: torchrun --nproc_per_node N $(which organdetr) train small --cache CACHE
+    """
+    import time
+
+    from organdetr.config import load_config, read_config_dict
+    from organdetr.engine import fit, resume_config_path
+    from organdetr.errors import InputError
+
+    overrides = list(set_ or [])
+    if cache is not None:
+        overrides.append(f"data.cache_dir={cache}")
+    if resume is not None:
+        if output is not None and output.resolve() != resume.resolve():
+            raise InputError(output, "--output and --resume name different run folders")
+        cfg = load_config(config if config is not None else resume_config_path(resume), overrides)
+        run_dir = resume
+    else:
+        if config is None:
+            raise typer.BadParameter("give a CONFIG (file or preset name) or --resume RUN_DIR")
+        cfg = load_config(config, overrides)
+        _, path = read_config_dict(config)
+        run_dir = output or Path("runs") / f"{path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    fit(cfg, run_dir, resume=resume is not None)
+    typer.echo(f"run folder: {run_dir}")

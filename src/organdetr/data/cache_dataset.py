@@ -1,0 +1,227 @@
+"""Training / validation samples read from the preprocessed cache (docs/conventions.md, "Preprocessed cache").
+
+``CacheDataset[key]`` -> ``(image [1, I, J, K] float32, target)`` with the DETR target of conventions.md:
+``labels [M]`` int64 dense class index, ``boxes [M, 6]`` normalised ``cxcyczwhd``, ``seg [I, J, K]`` int64
+(dense class + 1, 0 = background), plus ``case_id`` (str). Boxes are always recomputed from the (possibly
+augmented) labels, so an organ pushed out of the volume leaves the targets.
+
+Reproducibility: ``EpochSampler`` yields ``(index, seed)`` keys whose seed depends only on the run seed,
+the epoch and the position in the epoch, so augmentation is identical whatever the number of DataLoader
+workers and after a resume (mid-epoch resumes skip the batches already seen without loading them).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+from torch import Tensor
+from torch.utils.data import Dataset, Sampler
+
+from ..errors import InputError
+from ..preprocess import list_cases, load_case, load_plans
+from .augment import AugmentConfig, augment_pair, left_right_swap_table, sample_params
+
+
+def class_map_from_plans(plans: dict, path: str | Path | None = None) -> dict[int, str]:
+    """``plans["classes"]`` as ``{label_id: name}`` sorted by id (the dense index order)."""
+    try:
+        classes = {int(k): str(v) for k, v in plans["classes"].items()}
+    except (KeyError, AttributeError, ValueError) as err:
+        raise InputError(path, f"plans.json has no valid 'classes' map ({err})") from None
+    if not classes or min(classes) < 1:
+        raise InputError(path, "plans.json 'classes' must map label ids >= 1 to organ names")
+    return dict(sorted(classes.items()))
+
+
+def dense_lut(classes: dict[int, str]) -> np.ndarray:
+    """Lookup ``label id -> dense class + 1`` (0 = background); unknown ids map to -1."""
+    lut = np.full(max(classes) + 1, -1, dtype=np.int64)
+    lut[0] = 0
+    for dense, label_id in enumerate(sorted(classes)):
+        lut[label_id] = dense + 1
+    return lut
+
+
+def boxes_from_seg(seg: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
+    """Organ boxes of a dense seg ``[I, J, K]`` (class + 1) -> ``labels [M]``, ``boxes [M, 6]`` (cxcyczwhd).
+
+    Voxel boxes are half-open ``[lo, hi + 1)`` (conventions.md), normalised by the grid size.
+    """
+    size = torch.tensor(seg.shape, dtype=torch.float32).repeat(2)
+    slices = ndimage.find_objects(seg.numpy().astype(np.int32, copy=False), max_label=num_classes)
+    labels, boxes = [], []
+    for dense, sl in enumerate(slices):
+        if sl is None:
+            continue
+        labels.append(dense)
+        boxes.append([s.start for s in sl] + [s.stop for s in sl])
+    if not labels:
+        return torch.zeros(0, dtype=torch.int64), torch.zeros(0, 6, dtype=torch.float32)
+    xyz = torch.tensor(boxes, dtype=torch.float32) / size
+    lo, hi = xyz[:, :3], xyz[:, 3:]
+    return torch.tensor(labels, dtype=torch.int64), torch.cat([(lo + hi) / 2, hi - lo], dim=1)
+
+
+def split_cases(
+    case_ids: list[str],
+    val_fraction: float,
+    seed: int,
+    train_cases: list[str] | None = None,
+    val_cases: list[str] | None = None,
+    cache_dir: str | Path | None = None,
+) -> tuple[list[str], list[str]]:
+    """Train / validation case lists: explicit lists win; else a seeded random ``val_fraction`` holdout."""
+    available = set(case_ids)
+    for name, given in (("train_cases", train_cases), ("val_cases", val_cases)):
+        missing = sorted(set(given or ()) - available)
+        if missing:
+            raise InputError(cache_dir, f"data.{name} names cases not in the cache: {', '.join(missing[:5])}")
+    if val_cases is not None:
+        train = (
+            list(train_cases) if train_cases is not None else [c for c in case_ids if c not in set(val_cases)]
+        )
+        return train, list(val_cases)
+    if train_cases is not None:
+        return list(train_cases), [c for c in case_ids if c not in set(train_cases)]
+    n_val = 0
+    if val_fraction > 0 and len(case_ids) >= 2:
+        n_val = max(1, round(val_fraction * len(case_ids)))
+    order = np.random.default_rng(seed).permutation(len(case_ids))
+    val = sorted(case_ids[i] for i in order[:n_val])
+    return [c for c in case_ids if c not in set(val)], val
+
+
+class CacheDataset(Dataset):
+    """Cases of a preprocessed cache as model inputs and DETR targets.
+
+    Args:
+        cache_dir: the ``organdetr preprocess`` output folder (``plans.json``, ``cases/``).
+        case_ids: which cases (default: every complete case).
+        augment: on-the-fly augmentation (``None`` or ``enabled: false`` = none, e.g. for validation).
+    """
+
+    def __init__(
+        self,
+        cache_dir: str | Path,
+        case_ids: list[str] | None = None,
+        augment: AugmentConfig | None = None,
+    ):
+        self.cache_dir = Path(cache_dir)
+        self.plans = load_plans(self.cache_dir)
+        self.classes = class_map_from_plans(self.plans, self.cache_dir / "plans.json")
+        self.class_names = list(self.classes.values())
+        self.input_size = tuple(int(s) for s in self.plans["input_size"])
+        self.case_ids = list(list_cases(self.cache_dir) if case_ids is None else case_ids)
+        self.augment = augment if augment is not None and augment.enabled else None
+        self._lut = dense_lut(self.classes)
+        self._swap = left_right_swap_table(self.class_names)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.case_ids)
+
+    def record(self, index: int) -> dict:
+        """The case record JSON of case ``index`` (geometry, original boxes)."""
+        return load_case(self.cache_dir, self.case_ids[index], mmap=True)[2]
+
+    def _dense_seg(self, label: np.ndarray, case_id: str) -> Tensor:
+        label = np.asarray(label).astype(np.int64, copy=False)
+        in_range = label.size == 0 or (int(label.min()) >= 0 and int(label.max()) < len(self._lut))
+        seg = self._lut[np.clip(label, 0, len(self._lut) - 1)]
+        if not in_range or (seg < 0).any():
+            bad = np.unique(label[(label < 0) | (label >= len(self._lut))]).tolist()
+            bad += np.unique(label[seg < 0]).tolist()
+            raise InputError(
+                self.cache_dir / "cases" / f"{case_id}_label.npy",
+                f"label ids {sorted(set(bad))[:10]} are not in plans.json classes {sorted(self.classes)}",
+            )
+        return torch.from_numpy(seg)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, dict]:
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        case_id = self.case_ids[index]
+        image_np, label_np, _record = load_case(self.cache_dir, case_id, mmap=True)
+        if tuple(image_np.shape) != self.input_size:
+            raise InputError(
+                self.cache_dir / "cases" / f"{case_id}_image.npy",
+                f"shape {tuple(image_np.shape)} differs from plans.json input_size {self.input_size}",
+            )
+        image = torch.from_numpy(np.array(image_np, dtype=np.float32))
+        if label_np is None:
+            raise InputError(self.cache_dir / "cases" / f"{case_id}.json", "case has no label array")
+        seg = self._dense_seg(label_np, case_id)
+        if self.augment is not None:
+            rng = np.random.default_rng(seed if seed is not None else None)
+            params = sample_params(self.augment, self.input_size, rng)
+            gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+            image, seg = augment_pair(image, seg, params, self._swap, gen)
+        labels, boxes = boxes_from_seg(seg, self.num_classes)
+        target = {"labels": labels, "boxes": boxes, "seg": seg, "case_id": case_id, "index": index}
+        return image[None], target
+
+
+class EpochSampler(Sampler):
+    """Deterministic per-epoch shuffling, sharded over ``world_size`` ranks, resumable mid-epoch.
+
+    Yields ``(dataset_index, augmentation_seed)``. Each epoch's order is a permutation seeded by
+    ``(seed, epoch)``; it is padded by wrap-around to a multiple of ``world_size`` (as
+    ``DistributedSampler``) and rank ``r`` takes positions ``r, r + W, ...``. ``skip`` drops the first
+    ``skip`` samples of this rank (batches already trained before a resume).
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        *,
+        seed: int,
+        epoch: int = 0,
+        shuffle: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        skip: int = 0,
+    ):
+        self.num_samples, self.seed, self.epoch, self.shuffle = num_samples, seed, epoch, shuffle
+        self.rank, self.world_size, self.skip = rank, world_size, skip
+
+    @property
+    def per_rank(self) -> int:
+        return math.ceil(self.num_samples / self.world_size)
+
+    def __len__(self) -> int:
+        return max(0, self.per_rank - self.skip)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_samples)
+        else:
+            order = np.arange(self.num_samples)
+        total = self.per_rank * self.world_size
+        padded = np.resize(order, total)  # wrap-around padding
+        for position in range(self.rank + self.skip * self.world_size, total, self.world_size):
+            seed = int(np.random.default_rng([self.seed, self.epoch, position]).integers(2**62))
+            yield int(padded[position]), seed
+
+
+def collate(batch: list[tuple[Tensor, dict]]) -> tuple[Tensor, list[dict]]:
+    """Stack images to ``[B, 1, I, J, K]``; targets stay a list of dicts."""
+    images = torch.stack([b[0] for b in batch])
+    return images, [b[1] for b in batch]
+
+
+__all__ = [
+    "CacheDataset",
+    "EpochSampler",
+    "boxes_from_seg",
+    "class_map_from_plans",
+    "collate",
+    "dense_lut",
+    "split_cases",
+]

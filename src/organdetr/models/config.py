@@ -1,0 +1,141 @@
+"""Typed configuration of the Organ-DETR network (and its encoder ablations)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Literal
+
+EncoderKind = Literal["msa", "fpn", "single"]
+ENCODER_KINDS: tuple[str, ...] = ("msa", "fpn", "single")
+
+
+@dataclass
+class ModelConfig:
+    """Network hyper-parameters.
+
+    Backbone: a stride-2 stem then ``len(backbone_channels)`` residual stages, each halving the grid, so
+    stage ``s`` has stride ``2 ** (s + 2)`` (4, 8, 16, 32, ...). The last ``num_levels`` stages form the
+    feature pyramid (finest first). Input sizes should be divisible by the coarsest stride.
+
+    Encoder (``encoder``):
+
+    * ``"msa"``    - Organ-DETR MultiScale Attention: per level intra-scale self-attention, then top-down
+      inter-scale cross-attention (each finer level attends to all coarser levels), then FFN.
+    * ``"fpn"``    - plain FPN top-down pathway, no attention (ablation / baseline).
+    * ``"single"`` - one transformer encoder over a single level (``single_level``), as in DETR.
+
+    Attention cost is bounded with *pooled keys* (spatial-reduction attention, as in PVT): the keys and
+    values of level ``l``'s self-attention are average-pooled by ``kv_pool[l]`` per axis, so the attention
+    matrix is ``L_l x L_l / kv_pool[l]**3`` instead of ``L_l x L_l``. ``dropout`` acts on residual branches
+    (and decoder attention), never on encoder attention probabilities, so SDPA keeps its fused kernels that
+    do not store those matrices (paper preset at 160^3: 3.3 GiB instead of 13.3 GiB per training step, see
+    BENCHMARKS.md).
+    """
+
+    num_classes: int = 0  # organ classes (without "no object"); 0 = set from the data by build_detector
+    in_channels: int = 1
+    stem_channels: int = 16
+    backbone_channels: tuple[int, ...] = (32, 64, 128)
+    backbone_depth: int = 1  # residual blocks per stage
+    num_levels: int = 3
+    d_model: int = 96
+    nhead: int = 4
+    dim_feedforward: int = 256
+    dropout: float = 0.0
+    encoder: EncoderKind = "msa"
+    num_encoder_layers: int = 2
+    num_decoder_layers: int = 3
+    num_queries: int = 30
+    kv_pool: tuple[int, ...] = (2, 1, 1)  # key/value pooling per level, finest first
+    single_level: int = -1  # pyramid level used by encoder="single" (-1 = coarsest)
+    seg_heads: bool = True  # multiscale segmentation auxiliary heads (training only)
+    aux_loss: bool = True  # return outputs of every decoder layer
+    norm_groups: int = 8  # GroupNorm groups in the CNN parts
+
+    def __post_init__(self) -> None:
+        self.backbone_channels = tuple(int(c) for c in self.backbone_channels)
+        self.kv_pool = tuple(int(p) for p in self.kv_pool)
+        if self.encoder not in ENCODER_KINDS:
+            raise ValueError(f"ModelConfig.encoder must be one of {ENCODER_KINDS}, got {self.encoder!r}")
+        if not 1 <= self.num_levels <= len(self.backbone_channels):
+            raise ValueError(
+                f"ModelConfig.num_levels={self.num_levels} must be in 1..{len(self.backbone_channels)} "
+                "(number of backbone stages)"
+            )
+        if len(self.kv_pool) != self.num_levels:
+            raise ValueError(f"ModelConfig.kv_pool needs {self.num_levels} entries, got {self.kv_pool}")
+        if self.d_model % self.nhead:
+            raise ValueError(f"ModelConfig.d_model={self.d_model} must be divisible by nhead={self.nhead}")
+        if self.num_queries < 1:
+            raise ValueError("ModelConfig.num_queries must be >= 1")
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        """Strides (voxels) of the pyramid levels, finest first."""
+        all_strides = [2 ** (s + 2) for s in range(len(self.backbone_channels))]
+        return tuple(all_strides[-self.num_levels :])
+
+
+# Presets. "tiny": unit tests (< 1 s forward at 32^3). "small": CPU demo at 64^3 (~2 M params).
+# "paper": paper-scale widths/depths (d_model 256, 6 encoder + 6 decoder layers, strides 8/16/32);
+# it is our reading of the paper's scale, not a verified copy of its released configuration.
+_PRESETS: dict[str, dict] = {
+    "tiny": dict(
+        stem_channels=8,
+        backbone_channels=(8, 16, 32),
+        backbone_depth=1,
+        num_levels=3,
+        d_model=32,
+        nhead=2,
+        dim_feedforward=64,
+        num_encoder_layers=1,
+        num_decoder_layers=2,
+        num_queries=16,
+        kv_pool=(2, 1, 1),
+        norm_groups=4,
+    ),
+    "small": dict(
+        stem_channels=16,
+        backbone_channels=(32, 64, 128),
+        backbone_depth=1,
+        num_levels=3,
+        d_model=96,
+        nhead=4,
+        dim_feedforward=256,
+        num_encoder_layers=2,
+        num_decoder_layers=3,
+        num_queries=30,
+        kv_pool=(2, 1, 1),
+        norm_groups=8,
+    ),
+    "paper": dict(
+        stem_channels=32,
+        backbone_channels=(64, 128, 256, 512),
+        backbone_depth=2,
+        num_levels=3,
+        d_model=256,
+        nhead=8,
+        dim_feedforward=1024,
+        dropout=0.1,
+        num_encoder_layers=6,
+        num_decoder_layers=6,
+        num_queries=100,
+        kv_pool=(2, 1, 1),
+        norm_groups=16,
+    ),
+}
+PRESET_NAMES: tuple[str, ...] = tuple(_PRESETS)
+
+
+def model_preset(name: str, num_classes: int = 0, **overrides) -> ModelConfig:
+    """Return the named preset ("tiny", "small", "paper") with ``num_classes`` and field ``overrides``."""
+    if name not in _PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; choose one of {PRESET_NAMES}")
+    known = {f.name for f in fields(ModelConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown ModelConfig field(s) {unknown}; known: {sorted(known)}")
+    return replace(ModelConfig(**_PRESETS[name]), num_classes=num_classes, **overrides)
+
+
+__all__ = ["ENCODER_KINDS", "PRESET_NAMES", "EncoderKind", "ModelConfig", "model_preset"]

@@ -1,0 +1,402 @@
+"""Prediction on new scans: files, folders of files or DICOM series -> JSON boxes, pictures, box masks.
+
+Per scan (:meth:`Predictor.prepare`): read (``organdetr.io``), preprocess exactly as the training cache was
+made (``plans.json``: canonical LPS, ONE resampling straight onto the model grid, e.g. 96^3, so the model
+never sees the full-resolution scan and memory stays bounded by the scan itself), then batches of grids go
+through ``Detector.detect`` (bf16 autocast on CUDA) and the grid boxes are mapped back to the original
+scan with :func:`organdetr.geometry.grid_box_to_original`.
+
+Outputs in ``OUT/`` (schema in docs/conventions.md, "Predictions")::
+
+    <case>.json            detections: organ, label id, score, box_voxel (original scan), box_mm (LPS),
+                           center_mm, size_mm
+    <case>.png             three orthogonal views, W400/L40, coloured boxes + legend   (overlay=True)
+    <case>_boxes.nii.gz    label volume of the boxes on the original scan's grid        (save_box_mask=True)
+
+One bad scan does not stop the others: failures are collected in :class:`PredictSummary`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from organdetr.atomic import write_json
+from organdetr.errors import InputError
+from organdetr.geometry import grid_box_to_original
+from organdetr.io import IMAGE_SUFFIXES, Volume, read_image, write_image
+
+_CHANNEL_SUFFIX = re.compile(r"_\d{4}$")  # nnU-Net's "_0000" channel suffix
+
+
+# ----------------------------------------------------------------------------- finding inputs
+
+
+@dataclass(frozen=True)
+class ScanInput:
+    """One scan to predict: a file or a DICOM series folder, and the case id its outputs are named by."""
+
+    path: Path
+    case_id: str
+
+
+def is_dicom_file(path: Path) -> bool:
+    """``True`` for a ``.dcm`` file or a file with the DICOM preamble magic ``DICM`` at byte 128."""
+    if path.suffix.lower() == ".dcm":
+        return True
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def is_image_file(path: Path) -> bool:
+    """``True`` for a file with a known (non-DICOM) image suffix (.nii, .nii.gz, .nrrd, .mha, .mhd, ...)."""
+    name = path.name.lower()
+    return (
+        path.is_file()
+        and not name.startswith(".")
+        and name.endswith(IMAGE_SUFFIXES)
+        and not name.endswith(".dcm")
+    )
+
+
+def is_dicom_series(folder: Path) -> bool:
+    """``True`` when ``folder`` directly holds DICOM files (it is then read as one series)."""
+    return any(p.is_file() and not p.name.startswith(".") and is_dicom_file(p) for p in folder.iterdir())
+
+
+def case_id_of(path: Path) -> str:
+    """Case id from a file or folder name: image suffixes and nnU-Net's ``_0000`` channel suffix removed."""
+    name = path.name
+    for suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return _CHANNEL_SUFFIX.sub("", name) or "scan"
+
+
+def find_scans(inputs: Iterable[str | Path]) -> list[ScanInput]:
+    """Expand the command line's INPUTs into scans.
+
+    Each input is an image file, a DICOM series folder (a folder directly holding DICOM files), or a
+    folder of scans (its image files and its sub-folders that are DICOM series, sorted by name). A
+    missing input or a folder with no scans raises :class:`InputError`. Case ids are made unique by
+    appending ``_2``, ``_3``, ... where two inputs share a name.
+    """
+    scans: list[Path] = []
+    for raw in inputs:
+        path = Path(raw)
+        if path.is_file():
+            scans.append(path)
+        elif path.is_dir():
+            scans.extend(_scans_in_folder(path))
+        else:
+            raise InputError(path, "no such file or folder")
+    seen: dict[str, int] = {}
+    result = []
+    for path in scans:
+        case_id = case_id_of(path)
+        seen[case_id] = seen.get(case_id, 0) + 1
+        if seen[case_id] > 1:
+            case_id = f"{case_id}_{seen[case_id]}"
+        result.append(ScanInput(path, case_id))
+    return result
+
+
+def _scans_in_folder(folder: Path) -> list[Path]:
+    if is_dicom_series(folder):
+        return [folder]
+    entries = sorted(folder.iterdir())
+    found = [p for p in entries if is_image_file(p)]
+    found += [p for p in entries if p.is_dir() and not p.name.startswith(".") and is_dicom_series(p)]
+    if not found:
+        raise InputError(folder, "folder holds no scans (no image files, no DICOM series)")
+    return sorted(found)
+
+
+# ----------------------------------------------------------------------------- the predictor
+
+
+@dataclass
+class PreparedScan:
+    """A scan on the model grid, ready for the detector."""
+
+    scan: ScanInput
+    grid: np.ndarray  # [I, J, K] float, normalised as in training
+    record: dict  # the case record (original geometry + to_original)
+    volume: Volume | None  # the original scan when kept for pictures / box masks, else None
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` without a GPU raises ``InputError``."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(None, f"--device {device}: no CUDA GPU is available (use --device cpu)")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise InputError(None, f"--device {device!r} is not a device (cpu, cuda, cuda:N, auto)") from None
+
+
+class Predictor:
+    """A trained detector + the preprocessing it was trained with.
+
+    ``classes`` maps label id -> organ name; the detector's dense class index ``c`` is the ``c``-th
+    label id in increasing order (docs/conventions.md).
+    """
+
+    def __init__(self, detector: torch.nn.Module, plans: dict, device: torch.device | str = "cpu"):
+        from organdetr.data.cache_dataset import class_map_from_plans
+        from organdetr.preprocess import config_from_plans
+
+        self.device = torch.device(device)
+        self.detector = detector.to(self.device).eval()
+        self.plans = plans
+        self.preprocess_config = config_from_plans(plans)
+        self.classes = class_map_from_plans(plans)
+        self.label_ids = list(self.classes)  # dense index -> label id
+        self.source: str | None = None  # the checkpoint the weights came from (for the JSON)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | Path, device: str = "auto") -> Predictor:
+        """Load a run folder / checkpoint folder (safetensors weights, no unpickling)."""
+        from organdetr.checkpoint import load_detector
+
+        resolved = resolve_device(device)
+        detector, _, plans = load_detector(checkpoint, resolved)
+        predictor = cls(detector, plans, resolved)
+        predictor.source = str(checkpoint)
+        return predictor
+
+    def prepare(self, scan: ScanInput, *, keep_volume: bool = False) -> PreparedScan:
+        """Read ``scan`` and resample it onto the model grid (InputError for unreadable/bad scans)."""
+        from organdetr.preprocess import preprocess_image
+
+        volume = read_image(scan.path)
+        grid, record = preprocess_image(volume, self.preprocess_config)
+        record.update({"case_id": scan.case_id, "image": str(scan.path)})
+        return PreparedScan(scan, grid, record, volume if keep_volume else None)
+
+    @torch.no_grad()
+    def detect_grids(self, grids: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        """Detector on a batch of grids ``[I, J, K]`` -> per grid ``labels [D]``, ``scores [D]``,
+        ``boxes [D, 6]`` (voxel xyzxyz on the model grid), as numpy."""
+        batch = torch.from_numpy(np.stack([np.asarray(g, dtype=np.float32) for g in grids]))[:, None]
+        batch = batch.to(self.device, non_blocking=True)
+        with self._autocast():
+            results = self.detector.detect(batch)
+        return [
+            {k: v.detach().float().cpu().numpy() if k != "labels" else v.cpu().numpy() for k, v in r.items()}
+            for r in results
+        ]
+
+    def _autocast(self):
+        if self.device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def to_prediction(self, prepared: PreparedScan, result: dict, score_threshold: float = 0.0) -> dict:
+        """Model-grid detections -> the prediction JSON of docs/conventions.md (original scan, LPS mm)."""
+        keep = result["scores"] >= score_threshold
+        labels, scores, boxes = result["labels"][keep], result["scores"][keep], result["boxes"][keep]
+        box_voxel, box_mm = grid_box_to_original(boxes.reshape(-1, 6).astype(np.float64), prepared.record)
+        detections = []
+        for c, score, vox, mm in zip(labels, scores, box_voxel, box_mm, strict=True):
+            label_id = self.label_ids[int(c)]
+            detections.append(
+                {
+                    "label": self.classes[label_id],
+                    "label_id": int(label_id),
+                    "score": round(float(score), 6),
+                    "box_voxel": [round(float(v), 3) for v in vox],
+                    "box_mm": [round(float(v), 3) for v in mm],
+                    "center_mm": [round(float(v), 3) for v in (mm[:3] + mm[3:]) / 2.0],
+                    "size_mm": [round(float(v), 3) for v in mm[3:] - mm[:3]],
+                }
+            )
+        return {
+            "case_id": prepared.scan.case_id,
+            "image": str(prepared.scan.path),
+            "world_frame": "LPS",
+            "original": prepared.record["original"],
+            "model": {"checkpoint": self.source, "input_size": list(self.preprocess_config.input_size)},
+            "detections": detections,
+        }
+
+
+# ----------------------------------------------------------------------------- writing outputs
+
+
+def box_mask(detections: Sequence[dict], size: Sequence[int]) -> np.ndarray:
+    """Label volume ``[I, J, K]`` (original scan grid) with each detection's ``box_voxel`` filled with its
+    ``label_id``; larger boxes are drawn first so that small organs inside them stay visible.
+
+    The voxels filled are those whose centre lies inside the box: ``round(lo) .. round(hi) - 1`` per axis
+    (at least one voxel per axis).
+    """
+    max_id = max((int(d["label_id"]) for d in detections), default=0)
+    mask = np.zeros(tuple(int(s) for s in size), dtype=np.uint8 if max_id < 256 else np.uint16)
+    boxes = [(np.asarray(d["box_voxel"], dtype=np.float64), int(d["label_id"])) for d in detections]
+    boxes.sort(key=lambda item: -float(np.prod(np.maximum(item[0][3:] - item[0][:3], 0))))
+    upper = np.asarray(mask.shape)
+    for box, label_id in boxes:
+        lo = np.clip(np.round(box[:3]).astype(int), 0, upper)
+        hi = np.clip(np.round(box[3:]).astype(int), 0, upper)
+        hi = np.maximum(hi, np.minimum(lo + 1, upper))  # a box thinner than a voxel still shows
+        mask[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = label_id
+    return mask
+
+
+def write_outputs(
+    prediction: dict,
+    out_dir: Path,
+    volume: Volume | None,
+    *,
+    overlay: bool,
+    save_box_mask: bool,
+) -> list[Path]:
+    """Write ``<case>.json`` (+ ``<case>.png``, ``<case>_boxes.nii.gz``); returns the paths written."""
+    from organdetr.overlay import render_overlay
+
+    case_id = prediction["case_id"]
+    written = []
+    if (overlay or save_box_mask) and volume is None:
+        volume = read_image(prediction["image"])
+    if overlay:
+        n = len(prediction["detections"])
+        title = f"{case_id}: {n} organ box{'es' if n != 1 else ''} (W400/L40)"
+        written.append(
+            render_overlay(volume, prediction["detections"], out_dir / f"{case_id}.png", title=title)
+        )
+    if save_box_mask:
+        mask = box_mask(prediction["detections"], volume.geometry.size)
+        path = out_dir / f"{case_id}_boxes.nii.gz"
+        write_image(path, mask, volume.geometry)
+        written.append(path)
+    json_path = out_dir / f"{case_id}.json"
+    write_json(json_path, prediction)  # last: a JSON present means the case is complete
+    return [json_path, *written]
+
+
+# ----------------------------------------------------------------------------- batch driver
+
+
+@dataclass
+class PredictSummary:
+    """What a prediction run did: case ids written, and ``(input path, one-line reason)`` per failure."""
+
+    done: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _one_line(err: BaseException) -> str:
+    if isinstance(err, InputError):
+        return str(err)
+    return f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
+
+
+def _prepared_batches(
+    predictor: Predictor,
+    scans: Sequence[ScanInput],
+    batch_size: int,
+    keep_volume: bool,
+    summary: PredictSummary,
+    bar,
+) -> Iterator[list[PreparedScan]]:
+    batch: list[PreparedScan] = []
+    for scan in scans:
+        try:
+            batch.append(predictor.prepare(scan, keep_volume=keep_volume))
+        except (InputError, RuntimeError, ValueError, OSError, MemoryError) as err:
+            summary.failed.append((str(scan.path), _one_line(err)))
+            bar.update(1)
+            continue
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def predict_scans(
+    predictor: Predictor,
+    inputs: Sequence[str | Path] | Sequence[ScanInput],
+    out_dir: str | Path,
+    *,
+    batch_size: int = 1,
+    score_threshold: float = 0.0,
+    overlay: bool = True,
+    save_box_mask: bool = False,
+    progress: bool = True,
+) -> PredictSummary:
+    """Predict every scan of ``inputs`` into ``out_dir`` (see the module docstring for the outputs).
+
+    ``score_threshold`` 0.0 keeps the best query of every organ (as the paper evaluates); raise it to
+    drop unlikely organs. With ``batch_size`` 1 the original scan is kept in memory for the picture /
+    box mask; with larger batches it is read again when needed, so memory holds one full scan at a time.
+    """
+    from tqdm.auto import tqdm
+
+    if batch_size < 1:
+        raise InputError(None, f"--batch-size must be >= 1, got {batch_size}")
+    scans = [s if isinstance(s, ScanInput) else None for s in inputs]
+    if any(s is None for s in scans):
+        scans = find_scans(inputs)  # type: ignore[arg-type]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = PredictSummary()
+    keep_volume = batch_size == 1 and (overlay or save_box_mask)
+    with tqdm(total=len(scans), desc="predict", unit="scan", disable=not progress, dynamic_ncols=True) as bar:
+        for batch in _prepared_batches(predictor, scans, batch_size, keep_volume, summary, bar):
+            results = predictor.detect_grids([p.grid for p in batch])
+            for prepared, result in zip(batch, results, strict=True):
+                try:
+                    prediction = predictor.to_prediction(prepared, result, score_threshold)
+                    write_outputs(
+                        prediction, out_dir, prepared.volume, overlay=overlay, save_box_mask=save_box_mask
+                    )
+                    summary.done.append(prepared.scan.case_id)
+                except (InputError, RuntimeError, ValueError, OSError, MemoryError) as err:
+                    summary.failed.append((str(prepared.scan.path), _one_line(err)))
+                bar.update(1)
+                prepared.volume = None
+    return summary
+
+
+def load_prediction(path: str | Path) -> dict:
+    """Read one prediction JSON (InputError naming the file when it is not one)."""
+    import json
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(path, f"not a readable prediction JSON ({err})") from None
+    if not isinstance(data, dict) or "detections" not in data or "case_id" not in data:
+        raise InputError(path, "not a prediction JSON (needs 'case_id' and 'detections')")
+    return data
+
+
+__all__ = [
+    "PredictSummary",
+    "PreparedScan",
+    "Predictor",
+    "ScanInput",
+    "box_mask",
+    "case_id_of",
+    "find_scans",
+    "load_prediction",
+    "predict_scans",
+    "resolve_device",
+    "write_outputs",
+]

@@ -1,0 +1,427 @@
+"""Preprocessing: a CT (+ labels) -> the model's input grid, and the on-disk cache of such cases.
+
+Per case (:func:`preprocess_volume`): canonical LPS orientation, ONE resampling straight from the
+original grid to the model grid (``fit="resize"``: the whole scan onto ``input_size`` voxels, the
+effective spacing recorded; ``fit="pad"``: ``target_spacing`` mm, centre pad/crop to ``input_size``,
+the offset recorded), HU clipping to ``hu_window`` and scaling to ``[0, 1]``. Labels are resampled
+nearest-neighbour; boxes are recomputed on the grid, and the original-scan boxes are kept.
+
+Datasets (:func:`preprocess_dataset`): nnU-Net v2 raw folder -> cache (layout in docs/conventions.md),
+parallel over cases, resumable, atomic (arrays first, the case JSON last), failures listed at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from organdetr.atomic import write_json, write_npy
+from organdetr.errors import InputError
+from organdetr.geometry import (
+    Geometry,
+    GridMapping,
+    axis_codes,
+    pad_grid,
+    reorient_geometry,
+    resample,
+    resize_grid,
+)
+from organdetr.io import Volume, read_image, read_label_map
+from organdetr.label_boxes import OrganBox, boxes_from_labels, world_box_to_voxel
+
+CACHE_VERSION = 1
+FITS = ("resize", "pad")
+# plans keys that must match for a cache to be resumed (``source`` may move)
+_PLAN_KEYS = (
+    "version", "target_spacing", "input_size", "fit", "hu_window", "normalization", "interpolation",
+    "min_voxels", "largest_component", "image_dtype", "classes",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How scans are mapped onto the model's input grid.
+
+    target_spacing: (3,) mm in (i, j, k) = (L, P, S) after canonical reorientation; used by ``fit="pad"``.
+    input_size: (3,) voxels ``(I, J, K)`` of the model input grid.
+    fit: ``"resize"`` (whole scan squeezed onto the grid) or ``"pad"`` (target spacing, centre pad/crop).
+    hu_window: HU range kept; values are clipped to it and scaled to ``[0, 1]``; padding is ``hu_window[0]``.
+    interpolation: image interpolation, ``"linear"`` or ``"bspline"`` (labels are always nearest).
+    min_voxels / largest_component: organ box options (see :func:`organdetr.label_boxes.boxes_from_labels`).
+    image_dtype: ``"float32"`` or ``"float16"`` for the cached image.
+    """
+
+    target_spacing: tuple[float, float, float] = (2.0, 2.0, 2.0)
+    input_size: tuple[int, int, int] = (96, 96, 96)
+    fit: str = "resize"
+    hu_window: tuple[float, float] = (-1000.0, 1000.0)
+    interpolation: str = "linear"
+    min_voxels: int = 1
+    largest_component: bool = False
+    image_dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "target_spacing", tuple(float(s) for s in self.target_spacing))
+        object.__setattr__(self, "input_size", tuple(int(s) for s in self.input_size))
+        object.__setattr__(self, "hu_window", tuple(float(h) for h in self.hu_window))
+        if len(self.target_spacing) != 3 or min(self.target_spacing) <= 0:
+            raise ValueError(f"target_spacing must be 3 positive numbers (mm), got {self.target_spacing}")
+        if len(self.input_size) != 3 or min(self.input_size) < 1:
+            raise ValueError(f"input_size must be 3 positive integers, got {self.input_size}")
+        if self.fit not in FITS:
+            raise ValueError(f"fit must be one of {FITS}, got {self.fit!r}")
+        if len(self.hu_window) != 2 or not self.hu_window[0] < self.hu_window[1]:
+            raise ValueError(f"hu_window must be (low, high) with low < high, got {self.hu_window}")
+        if self.interpolation not in ("linear", "bspline"):
+            raise ValueError(f"interpolation must be 'linear' or 'bspline', got {self.interpolation!r}")
+        if self.image_dtype not in ("float32", "float16"):
+            raise ValueError(f"image_dtype must be 'float32' or 'float16', got {self.image_dtype!r}")
+        if self.min_voxels < 1:
+            raise ValueError(f"min_voxels must be >= 1, got {self.min_voxels}")
+
+
+def make_plans(cfg: PreprocessConfig, classes: dict[int, str], source: str | Path | None = None) -> dict:
+    """The cache's ``plans.json`` content for ``cfg`` and the class map."""
+    plans = asdict(cfg)
+    plans.update(
+        {
+            "version": CACHE_VERSION,
+            "target_spacing": list(cfg.target_spacing),
+            "input_size": list(cfg.input_size),
+            "hu_window": list(cfg.hu_window),
+            "normalization": {"scheme": "hu_window", "clip": list(cfg.hu_window), "output_range": [0.0, 1.0]},
+            "classes": {str(i): classes[i] for i in sorted(classes)},
+            "world_frame": "LPS",
+            "source": None if source is None else str(source),
+        }
+    )
+    return plans
+
+
+def config_from_plans(plans: dict) -> PreprocessConfig:
+    """The :class:`PreprocessConfig` a cache was made with (predict preprocesses new scans the same way)."""
+    return PreprocessConfig(**{k: plans[k] for k in PreprocessConfig.__dataclass_fields__ if k in plans})
+
+
+# ----------------------------------------------------------------------------- one case
+
+
+def normalise_hu(image: np.ndarray, hu_window: tuple[float, float]) -> np.ndarray:
+    """Clip float ``image`` to ``hu_window`` and scale to ``[0, 1]`` (in place; returns it)."""
+    low, high = hu_window
+    np.clip(image, low, high, out=image)
+    image -= low
+    image *= 1.0 / (high - low)
+    return image
+
+
+def grid_mapping(geometry: Geometry, cfg: PreprocessConfig) -> GridMapping:
+    """The model grid for a scan of ``geometry`` (canonical LPS direction) and its map back."""
+    canonical = reorient_geometry(geometry)
+    if cfg.fit == "resize":
+        return resize_grid(canonical, cfg.input_size)
+    return pad_grid(canonical, cfg.target_spacing, cfg.input_size)
+
+
+def preprocess_image(volume: Volume, cfg: PreprocessConfig) -> tuple[np.ndarray, dict]:
+    """An image without labels -> ``(image [I, J, K] float, record)`` (what predict uses)."""
+    image, _, record = preprocess_volume(volume, cfg)
+    return image, record
+
+
+def preprocess_volume(
+    volume: Volume,
+    cfg: PreprocessConfig,
+    labels: Volume | None = None,
+    classes: dict[int, str] | None = None,
+    *,
+    image_path: str | Path | None = None,
+    label_path: str | Path | None = None,
+) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """One scan (+ optional labels) -> the model grid.
+
+    Returns ``(image [I, J, K] float32|float16 in [0, 1], label [I, J, K] uint8/uint16 | None, record)``
+    where ``record`` is the case record of docs/conventions.md without the file fields
+    (``original``, ``grid``, ``to_original``, ``boxes``, ``dropped``). ``labels`` must share the image
+    grid; ``classes`` names the label ids (``None``: ``label_<id>``). Raises :class:`InputError`
+    (naming ``label_path``) for a label map of another geometry, an unknown id or no organ voxels.
+    """
+    mapping = grid_mapping(volume.geometry, cfg)
+    low = cfg.hu_window[0]
+    image = resample(
+        volume.array, volume.geometry, mapping.geometry,
+        interpolation=cfg.interpolation, default_value=low, output_dtype=np.float32,
+    )  # fmt: skip
+    image = normalise_hu(image, cfg.hu_window).astype(cfg.image_dtype, copy=False)
+    record = {
+        "image": None if image_path is None else str(image_path),
+        "label": None if label_path is None else str(label_path),
+        "world_frame": "LPS",
+        "original": volume.geometry.to_dict(),
+        "original_orientation": axis_codes(volume.geometry),
+        "grid": mapping.geometry.to_dict(),
+        "to_original": mapping.to_dict(),
+    }
+    if labels is None:
+        return image, None, record
+    grid_label, boxes, dropped = _resample_labels(
+        volume, labels, mapping, cfg, classes, image_path, label_path
+    )
+    record["boxes"] = boxes
+    record["dropped"] = dropped
+    return image, grid_label, record
+
+
+def _resample_labels(
+    volume: Volume,
+    labels: Volume,
+    mapping: GridMapping,
+    cfg: PreprocessConfig,
+    classes: dict[int, str] | None,
+    image_path: str | Path | None,
+    label_path: str | Path | None,
+) -> tuple[np.ndarray, list[dict], list[dict]]:
+    """Labels onto the grid + box records (grid boxes from the resampled labels, original boxes kept)."""
+    _check_same_grid(labels.geometry, volume.geometry, label_path, image_path)
+    options = {"largest_component": cfg.largest_component, "path": label_path}
+    original = boxes_from_labels(labels.array, volume.geometry, classes, min_voxels=cfg.min_voxels, **options)
+    dtype = np.uint8 if labels.array.max() <= 255 else np.uint16
+    grid_label = resample(
+        labels.array.astype(dtype, copy=False), volume.geometry, mapping.geometry,
+        interpolation="nearest", default_value=0, output_dtype=dtype,
+    )  # fmt: skip
+    on_grid = {
+        b.label_id: b
+        for b in boxes_from_labels(grid_label, mapping.geometry, classes, allow_empty=True, **options)
+    }
+    boxes, dropped = [], []
+    for box in original:
+        grid_box = on_grid.get(box.label_id)
+        if grid_box is not None:
+            box_voxel, voxels_grid = grid_box.box_voxel, grid_box.voxels
+        else:  # too thin to survive nearest-neighbour resampling, or cropped away by fit="pad"
+            box_voxel, voxels_grid = _original_box_on_grid(box, mapping), 0
+            if box_voxel is None:
+                dropped.append(
+                    {"label_id": box.label_id, "name": box.name, "reason": "outside the input grid"}
+                )
+                continue
+        boxes.append(
+            {
+                "label_id": box.label_id,
+                "name": box.name,
+                "box_voxel": [float(v) for v in box_voxel],
+                "box_voxel_original": [float(v) for v in box.box_voxel],
+                "box_mm": [round(float(v), 4) for v in box.box_mm],
+                "voxels": box.voxels,
+                "voxels_grid": int(voxels_grid),
+            }
+        )
+    return grid_label, boxes, dropped
+
+
+def _original_box_on_grid(box: OrganBox, mapping: GridMapping) -> np.ndarray | None:
+    """An original-scan box mapped onto the grid and clipped to it; ``None`` if nothing is left."""
+    canonical = world_box_to_voxel(box.box_mm, mapping.source_geometry())
+    scale, offset = np.asarray(mapping.scale), np.asarray(mapping.offset)
+    lo = (canonical[:3] - 0.5 - offset) / scale + 0.5
+    hi = (canonical[3:] - 0.5 - offset) / scale + 0.5
+    size = np.asarray(mapping.geometry.size, dtype=np.float64)
+    lo, hi = np.clip(lo, 0, size), np.clip(hi, 0, size)
+    if np.any(hi - lo <= 0):
+        return None
+    return np.concatenate([lo, hi])
+
+
+def _check_same_grid(labels: Geometry, image: Geometry, label_path, image_path) -> None:
+    """InputError naming the label file unless it shares the image's grid."""
+    if labels.is_close(image, mm_tol=1e-2, dir_tol=1e-4):
+        return
+    problems = []
+    for name in ("size", "spacing", "origin", "direction"):
+        a, b = getattr(labels, name), getattr(image, name)
+        if not np.allclose(a, b, rtol=0, atol=1e-2 if name != "direction" else 1e-4):
+            problems.append(f"{name} {_fmt(a)} vs {_fmt(b)}")
+    other = Path(image_path).name if image_path is not None else "the image"
+    raise InputError(label_path, f"label geometry differs from {other}: {'; '.join(problems)}")
+
+
+def _fmt(values) -> str:
+    return "[" + ", ".join(f"{float(v):.4g}" for v in values) + "]"
+
+
+# ----------------------------------------------------------------------------- the cache
+
+
+@dataclass
+class PreprocessSummary:
+    """Outcome of :func:`preprocess_dataset`: case ids done now, skipped (already cached), failed."""
+
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _case_paths(cache_dir: Path, case_id: str) -> tuple[Path, Path, Path]:
+    cases = cache_dir / "cases"
+    return cases / f"{case_id}.json", cases / f"{case_id}_image.npy", cases / f"{case_id}_label.npy"
+
+
+def is_complete(cache_dir: str | Path, case_id: str) -> bool:
+    """A case is complete when its JSON exists and every array it names exists."""
+    record_path = Path(cache_dir) / "cases" / f"{case_id}.json"
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+    files = [record.get("image_file"), record.get("label_file")]
+    return all((record_path.parent / f).is_file() for f in files if f)
+
+
+def preprocess_case(
+    case_id: str, image_path: Path, label_path: Path | None, out_dir: Path, cfg: PreprocessConfig, classes
+) -> str:
+    """Preprocess one case into ``out_dir/cases`` (arrays first, JSON last); returns ``case_id``."""
+    volume = read_image(image_path)
+    labels = read_label_map(label_path) if label_path is not None else None
+    image, label, record = preprocess_volume(
+        volume, cfg, labels, classes, image_path=image_path, label_path=label_path
+    )
+    record_path, image_file, label_file = _case_paths(out_dir, case_id)
+    write_npy(image_file, image)
+    if label is not None:
+        write_npy(label_file, label)
+    record = {"case_id": case_id, **record, "image_file": image_file.name}
+    record["label_file"] = label_file.name if label is not None else None
+    write_json(record_path, record)
+    return case_id
+
+
+def _prepare_cache(out_dir: Path, plans: dict, overwrite: bool) -> None:
+    """Write plans.json; InputError if an existing one differs (unless ``overwrite``)."""
+    plans_path = out_dir / "plans.json"
+    if plans_path.is_file():
+        existing = load_plans(out_dir)
+        changed = [k for k in _PLAN_KEYS if existing.get(k) != plans.get(k)]
+        if changed and not overwrite:
+            raise InputError(
+                plans_path,
+                f"cache was made with different settings ({', '.join(changed)}); "
+                "use another output folder or --overwrite",
+            )
+        if changed:  # stale cases must never count as complete under the new plans
+            for record_path in (out_dir / "cases").glob("*.json"):
+                record_path.unlink()
+    write_json(plans_path, plans)
+
+
+def _init_worker() -> None:
+    import SimpleITK as sitk
+
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+
+
+def _one_line(case_id: str, err: BaseException) -> str:
+    if isinstance(err, InputError):
+        return str(err)
+    return f"{case_id}: {type(err).__name__}: {' '.join(str(err).split())}"
+
+
+def preprocess_dataset(
+    dataset_root: str | Path,
+    out_dir: str | Path,
+    cfg: PreprocessConfig,
+    workers: int = 1,
+    resume: bool = True,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> PreprocessSummary:
+    """Preprocess every training case of an nnU-Net v2 raw dataset into the cache ``out_dir``.
+
+    Resumable: complete cases are skipped (``resume``); a ``plans.json`` made with other settings is an
+    :class:`InputError` unless ``overwrite``. Each case is atomic (arrays first, JSON last). Bad cases do
+    not stop the batch: they are returned in ``PreprocessSummary.failed`` as ``(case_id, message)``.
+    """
+    from tqdm.auto import tqdm
+
+    from organdetr.datasets.nnunet import load_dataset
+
+    dataset = load_dataset(dataset_root)
+    out_dir = Path(out_dir)
+    _prepare_cache(out_dir, make_plans(cfg, dataset.classes, Path(dataset_root).resolve()), overwrite)
+    summary = PreprocessSummary()
+    todo = []
+    for case in dataset.cases:
+        if resume and is_complete(out_dir, case.case_id):
+            summary.skipped.append(case.case_id)
+        else:
+            todo.append(case)
+    jobs = [(c.case_id, c.image, c.label, out_dir, cfg, dataset.classes) for c in todo]
+    bar = tqdm(total=len(jobs), desc="preprocess", unit="case", disable=not progress or not jobs)
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            try:
+                summary.done.append(preprocess_case(*job))
+            except Exception as err:
+                summary.failed.append((job[0], _one_line(job[0], err)))
+            bar.update()
+    else:
+        workers = min(workers, len(jobs), os.cpu_count() or 1)
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker) as pool:
+            futures = {pool.submit(preprocess_case, *job): job[0] for job in jobs}
+            for future in as_completed(futures):
+                try:
+                    summary.done.append(future.result())
+                except Exception as err:
+                    summary.failed.append((futures[future], _one_line(futures[future], err)))
+                bar.update()
+    bar.close()
+    summary.done.sort()
+    summary.failed.sort()
+    return summary
+
+
+def load_plans(cache_dir: str | Path) -> dict:
+    """``cache_dir/plans.json``; InputError if missing or unreadable."""
+    path = Path(cache_dir) / "plans.json"
+    if not path.is_file():
+        raise InputError(path, "plans.json not found (is this a folder made by `organdetr preprocess`?)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(path, f"not valid JSON ({err})") from None
+
+
+def list_cases(cache_dir: str | Path) -> list[str]:
+    """Ids of the complete cases in the cache, sorted."""
+    cases = Path(cache_dir) / "cases"
+    if not cases.is_dir():
+        return []
+    ids = sorted(p.stem for p in cases.glob("*.json") if not p.name.startswith("."))
+    return [case_id for case_id in ids if is_complete(cache_dir, case_id)]
+
+
+def load_case(
+    cache_dir: str | Path, case_id: str, mmap: bool = True
+) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """``(image [I, J, K], label [I, J, K] | None, record)`` of a cached case.
+
+    Arrays are memory-mapped read-only when ``mmap``; InputError if the case is missing or incomplete.
+    """
+    record_path, _, _ = _case_paths(Path(cache_dir), case_id)
+    if not is_complete(cache_dir, case_id):
+        raise InputError(record_path, f"case {case_id!r} is missing or incomplete in the cache")
+    record = json.loads(record_path.read_text(encoding="utf-8"))
+    mode = "r" if mmap else None
+    image = np.load(record_path.parent / record["image_file"], mmap_mode=mode, allow_pickle=False)
+    label = None
+    if record.get("label_file"):
+        label = np.load(record_path.parent / record["label_file"], mmap_mode=mode, allow_pickle=False)
+    return image, label, record

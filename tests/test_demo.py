@@ -1,0 +1,72 @@
+"""organdetr.demo / `organdetr demo --quick`: the README's main command, end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from organdetr import demo as demo_module
+from organdetr.cli import app
+from organdetr.demo import find_shared_data, summary_markdown
+
+
+def test_summary_markdown_headline_row():
+    text = summary_markdown(
+        {"mAP": 0.5, "AP50": 0.75, "AP75": float("nan"), "mAR": 0.6, "center_error_mm_median": 3.25}
+    )
+    lines = text.splitlines()
+    assert lines[0] == "| mAP | AP50 | AP75 | mAR | median centre error (mm) |"
+    assert lines[2] == "| 0.500 | 0.750 | - | 0.600 | 3.2 |"
+
+
+def test_find_shared_data_env_and_absent(tmp_path, monkeypatch):
+    pack = tmp_path / "pack"
+    (pack / "totalsegmentator").mkdir(parents=True)
+    (pack / "totalsegmentator" / "example_ct.nii.gz").write_bytes(b"")
+    monkeypatch.setenv(demo_module.SHARED_DATA_ENV, str(pack))
+    monkeypatch.chdir(tmp_path)
+    assert find_shared_data() == pack.resolve()
+    monkeypatch.setattr(demo_module, "REAL_CT_CANDIDATES", ("no/such/scan.nii.gz",))
+    assert find_shared_data() is None
+
+
+@pytest.mark.slow
+def test_demo_quick_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    report = out / "report"
+    for name in ("REPORT.md", "metrics.md", "metrics.csv", "metrics.json", "pr_curves.png", "loss_curve.png"):
+        assert (report / name).is_file(), name
+    assert list((report / "overlays").glob("*.png"))
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert "mAP" in metrics["summary"] and metrics["held_out_cases"] >= 1
+    assert len(metrics["per_class"]) >= 1 and metrics["train_steps"] >= 1
+    predictions = sorted((out / "predictions").glob("*.json"))
+    assert len(predictions) == metrics["held_out_cases"]
+    text = (report / "REPORT.md").read_text()
+    assert "held-out" in text and ("does not find real organs well" in text or "Skipped" in text)
+    assert (out / "run" / "last" / "model.safetensors").is_file()
+    last_lines = result.output.strip().splitlines()[-4:]
+    assert any(str(report / "REPORT.md") in line for line in last_lines)
+
+
+def test_demo_rejects_bad_arguments(tmp_path):
+    result = CliRunner().invoke(app, ["demo", "--quick", "--cases", "2", "--out", str(tmp_path / "d")])
+    assert result.exit_code != 0
+    assert not (tmp_path / "d" / "report").exists()
+
+
+def test_next_stop_chunks_and_tail():
+    from organdetr.demo import MIN_CHUNK, _next_stop
+
+    total = 1000
+    stops, done = [], 0
+    while done < total:
+        done = _next_stop(done, total)
+        stops.append(done)
+    assert stops[-1] == total and stops == sorted(stops)
+    assert all(b - a >= MIN_CHUNK for a, b in zip([0, *stops], stops, strict=False))
+    assert _next_stop(0, 30) == 30  # too short to re-plan
