@@ -1,4 +1,4 @@
-"""Tiny synthetic preprocessed caches for the engine tests (written with organdetr.preprocess)."""
+"""Tiny synthetic preprocessed caches and random checkpoints for the tests (written with organdetr itself)."""
 
 from __future__ import annotations
 
@@ -60,3 +60,21 @@ def make_cache(root: Path, num_cases: int = 2, size: int = 32, seed: int = 0) ->
         }
         write_json(cache / "cases" / f"{case_id}.json", record)
     return cache
+
+
+def save_random_checkpoint(run: Path, classes: dict[int, str], grid: tuple[int, int, int]) -> Path:
+    """A randomly initialised tiny Organ-DETR saved as run folder ``run`` (weights + config + plans)."""
+    import torch
+
+    from organdetr.checkpoint import save_checkpoint
+    from organdetr.config import TrainConfig, dump_config
+    from organdetr.models import build_detector, model_preset
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(model=model_preset("tiny"))
+    detector = build_detector(cfg.arch, cfg.model, cfg.matcher, cfg.loss, len(classes), grid)
+    plans = make_plans(PreprocessConfig(input_size=grid), classes)
+    save_checkpoint(
+        run / "last", detector, {"step": 0}, config_yaml=dump_config(cfg), plans=plans, include_rng=False
+    )
+    return run

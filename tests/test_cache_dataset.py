@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from _cache_factory import CLASSES, make_cache  # tests/ is on sys.path (pytest rootdir import mode)
 from organdetr.data.augment import AugmentConfig
 from organdetr.data.cache_dataset import (
     CacheDataset,
@@ -18,11 +19,6 @@ from organdetr.data.cache_dataset import (
     split_cases,
 )
 from organdetr.errors import InputError
-
-try:  # tests/ as a package or as a rootdir on sys.path
-    from tests._cache_factory import CLASSES, make_cache
-except ImportError:  # pragma: no cover
-    from _cache_factory import CLASSES, make_cache
 
 
 @pytest.fixture(scope="module")

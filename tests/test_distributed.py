@@ -10,10 +10,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-try:  # tests/ as a package or as a rootdir on sys.path
-    from tests._cache_factory import make_cache
-except ImportError:  # pragma: no cover
-    from _cache_factory import make_cache
+from _cache_factory import make_cache  # tests/ is on sys.path (pytest rootdir import mode)
 
 
 def _free_port() -> int:
@@ -88,3 +85,26 @@ def test_single_process_helpers_are_no_ops():
     assert distributed.all_gather_list([1, 2]) == [1, 2]
     assert distributed.broadcast_object("x") == "x"
     distributed.barrier()
+
+
+def _pairs_worker(rank: int, world_size: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+    from organdetr import distributed
+    from organdetr.criterion import LossConfig, build_criterion
+    from organdetr.matcher import MatcherConfig, build_matcher
+
+    distributed.init_distributed("cpu")
+    try:
+        criterion = build_criterion(3, build_matcher(MatcherConfig(kind="hungarian")), LossConfig())
+        organs = 2 if rank == 0 else 6  # unequal shards: the normaliser must be the mean, 4
+        target = {"labels": torch.zeros(organs, dtype=torch.long), "boxes": torch.full((organs, 6), 0.5)}
+        with open(f"{out}/pairs{rank}.txt", "w") as f:
+            f.write(str(criterion.num_pairs(10, [target])))
+    finally:
+        distributed.cleanup()
+
+
+def test_matched_pair_count_is_averaged_over_processes(tmp_path):
+    mp.spawn(_pairs_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    assert [float((tmp_path / f"pairs{r}.txt").read_text()) for r in (0, 1)] == [4.0, 4.0]

@@ -9,12 +9,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from organdetr.checkpoint import load_detector, save_checkpoint
+from _cache_factory import save_random_checkpoint
+from organdetr.checkpoint import load_detector
 from organdetr.cli import app
-from organdetr.config import TrainConfig, dump_config
 from organdetr.export import export_checkpoint, load_session, onnx_detect, onnx_plans
-from organdetr.models import build_detector, model_preset
-from organdetr.preprocess import PreprocessConfig, make_plans
 
 CLASSES = {1: "liver", 2: "spleen", 3: "kidney_right", 4: "kidney_left"}
 GRID = (32, 32, 32)
@@ -22,16 +20,8 @@ GRID = (32, 32, 32)
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
     torch.set_num_threads(1)
-    cfg = TrainConfig(model=model_preset("tiny"))
-    detector = build_detector(cfg.arch, cfg.model, cfg.matcher, cfg.loss, len(CLASSES), GRID)
-    run = tmp_path_factory.mktemp("run")
-    plans = make_plans(PreprocessConfig(input_size=GRID), CLASSES)
-    save_checkpoint(
-        run / "last", detector, {"step": 0}, config_yaml=dump_config(cfg), plans=plans, include_rng=False
-    )
-    return run
+    return save_random_checkpoint(tmp_path_factory.mktemp("run"), CLASSES, GRID)
 
 
 def test_onnx_runtime_boxes_match_pytorch(tmp_path, checkpoint):

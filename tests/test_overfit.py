@@ -5,16 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from _cache_factory import make_cache  # tests/ is on sys.path (pytest rootdir import mode)
 from organdetr.box_ops import box_cxcyczwhd_to_xyzxyz, box_iou_3d
 from organdetr.checkpoint import load_detector
 from organdetr.config import load_config
 from organdetr.data.cache_dataset import CacheDataset, collate
 from organdetr.engine import fit
-
-try:  # tests/ as a package or as a rootdir on sys.path
-    from tests._cache_factory import make_cache
-except ImportError:  # pragma: no cover
-    from _cache_factory import make_cache
 
 
 @pytest.mark.slow

@@ -11,15 +11,12 @@ import SimpleITK as sitk
 import torch
 from typer.testing import CliRunner
 
-from organdetr.checkpoint import save_checkpoint
+from _cache_factory import save_random_checkpoint
 from organdetr.cli import app
-from organdetr.config import TrainConfig, dump_config
 from organdetr.geometry import Geometry
 from organdetr.io import read_image, write_image
 from organdetr.label_boxes import voxel_box_to_world
-from organdetr.models import build_detector, model_preset
 from organdetr.predict import Predictor, box_mask, case_id_of, find_scans, predict_scans
-from organdetr.preprocess import PreprocessConfig, make_plans
 
 CLASSES = {1: "liver", 2: "spleen", 5: "kidney_left"}
 GRID = (32, 32, 32)
@@ -29,15 +26,7 @@ FIELDS = ("label", "label_id", "score", "box_voxel", "box_mm", "center_mm", "siz
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A randomly initialised tiny Organ-DETR saved as a run folder (weights + config + plans)."""
-    torch.manual_seed(0)
-    cfg = TrainConfig(model=model_preset("tiny"))
-    detector = build_detector(cfg.arch, cfg.model, cfg.matcher, cfg.loss, len(CLASSES), GRID)
-    run = tmp_path_factory.mktemp("run")
-    plans = make_plans(PreprocessConfig(input_size=GRID), CLASSES)
-    save_checkpoint(
-        run / "last", detector, {"step": 0}, config_yaml=dump_config(cfg), plans=plans, include_rng=False
-    )
-    return run
+    return save_random_checkpoint(tmp_path_factory.mktemp("run"), CLASSES, GRID)
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -134,12 +135,25 @@ class SetCriterion(nn.Module):
         }
 
     def num_pairs(self, num_queries: int, targets: list[dict]) -> float:
-        """Matched pairs in the batch (``repeats * M`` per image under DQM), at least 1."""
-        total = sum(
-            self.matcher.repeats(num_queries, int(t["labels"].numel())) * int(t["labels"].numel())
-            for t in targets
+        """Matched pairs per process (``repeats * M`` per image under DQM), at least 1.
+
+        Under torch.distributed this is the mean over all processes (as in DETR), so that every rank
+        normalises by the same number and DDP's gradient averaging gives the single-process loss.
+        """
+        total = float(
+            sum(
+                self.matcher.repeats(num_queries, int(t["labels"].numel())) * int(t["labels"].numel())
+                for t in targets
+            )
         )
-        return float(max(total, 1))
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            device = targets[0]["labels"].device if targets else torch.device("cpu")
+            if dist.get_backend() == "nccl":
+                device = torch.device("cuda", torch.cuda.current_device())
+            count = torch.tensor([total], dtype=torch.float64, device=device)
+            dist.all_reduce(count)
+            total = float(count.item()) / dist.get_world_size()
+        return max(total, 1.0)
 
     def forward(self, outputs: dict, targets: list[dict]) -> dict[str, Tensor]:
         num_pairs = self.num_pairs(outputs["pred_logits"].shape[1], targets)

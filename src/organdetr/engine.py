@@ -523,15 +523,6 @@ def _epoch_summary(epoch: int, epochs: int, ctx: StepContext, seconds: float) ->
 
 
 def _validate(cfg, val_ds, model, device, amp_dtype, dist_info) -> dict[str, float]:
-    try:
-        import organdetr.evaluation as evaluation
-
-        evaluation.evaluate_detections  # noqa: B018 - fail here, not mid-validation
-    except (ImportError, AttributeError):
-        import warnings
-
-        warnings.warn("organdetr.evaluation is not available: validation skipped", stacklevel=2)
-        return {}
     sampler = EpochSampler(
         len(val_ds), seed=0, shuffle=False, rank=dist_info.rank, world_size=dist_info.world_size
     )

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from organdetr.cli._failures import exit_if_failed
 from organdetr.datasets import FORMATS
 
 DatasetFormat = Enum("DatasetFormat", {name: name for name in FORMATS}, type=str)
@@ -54,8 +55,4 @@ def convert(
         f"{len(summary.failed)} failed; dataset.json lists {summary.num_training} training"
         f" and {summary.num_test} test cases."
     )
-    if summary.failed:
-        console.print("[bold red]Failed cases:[/]")
-        for case_id, message in summary.failed:
-            console.print(f"  {case_id}: {message}", markup=False, highlight=False)
-        raise typer.Exit(code=1)
+    exit_if_failed(summary.failed)

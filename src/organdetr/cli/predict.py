@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from organdetr.cli._failures import exit_if_failed
+
 
 def predict(
     checkpoint: Annotated[
@@ -65,8 +67,4 @@ def predict(
         progress=progress,
     )
     typer.echo(f"predicted {len(summary.done)} of {len(scans)} scan(s) -> {out}")
-    if summary.failed:
-        typer.echo(f"{len(summary.failed)} scan(s) failed:", err=True)
-        for path, reason in summary.failed:
-            typer.echo(f"  {reason}" if reason.startswith(path) else f"  {path}: {reason}", err=True)
-        raise typer.Exit(code=1)
+    exit_if_failed(summary.failed, "scan(s)")

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from organdetr.cli._failures import exit_if_failed
+
 
 class Fit(StrEnum):
     resize = "resize"
@@ -65,8 +67,4 @@ def preprocess(
         f"[bold]{out}[/]: {len(summary.done)} preprocessed, {len(summary.skipped)} already there, "
         f"{len(summary.failed)} failed."
     )
-    if summary.failed:
-        console.print("[bold red]Failed cases:[/]")
-        for case_id, message in summary.failed:
-            console.print(f"  {case_id}: {message}", markup=False, highlight=False)
-        raise typer.Exit(code=1)
+    exit_if_failed(summary.failed)

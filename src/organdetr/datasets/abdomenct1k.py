@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from organdetr.datasets.conversion import (
     ConversionSummary,
@@ -51,12 +52,12 @@ def convert(
     *,
     subset: Sequence[str] | None = None,
     limit: int | None = None,
-    keep_classes: Sequence[str] | None = None,
-    workers: int = 1,
-    resume: bool = True,
-    progress: bool = True,
+    **options: Any,
 ) -> ConversionSummary:
-    """Convert AbdomenCT-1K at ``src`` into the nnU-Net v2 raw dataset ``dst``."""
+    """Convert AbdomenCT-1K at ``src`` into the nnU-Net v2 raw dataset ``dst``.
+
+    ``options``: ``keep_classes``, ``workers``, ``resume``, ``progress`` of :func:`convert_cases`.
+    """
     cases = select_cases(discover_cases(src), subset, limit)
     return convert_cases(
         cases,
@@ -64,9 +65,6 @@ def convert(
         load_class_map(FORMAT),
         dataset=FORMAT,
         name="AbdomenCT1K",
-        keep_classes=keep_classes,
-        workers=workers,
-        resume=resume,
-        progress=progress,
+        **options,
         extra={"source": str(Path(src).resolve()), "class_source": class_map_source(FORMAT)},
     )

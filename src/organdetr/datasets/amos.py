@@ -17,6 +17,7 @@ import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from organdetr.datasets.conversion import (
     ConversionSummary,
@@ -93,12 +94,12 @@ def convert(
     modality: str = "ct",
     subset: Sequence[str] | None = None,
     limit: int | None = None,
-    keep_classes: Sequence[str] | None = None,
-    workers: int = 1,
-    resume: bool = True,
-    progress: bool = True,
+    **options: Any,
 ) -> ConversionSummary:
-    """Convert AMOS 2022 at ``src`` (CT cases by default) into the nnU-Net v2 raw dataset ``dst``."""
+    """Convert AMOS 2022 at ``src`` (CT cases by default) into the nnU-Net v2 raw dataset ``dst``.
+
+    ``options``: ``keep_classes``, ``workers``, ``resume``, ``progress`` of :func:`convert_cases`.
+    """
     root = find_root(require_folder(src), "imagesTr")
     cases = select_cases(discover_cases(root, modality), subset, limit)
     return convert_cases(
@@ -107,10 +108,7 @@ def convert(
         class_map(root),
         dataset=FORMAT,
         name=f"AMOS22_{modality.upper()}",
-        keep_classes=keep_classes,
         channel_name="CT" if modality == "ct" else "MR",
-        workers=workers,
-        resume=resume,
-        progress=progress,
+        **options,
         extra={"source": str(root.resolve()), "class_source": class_map_source(FORMAT), "modality": modality},
     )

@@ -18,6 +18,7 @@ import csv
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -130,12 +131,12 @@ def convert(
     variant: str = "totalsegmentator",
     subset: Sequence[str] | None = None,
     limit: int | None = None,
-    keep_classes: Sequence[str] | None = None,
-    workers: int = 1,
-    resume: bool = True,
-    progress: bool = True,
+    **options: Any,
 ) -> ConversionSummary:
-    """Convert TotalSegmentator at ``src`` (``variant`` "totalsegmentator" or "totalsegmentator_mr")."""
+    """Convert TotalSegmentator at ``src`` (``variant`` "totalsegmentator" or "totalsegmentator_mr").
+
+    ``options``: ``keep_classes``, ``workers``, ``resume``, ``progress`` of :func:`convert_cases`.
+    """
     if variant not in VARIANTS:
         raise InputError(None, f"unknown TotalSegmentator variant {variant!r}; known: {', '.join(VARIANTS)}")
     map_name, image_name, channel = VARIANTS[variant]
@@ -149,11 +150,8 @@ def convert(
         dataset=variant,
         name="TotalSegmentator" + ("MRI" if channel == "MR" else ""),
         read_label=partial(merge_structure_masks, classes=classes),
-        keep_classes=keep_classes,
         channel_name=channel,
-        workers=workers,
-        resume=resume,
-        progress=progress,
+        **options,
         extra={
             "source": str(src.resolve()),
             "class_source": class_map_source(map_name),

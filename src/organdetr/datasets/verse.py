@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from organdetr.datasets.conversion import (
     ConversionSummary,
@@ -68,12 +69,12 @@ def convert(
     *,
     subset: Sequence[str] | None = None,
     limit: int | None = None,
-    keep_classes: Sequence[str] | None = None,
-    workers: int = 1,
-    resume: bool = True,
-    progress: bool = True,
+    **options: Any,
 ) -> ConversionSummary:
-    """Convert VerSe at ``src`` into the nnU-Net v2 raw dataset ``dst``."""
+    """Convert VerSe at ``src`` into the nnU-Net v2 raw dataset ``dst``.
+
+    ``options``: ``keep_classes``, ``workers``, ``resume``, ``progress`` of :func:`convert_cases`.
+    """
     src = require_folder(src)
     cases = select_cases(discover_cases(src), subset, limit)
     return convert_cases(
@@ -82,10 +83,7 @@ def convert(
         load_class_map(FORMAT),
         dataset=FORMAT,
         name="VerSe",
-        keep_classes=keep_classes,
-        workers=workers,
-        resume=resume,
-        progress=progress,
+        **options,
         extra={
             "source": str(src.resolve()),
             "class_source": class_map_source(FORMAT),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from organdetr.datasets.conversion import (
     ConversionSummary,
@@ -61,12 +62,12 @@ def convert(
     *,
     subset: Sequence[str] | None = None,
     limit: int | None = None,
-    keep_classes: Sequence[str] | None = None,
-    workers: int = 1,
-    resume: bool = True,
-    progress: bool = True,
+    **options: Any,
 ) -> ConversionSummary:
-    """Convert WORD at ``src`` into the nnU-Net v2 raw dataset ``dst``."""
+    """Convert WORD at ``src`` into the nnU-Net v2 raw dataset ``dst``.
+
+    ``options``: ``keep_classes``, ``workers``, ``resume``, ``progress`` of :func:`convert_cases`.
+    """
     root = find_root(require_folder(src), "imagesTr")
     cases = select_cases(discover_cases(root), subset, limit)
     return convert_cases(
@@ -75,10 +76,7 @@ def convert(
         load_class_map(FORMAT),
         dataset=FORMAT,
         name="WORD",
-        keep_classes=keep_classes,
-        workers=workers,
-        resume=resume,
-        progress=progress,
+        **options,
         extra={
             "source": str(root.resolve()),
             "class_source": class_map_source(FORMAT),
