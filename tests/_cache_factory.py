@@ -62,16 +62,19 @@ def make_cache(root: Path, num_cases: int = 2, size: int = 32, seed: int = 0) ->
     return cache
 
 
-def save_random_checkpoint(run: Path, classes: dict[int, str], grid: tuple[int, int, int]) -> Path:
-    """A randomly initialised tiny Organ-DETR saved as run folder ``run`` (weights + config + plans)."""
+def save_random_checkpoint(
+    run: Path, classes: dict[int, str], grid: tuple[int, int, int], *overrides: str
+) -> Path:
+    """A randomly initialised ``tiny`` detector (config ``overrides``, e.g. ``"arch=retinanet"``) saved as
+    run folder ``run`` (weights + config + plans)."""
     import torch
 
     from organdetr.checkpoint import save_checkpoint
-    from organdetr.config import TrainConfig, dump_config
-    from organdetr.models import build_detector, model_preset
+    from organdetr.config import dump_config, load_config
+    from organdetr.models import build_detector
 
     torch.manual_seed(0)
-    cfg = TrainConfig(model=model_preset("tiny"))
+    cfg = load_config("tiny", list(overrides))
     detector = build_detector(cfg.arch, cfg.model, cfg.matcher, cfg.loss, len(classes), grid)
     plans = make_plans(PreprocessConfig(input_size=grid), classes)
     save_checkpoint(

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from _cache_factory import save_random_checkpoint
 from organdetr.checkpoint import load_detector
 from organdetr.cli import app
+from organdetr.errors import InputError
 from organdetr.export import export_checkpoint, load_session, onnx_detect, onnx_plans
 
 CLASSES = {1: "liver", 2: "spleen", 3: "kidney_right", 4: "kidney_left"}
@@ -47,9 +48,14 @@ def test_export_cli(tmp_path, checkpoint):
 
 
 def test_load_session_rejects_garbage(tmp_path):
-    from organdetr.errors import InputError
-
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not onnx")
     with pytest.raises(InputError, match="bad.onnx"):
         load_session(bad)
+
+
+def test_export_refuses_non_detr_checkpoint_in_one_line(tmp_path):
+    run = save_random_checkpoint(tmp_path / "retina", CLASSES, GRID, "arch=retinanet")
+    with pytest.raises(InputError, match="DETR-style detectors only"):
+        export_checkpoint(run, tmp_path / "r.onnx")
+    assert not (tmp_path / "r.onnx").exists()

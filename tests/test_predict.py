@@ -103,6 +103,17 @@ def test_predict_file_writes_json_png_and_box_mask(tmp_path, predictor):
     assert np.count_nonzero(mask.array) > 0
 
 
+def test_retinanet_checkpoint_predicts_through_the_same_verb(tmp_path):
+    run = save_random_checkpoint(tmp_path / "retina", CLASSES, GRID, "arch=retinanet")
+    scan = ras_scan(tmp_path / "r.nii.gz")
+    summary = predict_scans(Predictor.from_checkpoint(run, "cpu"), [scan], tmp_path / "out", progress=False)
+    assert summary.failed == []
+    prediction = json.loads((tmp_path / "out" / "r.json").read_text())
+    check_prediction(prediction, read_image(scan).geometry)
+    labels = [d["label"] for d in prediction["detections"]]
+    assert len(labels) == len(set(labels))  # at most one box per organ, as for Organ-DETR
+
+
 def test_score_threshold_drops_detections(tmp_path, predictor):
     scan = ras_scan(tmp_path / "a.nii.gz")
     predict_scans(predictor, [scan], tmp_path / "out", score_threshold=1.01, overlay=False, progress=False)

@@ -95,11 +95,21 @@ def _onnx_export(wrapper: nn.Module, example: torch.Tensor, path: Path, opset: i
         )
 
 
-def export_checkpoint(checkpoint: str | Path, out_path: str | Path, *, opset: int = 18) -> Path:
-    """Load a run/checkpoint folder and export its network (+ plans metadata) to ``out_path``."""
+def load_exportable(checkpoint: str | Path):
+    """``(detector, plans)`` of a run/checkpoint folder; InputError unless it is a DETR-style detector."""
     from organdetr.checkpoint import load_detector
+    from organdetr.models.detector import DETRDetector
 
     detector, _, plans = load_detector(checkpoint, "cpu")
+    if not isinstance(detector, DETRDetector):
+        kind = type(detector).__name__
+        raise InputError(checkpoint, f"ONNX export supports DETR-style detectors only, this is {kind}")
+    return detector, plans
+
+
+def export_checkpoint(checkpoint: str | Path, out_path: str | Path, *, opset: int = 18) -> Path:
+    """Load a run/checkpoint folder and export its network (+ plans metadata) to ``out_path``."""
+    detector, plans = load_exportable(checkpoint)
     input_size = tuple(int(s) for s in plans["input_size"])
     return export_network(detector.network, input_size, out_path, plans=plans, opset=opset)
 

@@ -29,10 +29,9 @@ def export(
     import numpy as np
     import torch
 
-    from organdetr.checkpoint import load_detector
-    from organdetr.export import export_network, load_session, onnx_detect
+    from organdetr.export import export_network, load_exportable, load_session, onnx_detect
 
-    detector, _, plans = load_detector(checkpoint, "cpu")
+    detector, plans = load_exportable(checkpoint)
     input_size = tuple(int(s) for s in plans["input_size"])
     export_network(detector.network, input_size, out, plans=plans, opset=opset)
     typer.echo(f"wrote {out} (input images [B, 1, {', '.join(map(str, input_size))}])")
