@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from .config import ModelConfig
 
 
 def group_norm(channels: int, groups: int) -> nn.GroupNorm:
@@ -67,6 +72,18 @@ class Backbone3d(nn.Module):
         self.stages = nn.ModuleList(stages)
         self.num_levels = num_levels
         self.out_channels = tuple(stage_channels[-num_levels:])
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig) -> Backbone3d:
+        """The backbone a :class:`ModelConfig` describes (shared by the DETR and RetinaNet detectors)."""
+        return cls(
+            cfg.in_channels,
+            cfg.stem_channels,
+            cfg.backbone_channels,
+            cfg.backbone_depth,
+            cfg.num_levels,
+            cfg.norm_groups,
+        )
 
     def forward(self, images: Tensor) -> list[Tensor]:
         x = self.stem(images)

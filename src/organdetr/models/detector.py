@@ -36,14 +36,7 @@ class OrganDETR(nn.Module):
             raise ValueError("ModelConfig.num_classes must be >= 1 (set it from the dataset's class map)")
         self.cfg = cfg
         d = cfg.d_model
-        self.backbone = Backbone3d(
-            cfg.in_channels,
-            cfg.stem_channels,
-            cfg.backbone_channels,
-            cfg.backbone_depth,
-            cfg.num_levels,
-            cfg.norm_groups,
-        )
+        self.backbone = Backbone3d.from_config(cfg)
         self.input_proj = nn.ModuleList(
             nn.Sequential(nn.Conv3d(c, d, 1), group_norm(d, cfg.norm_groups))
             for c in self.backbone.out_channels

@@ -69,14 +69,7 @@ class BackboneFPN(nn.Module):
 
     def __init__(self, cfg: ModelConfig, out_channels: int):
         super().__init__()
-        self.body = Backbone3d(
-            cfg.in_channels,
-            cfg.stem_channels,
-            cfg.backbone_channels,
-            cfg.backbone_depth,
-            cfg.num_levels,
-            cfg.norm_groups,
-        )
+        self.body = Backbone3d.from_config(cfg)
         self.fpn = FeaturePyramidNetwork(3, list(self.body.out_channels), out_channels)
         self.out_channels = out_channels  # RetinaNet reads this attribute
 
