@@ -70,3 +70,15 @@ def test_next_stop_chunks_and_tail():
     assert stops[-1] == total and stops == sorted(stops)
     assert all(b - a >= MIN_CHUNK for a, b in zip([0, *stops], stops, strict=False))
     assert _next_stop(0, 30) == 30  # too short to re-plan
+
+
+def test_train_config_takes_the_demo_optimiser_and_split(tmp_path):
+    from organdetr.demo import DemoConfig, _train_config
+
+    cfg = DemoConfig(out_dir=tmp_path, lr=5e-4, grad_clip=2.0, batch_size=2)
+    cases = ["a", "b", "c", "d"]
+    train_cfg = _train_config(cfg, tmp_path / "cache", cases, num_classes=10, epochs=5, warmup=None)
+    assert train_cfg.optim.lr == 5e-4 and train_cfg.optim.grad_clip == 2.0
+    assert train_cfg.optim.warmup_steps == 1  # ~10 % of 5 epochs x 2 steps
+    assert train_cfg.model.num_queries >= 30  # room for 1 + eta queries per organ
+    assert train_cfg.data.train_cases == cases and train_cfg.train.epochs == 5
