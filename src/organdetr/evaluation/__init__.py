@@ -1,5 +1,6 @@
 """3D organ-detection metrics: COCO-style mAP / AP50 / AP75 / mAR per organ, nnDetection mAP@.10:.50,
-centre and per-face errors in mm.
+centre and per-face errors in mm; segmentation metrics of label maps (Dice, NSD, HD95 in mm:
+``evaluation.segmentation``).
 
 Conventions (details, worked examples and the MONAI differences: docs/metrics.md)
 
@@ -46,6 +47,7 @@ from .coco import (
 from .io import GroundTruthSet, PredictionSet, load_ground_truth, load_predictions
 from .iou import box_iou_3d, box_iou_3d_monai
 from .report import describe, print_table, write_report
+from .segmentation import SegmentationResult, evaluate_segmentation
 
 __all__ = [
     "COCO",
@@ -58,11 +60,13 @@ __all__ = [
     "IoURange",
     "MatchedOrgan",
     "PredictionSet",
+    "SegmentationResult",
     "box_iou_3d",
     "box_iou_3d_monai",
     "describe",
     "evaluate_arrays",
     "evaluate_detections",
+    "evaluate_segmentation",
     "load_ground_truth",
     "load_predictions",
     "print_table",
