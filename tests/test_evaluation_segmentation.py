@@ -225,3 +225,75 @@ def test_evaluate_segmentation_means_counts_and_workers():
     assert per_organ.settings["nsd_tolerance_mm"] == {"liver": 0.0, "spleen": 2.0, "pancreas": 2.0}
     with pytest.raises(ValueError, match="unknown organs"):
         evaluate_segmentation([pred1], [gt1], classes, 1.0, {"heart": 1.0})
+
+
+def _dataset_with_predictions(tmp_path):
+    """nnU-Net dataset of 3 cases (2 mm x 1 mm x 3 mm voxels, oblique-free LPS) and predictions: case a
+    exact, case b shifted one voxel along i, case c without a label map."""
+    from organdetr.datasets.nnunet import image_path, label_path, write_dataset_json
+    from organdetr.geometry import Geometry
+    from organdetr.io import write_image
+
+    geometry = Geometry((12, 10, 8), (2.0, 1.0, 3.0), (-5.0, 3.0, 40.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    root, pred_dir = tmp_path / "Dataset001_Seg", tmp_path / "pred"
+    labels = {}
+    for n, case in enumerate(("a", "b", "c")):
+        gt = np.zeros(geometry.size, dtype=np.uint8)
+        gt[2:6, 2:6, 2:5] = 1
+        gt[7:10, 5:8, 4:7] = 3
+        if n == 2:
+            gt[gt == 3] = 0
+        labels[case] = gt
+        write_image(label_path(root, case), gt, geometry)
+        write_image(image_path(root, case), gt.astype(np.int16), geometry)
+    write_dataset_json(root, {1: "liver", 3: "spleen"}, 3, name="Dataset001_Seg")
+    write_image(pred_dir / "a_seg.nii.gz", labels["a"], geometry)
+    write_image(pred_dir / "b.nii.gz", np.roll(labels["b"], 1, axis=0), geometry)
+    return root, pred_dir, geometry
+
+
+def test_cli_evaluate_seg_scores_label_maps(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from organdetr.cli import app
+
+    root, pred_dir, _ = _dataset_with_predictions(tmp_path)
+    result = CliRunner(env={"COLUMNS": "220"}).invoke(app, ["evaluate", str(pred_dir), str(root), "--seg"])
+    assert result.exit_code == 0, result.output
+    assert "1 of 3 cases have no label map" in result.output and "NSD at 2 mm" in result.output
+    out = pred_dir / "evaluation"
+    assert {p.name for p in out.iterdir()} == {
+        "seg_metrics.json", "seg_metrics.csv", "seg_metrics.md", "seg_cases.csv", "seg_scores.png"
+    }  # fmt: skip
+    metrics = json.loads((out / "seg_metrics.json").read_text())
+    assert metrics["per_case"]["a"]["liver"] == {"dice": 1.0, "nsd": 1.0, "hd95_mm": 0.0}
+    b = metrics["per_case"]["b"]["liver"]  # 4 x 4 x 3 box shifted one 2 mm voxel along i
+    assert b["dice"] == pytest.approx(2 * 36 / 96) and b["hd95_mm"] == pytest.approx(2.0)
+    assert metrics["per_case"]["c"]["liver"]["dice"] == 0.0  # no label map: an empty prediction
+    assert "spleen" not in metrics["per_case"]["c"]  # absent from both: not scored
+    assert metrics["per_class"]["spleen"]["num_gt"] == 2 and metrics["missing_predictions"] == ["c"]
+    assert (out / "seg_metrics.md").read_text().startswith("**Dice, NSD at 2 mm")
+
+
+def test_cli_evaluate_seg_refuses_a_label_map_on_another_grid(tmp_path):
+    from typer.testing import CliRunner
+
+    from organdetr.cli import app
+    from organdetr.errors import InputError
+    from organdetr.geometry import Geometry
+    from organdetr.io import write_image
+
+    root, pred_dir, geometry = _dataset_with_predictions(tmp_path)
+    moved = Geometry(geometry.size, (2.0, 1.0, 2.5), geometry.origin, geometry.direction)
+    write_image(pred_dir / "b.nii.gz", np.zeros(geometry.size, dtype=np.uint8), moved)
+    result = CliRunner().invoke(app, ["evaluate", str(pred_dir), str(root), "--seg"])
+    assert isinstance(result.exception, InputError)  # the console script prints it in one line, exit 2
+    assert result.exception.path.name == "b.nii.gz" and "grid differs from the ground truth" in str(
+        result.exception
+    )
+    write_image(pred_dir / "b.nii.gz", np.full(geometry.size, 7, dtype=np.uint8), geometry)
+    result = CliRunner().invoke(app, ["evaluate", str(pred_dir), str(root), "--seg"])
+    assert isinstance(result.exception, InputError) and "label ids [7]" in str(result.exception)
+    assert not (pred_dir / "evaluation").exists()  # nothing written

@@ -37,15 +37,31 @@ def evaluate(
     split: GroundTruthSplit = typer.Option(
         GroundTruthSplit.all, "--split", help="nnU-Net dataset only: labelsTr (tr), labelsTs (ts) or all."
     ),
+    seg: bool = typer.Option(
+        False,
+        "--seg",
+        help="Score label maps instead of boxes: PRED_DIR/<case>_seg.nii.gz (or <case>.nii.gz) against the "
+        "ground-truth label maps: Dice, NSD, HD95 (mm) per organ.",
+    ),
+    nsd_tolerance: float = typer.Option(
+        2.0, "--nsd-tolerance", min=0.0, help="--seg: NSD tolerance in mm (surface voxels within it count)."
+    ),
+    workers: int = typer.Option(1, "--workers", min=1, help="--seg: processes scoring cases in parallel."),
 ) -> None:
     """Score predictions against ground-truth organ boxes (LPS mm): mAP@.50:.95, AP50, AP75, mAR, per organ,
-    nnDetection mAP@.10:.50, centre and face errors in mm.
+    nnDetection mAP@.10:.50, centre and face errors in mm; with --seg, label maps against label maps.
 
     Writes OUT/metrics.json, metrics.csv, metrics.md, matches.csv and pr_curves.png. Cases without a
-    prediction file count as no detections (listed). Example:
-    organdetr evaluate runs/pred Dataset001_Organs --max-detections 1 --mode coco
+    prediction file count as no detections (listed). With --seg: OUT/seg_metrics.json, seg_metrics.csv,
+    seg_metrics.md, seg_cases.csv and seg_scores.png (a missing label map scores as empty). Examples:
+    organdetr evaluate runs/pred Dataset001_Organs --max-detections 1 --mode coco;
+    organdetr evaluate runs/pred Dataset001_Organs --seg --nsd-tolerance 2
     """
     from rich.console import Console
+
+    if seg:
+        _evaluate_label_maps(pred_dir, gt, output, split.value, nsd_tolerance, workers, Console())
+        return
 
     from organdetr.evaluation import evaluate_detections
     from organdetr.evaluation.io import load_ground_truth, load_predictions
@@ -99,3 +115,51 @@ def evaluate(
 
 def _short(items: list[str], limit: int = 10) -> str:
     return ", ".join(items[:limit]) + (f", ... (+{len(items) - limit})" if len(items) > limit else "")
+
+
+def _evaluate_label_maps(
+    pred_dir: Path, gt: Path, output: Path | None, split: str, tolerance: float, workers: int, console
+) -> None:
+    """``evaluate --seg``: Dice / NSD / HD95 of label maps, table and report files."""
+    import itertools
+
+    from organdetr.evaluation.segmentation import evaluate_segmentation
+    from organdetr.evaluation.segmentation_io import load_label_map_truth, pair_predictions, read_pairs
+    from organdetr.evaluation.segmentation_report import print_seg_table, write_seg_report
+
+    truth = load_label_map_truth(gt, split=split)
+    paired = pair_predictions(pred_dir, truth)
+    if paired.extra:
+        console.print(
+            f"[yellow]warning[/]: {len(paired.extra)} label map(s) in {pred_dir} match no ground-truth case, "
+            f"ignored: {_short(paired.extra)}"
+        )
+    if paired.missing:
+        console.print(
+            f"[yellow]warning[/]: {len(paired.missing)} of {len(truth.cases)} cases have no label map and "
+            f"score as empty predictions: {_short(paired.missing)}"
+        )
+    preds, gts, spacings = itertools.tee(read_pairs(paired), 3)
+    result = evaluate_segmentation(
+        (p for p, _, _ in preds),
+        (g for _, g, _ in gts),
+        truth.classes,
+        (s for _, _, s in spacings),
+        tolerance,
+        case_ids=[c for c, _ in truth.cases],
+        workers=workers,
+        progress=True,
+    )
+    print_seg_table(result, console)
+    out_dir = output or pred_dir / "evaluation"
+    paths = write_seg_report(
+        result,
+        out_dir,
+        extra={
+            "predictions": str(pred_dir),
+            "ground_truth": truth.source,
+            "missing_predictions": paired.missing,
+            "ignored_predictions": paired.extra,
+        },
+    )
+    console.print(f"wrote {', '.join(p.name for p in paths)} to {out_dir}")
