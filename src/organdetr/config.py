@@ -25,7 +25,7 @@ from .criterion import LossConfig
 from .data.augment import AugmentConfig
 from .errors import InputError
 from .matcher import MatcherConfig
-from .models.config import ModelConfig, Seg2BoxConfig
+from .models.config import MaskMedConfig, ModelConfig, Seg2BoxConfig
 
 ScheduleKind = Literal["cosine", "step", "constant"]
 AmpMode = Literal["auto", "off", "bf16", "fp16"]
@@ -63,6 +63,7 @@ class OptimConfig:
 
     lr: float = 2e-4
     backbone_lr_scale: float = 1.0  # lr of parameters under ``*.backbone.*`` = lr * this
+    transformer_lr_scale: float = 1.0  # lr of parameters under ``*.transformer.*`` = lr * this (MaskMed)
     weight_decay: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = 0.1  # max global grad norm (DETR); 0 = off
@@ -79,8 +80,10 @@ class OptimConfig:
         self.step_milestones = tuple(float(m) for m in self.step_milestones)
         if self.lr <= 0:
             raise ValueError(f"optim.lr must be > 0, got {self.lr}")
-        if self.backbone_lr_scale < 0 or self.weight_decay < 0 or self.grad_clip < 0:
-            raise ValueError("optim.backbone_lr_scale, weight_decay and grad_clip must be >= 0")
+        if min(self.backbone_lr_scale, self.transformer_lr_scale, self.weight_decay, self.grad_clip) < 0:
+            raise ValueError(
+                "optim.backbone_lr_scale, transformer_lr_scale, weight_decay and grad_clip must be >= 0"
+            )
         if self.warmup_steps < 0:
             raise ValueError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
         if not 0.0 < self.ema_decay < 1.0:
@@ -115,9 +118,10 @@ class LoopConfig:
 class TrainConfig:
     """Everything a training run needs; dumped as ``config.yaml`` into the run folder."""
 
-    arch: str = "organdetr"  # organdetr | retinanet | seg2box
+    arch: str = "organdetr"  # organdetr | retinanet | seg2box | maskmed
     model: ModelConfig = field(default_factory=ModelConfig)
     seg2box: Seg2BoxConfig = field(default_factory=Seg2BoxConfig)
+    maskmed: MaskMedConfig = field(default_factory=MaskMedConfig)
     matcher: MatcherConfig = field(default_factory=MatcherConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -126,7 +130,7 @@ class TrainConfig:
     train: LoopConfig = field(default_factory=LoopConfig)
 
 
-PRESETS: tuple[str, ...] = ("tiny", "small", "paper", "detr", "seg2box")
+PRESETS: tuple[str, ...] = ("tiny", "small", "paper", "detr", "seg2box", "maskmed", "maskmed_tiny")
 
 
 # ----------------------------------------------------------------------------------------------------

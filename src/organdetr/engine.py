@@ -76,24 +76,30 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 
 def build_optimizer(detector: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    """AdamW; ``*.backbone.*`` parameters get ``lr * backbone_lr_scale``; no decay on norms / biases."""
-    groups: dict[tuple[bool, bool], list[Tensor]] = {}
+    """AdamW; ``*.backbone.*`` parameters get ``lr * backbone_lr_scale``, ``*.transformer.*`` parameters
+    ``lr * transformer_lr_scale`` (separate rates for a model's CNN and attention parts, as MaskMed
+    trains them); no decay on norms / biases."""
+    scales = {"transformer": cfg.transformer_lr_scale, "backbone": cfg.backbone_lr_scale, "head": 1.0}
+    groups: dict[tuple[str, bool], list[Tensor]] = {}
     for name, param in detector.named_parameters():
         if not param.requires_grad:
             continue
-        is_backbone = ".backbone." in f".{name}"
+        part = next((p for p in ("backbone", "transformer") if f".{p}." in f".{name}"), "head")
         no_decay = param.ndim <= 1 or name.endswith("_embed")
-        groups.setdefault((is_backbone, no_decay), []).append(param)
+        groups.setdefault((part, no_decay), []).append(param)
     param_groups = []
-    for (is_backbone, no_decay), params in sorted(groups.items()):
-        lr = cfg.lr * (cfg.backbone_lr_scale if is_backbone else 1.0)
+    order = list(scales)[::-1]  # head, backbone, transformer: the group order of older checkpoints first
+    for (part, no_decay), params in sorted(
+        groups.items(), key=lambda item: (order.index(item[0][0]), item[0][1])
+    ):
+        lr = cfg.lr * scales[part]
         param_groups.append(
             {
                 "params": params,
                 "lr": lr,
                 "initial_lr": lr,
                 "weight_decay": 0.0 if no_decay else cfg.weight_decay,
-                "name": ("backbone" if is_backbone else "head") + ("_no_decay" if no_decay else ""),
+                "name": part + ("_no_decay" if no_decay else ""),
             }
         )
     return torch.optim.AdamW(param_groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)

@@ -6,7 +6,8 @@ Architectures: ``"organdetr"`` (encoder / decoder / matcher set by the configs: 
 two-stage decoder with denoising and DQM by default; the ``detr`` preset, deformable / FPN / single-scale
 encoders and one-to-one matching are the ablations); ``"retinanet"`` (MONAI's dense anchor detector with
 NMS on the same backbone); ``"seg2box"`` (MONAI BasicUNet segmentation, boxes = largest component per
-class: the baseline a detector must beat).
+class: the baseline a detector must beat); ``"maskmed"`` (MaskMed: U-Net + FSAD-Transformer + decoupled
+mask / class head, or its point-wise-head U-Net baseline; segments, and gives boxes from its masks).
 
 Module layout: one module per architecture (``organdetr.py``, ``retinanet.py``) over shared blocks
 (``backbone``, ``attention``, ``deformable_attention``, ``position``, ``heads``, ``encoder``, ``decoder``,
@@ -22,11 +23,19 @@ from torch import nn
 
 from ..criterion import LossConfig, build_criterion
 from ..matcher import MatcherConfig, build_matcher
-from .config import DECODER_KINDS, ENCODER_KINDS, PRESET_NAMES, ModelConfig, Seg2BoxConfig, model_preset
+from .config import (
+    DECODER_KINDS,
+    ENCODER_KINDS,
+    PRESET_NAMES,
+    MaskMedConfig,
+    ModelConfig,
+    Seg2BoxConfig,
+    model_preset,
+)
 from .detector import DETRDetector
 from .organdetr import OrganDETR
 
-ARCHITECTURES: tuple[str, ...] = ("organdetr", "retinanet", "seg2box")
+ARCHITECTURES: tuple[str, ...] = ("organdetr", "retinanet", "seg2box", "maskmed")
 
 
 def build_model(cfg: ModelConfig) -> OrganDETR:
@@ -47,10 +56,20 @@ def build_detector(
     """Detector for ``arch`` with ``num_classes`` organ classes on an ``input_size`` (I, J, K) voxel grid.
 
     ``arch_cfg``: the architecture's own config section where it has one (``Seg2BoxConfig`` for
-    ``seg2box``; defaults when ``None``).
+    ``seg2box``, ``MaskMedConfig`` for ``maskmed``; defaults when ``None``).
     """
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if arch == "maskmed":  # its own U-Net: only model.in_channels of the model section is read
+        from .maskmed import build_maskmed
+
+        maskmed_cfg = arch_cfg or MaskMedConfig()
+        if any(int(s) % maskmed_cfg.divisor for s in input_size):
+            raise ValueError(
+                f"input_size {tuple(input_size)} must be divisible by {maskmed_cfg.divisor} "
+                f"(the bottleneck stride of {len(maskmed_cfg.features)} U-Net stages)"
+            )
+        return build_maskmed(maskmed_cfg, num_classes, model_cfg.in_channels)
     coarsest = model_cfg.strides[-1]
     if any(int(s) % coarsest for s in input_size):
         raise ValueError(
@@ -97,6 +116,7 @@ __all__ = [
     "PRESET_NAMES",
     "DETRDetector",
     "LossConfig",
+    "MaskMedConfig",
     "MatcherConfig",
     "ModelConfig",
     "OrganDETR",
