@@ -129,7 +129,7 @@ class TrainConfig:
     train: LoopConfig = field(default_factory=LoopConfig)
 
 
-PRESETS: tuple[str, ...] = ("tiny", "small", "paper", "detr", "seg2box")
+PRESETS: tuple[str, ...] = ("tiny", "small", "demo", "paper", "detr", "seg2box")
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -195,9 +195,7 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult
         with clock.step(
             key, f"{next(step)}/{n} training {name} ({models[name][0]} preset) for {cfg.steps} steps"
         ):
-            runs[name] = _train(
-                train_cfg, out / ("run" if name == "Organ-DETR" else "run_seg2box"), cfg.steps
-            )
+            runs[name] = _train(train_cfg, out / ("run" if name == "Organ-DETR" else "run_seg2box"))
     with clock.step(
         "evaluate", f"{next(step)}/{n} predicting and scoring the {len(test_ids)} held-out cases"
     ):
@@ -644,9 +642,9 @@ def _report_text(cfg, report, runs, tables, overlays, real, timings, run, has_lo
     seconds = ", ".join(f"{name} {sec:.2f} s/step" for name, sec in run["step_seconds"].items())
     absent = tables["absent"]
     baseline = (
-        f" The **seg2box** baseline (MONAI BasicUNet trained with CE + Dice; box = largest connected component "
-        f"per organ, score = its mean probability) was trained for the same {run['steps']} steps on the same "
-        "cases."
+        " The **seg2box** baseline (MONAI BasicUNet trained with CE + Dice; box = largest connected "
+        f"component per organ, score = its mean probability) was trained for the same {run['steps']} steps "
+        "on the same cases."
         if "seg2box" in runs
         else " The seg2box baseline was not trained (`--no-baselines`)."
     )
@@ -657,8 +655,9 @@ def _report_text(cfg, report, runs, tables, overlays, real, timings, run, has_lo
         "refinement, contrastive denoising, Dense Query Matching, multiscale segmentation loss) trained on "
         f"CPU for **{run['steps']} optimizer steps** of batch {cfg.batch_size} ({seconds} measured before "
         f"training) on synthetic abdomen phantoms ({cfg.cases} scans, {len(run['classes'])} organ classes, "
-        f"model grid {cfg.input_size}^3), then evaluated on {run['held_out_cases']} held-out phantom scans it "
-        "never saw, read from their raw NIfTI files exactly as `organdetr predict` reads a user's scan." + baseline,
+        f"model grid {cfg.input_size}^3), then evaluated on {run['held_out_cases']} held-out phantom scans "
+        "it never saw, read from their raw NIfTI files exactly as `organdetr predict` reads a user's scan."
+        + baseline,
         "",
         "The phantoms vary the field of view as real scans do (scan range from thorax-abdomen-pelvis down to "
         "an upper-abdomen slab, patient off-centre on the table, body size, the scanner's world origin), so "
