@@ -565,6 +565,7 @@ def _write_report(cfg, report: Path, run_dir: Path, evaluation, held_out, real, 
     REPORT.md."""
     from organdetr.evaluation import write_report
     from organdetr.evaluation.report import describe, to_markdown
+    from organdetr.formats.html_viewer import write_viewer
     from organdetr.io import read_image
     from organdetr.overlay import render_overlay
 
@@ -580,6 +581,7 @@ def _write_report(cfg, report: Path, run_dir: Path, evaluation, held_out, real, 
         detections = held_out["predictions"][case_id]["detections"]
         render_overlay(volume, detections, path, ground_truth=held_out["truth"][case_id], title=title)
         overlays.append(path)
+    write_viewer(report / "viewer.html", held_out["scans"], held_out["predictions"], held_out["truth"])
     tables = {"summary": summary_markdown(evaluation.summary), "per_class": to_markdown(evaluation),
               "protocol": describe(evaluation)}  # fmt: skip
     text = _report_text(cfg, report, run_dir, tables, overlays, real, timings, run, has_loss)
