@@ -157,3 +157,26 @@ def test_bad_datalists_name_the_file(tmp_path):
         read_datalist(path)
     with pytest.raises(InputError, match="box mode 'ccc' is not one of"):
         read_datalist(path, keys=["testing"], box_mode="ccc")
+
+
+def test_cli_convert_monai_datalist_with_base_dir(tmp_path):
+    from typer.testing import CliRunner
+
+    from organdetr.cli import app
+
+    images = tmp_path / "images"
+    images.mkdir()
+    image, labels = _scan(images)
+    truth = boxes_from_labels(labels, GEOMETRY, NAMES)
+    item = {
+        "image": image.name,
+        "box": [b.box_voxel.tolist() for b in truth],
+        "label": [b.label_id - 1 for b in truth],
+    }
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "fold0.json").write_text(json.dumps({"training": [item]}))
+    args = ["convert", "monai-datalist", str(tmp_path / "lists" / "fold0.json"), str(tmp_path / "D")]
+    args += ["--base-dir", str(images), "--box-mode", "xyzxyz", "--coordinates", "image"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert load_dataset(tmp_path / "D").classes[5] == "class_4"

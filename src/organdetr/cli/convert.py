@@ -19,7 +19,9 @@ def _split_list(text: str | None) -> list[str] | None:
 
 def convert(
     fmt: DatasetFormat = typer.Argument(..., metavar="FORMAT", help="Source dataset format."),
-    src: Path = typer.Argument(..., help="Folder of the downloaded dataset, as published."),
+    src: Path = typer.Argument(
+        ..., help="Folder of the downloaded dataset, as published (monai-datalist: the JSON)."
+    ),
     dst: Path = typer.Argument(..., help="Output nnU-Net v2 raw dataset folder (e.g. Dataset101_WORD)."),
     limit: int | None = typer.Option(None, "--limit", help="Convert only the first N cases (quick runs)."),
     subset: str | None = typer.Option(None, "--subset", help="Comma-separated case ids to convert."),
@@ -47,6 +49,11 @@ def convert(
     label_names: str | None = typer.Option(
         None, "--label-names", help="monai-datalist: comma-separated organ names of labels 0, 1, ..."
     ),
+    base_dir: Path | None = typer.Option(
+        None,
+        "--base-dir",
+        help="monai-datalist: folder relative image paths start from (default: the JSON's).",
+    ),
 ) -> None:
     """Convert a public dataset into nnU-Net v2 raw format with its official class names.
 
@@ -67,7 +74,7 @@ def convert(
         options["modality"] = modality
     elif modality != "ct":
         raise typer.BadParameter("--modality applies to the amos format only", param_hint="--modality")
-    options.update(_monai_options(fmt.value, box_mode, coordinates, data_list_key, label_names))
+    options.update(_monai_options(fmt.value, box_mode, coordinates, data_list_key, label_names, base_dir))
     summary = get_converter(fmt.value)(src, dst, workers=workers, resume=resume, **options)
 
     console = Console(stderr=True)
@@ -79,9 +86,10 @@ def convert(
     exit_if_failed(summary.failed)
 
 
-def _monai_options(fmt: str, box_mode, coordinates, data_list_key: str, label_names) -> dict:
+def _monai_options(fmt: str, box_mode, coordinates, data_list_key: str, label_names, base_dir) -> dict:
     """The monai-datalist converter's own options (refused for other formats)."""
     given = {"--box-mode": box_mode, "--coordinates": coordinates, "--label-names": label_names}
+    given["--base-dir"] = base_dir
     if data_list_key != "training,validation":
         given["--data-list-key"] = data_list_key
     if fmt != "monai-datalist":
@@ -94,4 +102,5 @@ def _monai_options(fmt: str, box_mode, coordinates, data_list_key: str, label_na
         "coordinates": coordinates,
         "keys": _split_list(data_list_key) or ["training"],
         "label_names": _split_list(label_names),
+        "base_dir": base_dir,
     }
