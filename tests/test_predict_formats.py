@@ -71,3 +71,36 @@ def test_predict_rejects_unknown_format_before_running(run_and_scans, tmp_path):
     assert result.exit_code != 0
     assert "--format 'itk' is not one of slicer, monai, nndetection" in str(result.exception or result.output)
     assert not (tmp_path / "o").exists()
+
+
+def test_segmenting_model_masks_reach_slicer_and_the_viewer(tmp_path):
+    """A segmenting model's label map (predict's ``seg``) becomes the .seg.nrrd segments and the viewer's
+    mask volumes; the segment voxels are exactly the label map predict writes as <case>_seg.nii.gz."""
+    slicerio = pytest.importorskip("slicerio")
+    from organdetr.io import read_label_map
+
+    run = save_random_checkpoint(
+        tmp_path / "run",
+        {1: "liver", 7: "spleen"},
+        (32, 32, 32),
+        "arch=seg2box",
+        "seg2box.features=[4, 4, 8, 8, 16, 4]",
+    )
+    geometry = Geometry((40, 36, 30), (1.5, 1.2, 3.0), (30.0, 20.0, -50.0), (-1, 0, 0, 0, -1, 0, 0, 0, 1))
+    scan = tmp_path / "scan.nii.gz"
+    write_image(scan, np.random.default_rng(0).normal(0, 100, geometry.size).astype(np.int16), geometry)
+    out = tmp_path / "out"
+    args = ["predict", str(run), str(scan), "-o", str(out), "--no-overlay", "--format", "slicer", "--html"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    labels = read_label_map(out / "scan_seg.nii.gz").array
+    segmentation = slicerio.read_segmentation(str(out / "scan.seg.nrrd"))
+    present = sorted(int(v) for v in np.unique(labels) if v > 0)
+    assert sorted(s["labelValue"] for s in segmentation["segments"]) == present
+    for segment in segmentation["segments"]:
+        assert segment["name"] == {1: "liver", 7: "spleen"}[segment["labelValue"]]
+        np.testing.assert_array_equal(
+            slicerio.segment_mask(segmentation, segment), labels == segment["labelValue"]
+        )
+    page = (out / "viewer.html").read_text()
+    assert '"labels": null' not in page and '"mask_ml"' in page

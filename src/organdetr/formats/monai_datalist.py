@@ -58,7 +58,7 @@ def require_monai():
     try:
         from monai.data import box_utils
     except ImportError:
-        raise InputError(None, "MONAI datalists need MONAI: pip install 'organdetr[monai]'") from None
+        raise InputError(None, "MONAI datalists need MONAI: pip install 'monai>=1.3'") from None
     return box_utils
 
 

@@ -43,6 +43,7 @@ class RunOutputs:
     monai_box_mode: str = "cccwhd"
     monai_coordinates: str = "world"
     title: str = "organdetr predictions"
+    classes: Mapping[int, str] | None = None  # the model's label id -> organ name (set by predict)
     _predictions: list[dict] = field(default_factory=list, repr=False)
     _viewer: object = field(default=None, repr=False)
 
@@ -84,7 +85,7 @@ class RunOutputs:
         if "slicer" in self.formats:
             from organdetr.formats.slicer import write_slicer_files
 
-            written += write_slicer_files(prediction, self.out_dir, seg=seg)
+            written += write_slicer_files(prediction, self.out_dir, seg=seg, classes=self.classes)
         if "nndetection" in self.formats:
             from organdetr.formats.nndetection import write_prediction
 

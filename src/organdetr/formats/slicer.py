@@ -302,10 +302,15 @@ def _write_segmentation(slicerio, path: str | Path, segmentation: dict) -> Path:
 
 
 def write_slicer_files(
-    prediction: Mapping, out_dir: str | Path, *, seg: np.ndarray | None = None
+    prediction: Mapping,
+    out_dir: str | Path,
+    *,
+    seg: np.ndarray | None = None,
+    classes: Mapping[int, str] | None = None,
 ) -> list[Path]:
     """``OUT/<case>_boxes.mrk.json`` and ``OUT/<case>.seg.nrrd`` (organ masks from ``seg`` when given,
-    else the boxes) for one prediction JSON (which must carry the scan geometry, ``original``)."""
+    else the boxes) for one prediction JSON (which must carry the scan geometry, ``original``).
+    ``classes`` (label id -> name) names the segments of organs the model segmented but did not keep."""
     out_dir = Path(out_dir)
     case_id = prediction["case_id"]
     written = [write_markups(prediction, out_dir / f"{case_id}_boxes.mrk.json")]
@@ -314,8 +319,8 @@ def write_slicer_files(
     geometry = Geometry.from_dict(prediction["original"])
     seg_path = out_dir / f"{case_id}.seg.nrrd"
     if seg is not None:
-        names = {int(d["label_id"]): str(d["label"]) for d in prediction.get("detections", [])}
-        names.update({int(k): str(v) for k, v in prediction.get("classes", {}).items()})
+        names = {int(k): str(v) for k, v in (classes or {}).items()}
+        names.update({int(d["label_id"]): str(d["label"]) for d in prediction.get("detections", [])})
         written.append(write_label_segmentation(seg_path, seg, geometry, names))
     else:
         written.append(write_box_segmentation(seg_path, prediction.get("detections", []), geometry))
