@@ -600,6 +600,7 @@ def _write_report(
     comparison rows, loss curves, overlays, REPORT.md."""
     from organdetr.evaluation import write_report
     from organdetr.evaluation.report import describe, to_markdown
+    from organdetr.formats.html_viewer import write_viewer
     from organdetr.io import read_image
     from organdetr.overlay import render_overlay
 
@@ -624,6 +625,7 @@ def _write_report(
         detections = held_out["predictions"][case_id]["detections"]
         render_overlay(volume, detections, path, ground_truth=held_out["truth"][case_id], title=title)
         overlays.append(path)
+    write_viewer(report / "viewer.html", held_out["scans"], held_out["predictions"], held_out["truth"])
     tables = {"summary": summary_markdown(evaluation.summary), "per_class": to_markdown(evaluation),
               "protocol": describe(evaluation), "comparison": comparison_markdown(evaluations),
               "absent": held_out["absent_scores"]}  # fmt: skip

@@ -13,6 +13,7 @@ Outputs in ``OUT/`` (schema in docs/conventions.md, "Predictions")::
     <case>.png             three orthogonal views, W400/L40, coloured boxes + legend   (overlay=True)
     <case>_boxes.nii.gz    label volume of the boxes on the original scan's grid        (save_box_mask=True)
     <case>_seg.nii.gz      the model's organ label map on the original scan's grid      (segmenting models)
+    3D Slicer / MONAI / nnDetection files, viewer.html           (outputs, organdetr.formats.run_outputs)
 
 A segmenting model (one whose detector has ``segment``: ``seg2box``, MaskMed, ...) also writes its label map
 (label ids of the dataset, nearest-neighbour back from the model grid); its boxes come from the masks.
@@ -27,6 +28,7 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -35,6 +37,9 @@ from organdetr.atomic import write_json
 from organdetr.errors import InputError
 from organdetr.geometry import Geometry, grid_box_to_original, grid_labels_to_original
 from organdetr.io import IMAGE_SUFFIXES, Volume, read_image, write_image
+
+if TYPE_CHECKING:
+    from organdetr.formats.run_outputs import RunOutputs
 
 _CHANNEL_SUFFIX = re.compile(r"_\d{4}$")  # nnU-Net's "_0000" channel suffix
 
@@ -266,13 +271,21 @@ def box_mask(detections: Sequence[dict], size: Sequence[int]) -> np.ndarray:
     mask = np.zeros(tuple(int(s) for s in size), dtype=np.uint8 if max_id < 256 else np.uint16)
     boxes = [(np.asarray(d["box_voxel"], dtype=np.float64), int(d["label_id"])) for d in detections]
     boxes.sort(key=lambda item: -float(np.prod(np.maximum(item[0][3:] - item[0][:3], 0))))
-    upper = np.asarray(mask.shape)
     for box, label_id in boxes:
-        lo = np.clip(np.round(box[:3]).astype(int), 0, upper)
-        hi = np.clip(np.round(box[3:]).astype(int), 0, upper)
-        hi = np.maximum(hi, np.minimum(lo + 1, upper))  # a box thinner than a voxel still shows
-        mask[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = label_id
+        mask[box_voxel_slices(box, mask.shape)] = label_id
     return mask
+
+
+def box_voxel_slices(box_voxel: Sequence[float], shape: Sequence[int]) -> tuple[slice, slice, slice]:
+    """The voxels a voxel box ``(i0, j0, k0, i1, j1, k1)`` fills on a grid of ``shape``: those whose
+    centre lies inside it, ``round(lo) .. round(hi) - 1`` per axis, clipped to the grid, at least one
+    voxel per axis (a box thinner than a voxel still shows)."""
+    box = np.asarray(box_voxel, dtype=np.float64)
+    upper = np.asarray(shape, dtype=int)
+    lo = np.clip(np.round(box[:3]).astype(int), 0, upper)
+    hi = np.clip(np.round(box[3:]).astype(int), 0, upper)
+    hi = np.maximum(hi, np.minimum(lo + 1, upper))
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))  # type: ignore[return-value]
 
 
 def write_outputs(
@@ -283,10 +296,13 @@ def write_outputs(
     overlay: bool,
     save_box_mask: bool,
     seg: np.ndarray | None = None,
+    outputs: RunOutputs | None = None,
 ) -> list[Path]:
-    """Write ``<case>.json`` (+ ``<case>.png``, ``<case>_boxes.nii.gz``, ``<case>_seg.nii.gz``).
+    """Write ``<case>.json`` (+ ``<case>.png``, ``<case>_boxes.nii.gz``, ``<case>_seg.nii.gz``, the
+    ``outputs`` formats' files).
 
-    ``seg``: the model's label map on the original scan's grid (label ids), for segmenting models.
+    ``seg``: the model's label map on the original scan's grid (label ids), for segmenting models; the
+    ``outputs`` writers use it too (3D Slicer segments, mask outlines in the viewer).
     Returns the paths written.
     """
     from organdetr.overlay import render_overlay
@@ -298,7 +314,8 @@ def write_outputs(
         write_image(path, seg, Geometry.from_dict(prediction["original"]))
         prediction = {**prediction, "segmentation": path.name}
         written.append(path)
-    if (overlay or save_box_mask) and volume is None:
+    needs_volume = overlay or save_box_mask or (outputs is not None and outputs.needs_volume)
+    if needs_volume and volume is None:
         volume = read_image(prediction["image"])
     if overlay:
         n = len(prediction["detections"])
@@ -311,6 +328,8 @@ def write_outputs(
         path = out_dir / f"{case_id}_boxes.nii.gz"
         write_image(path, mask, volume.geometry)
         written.append(path)
+    if outputs is not None:
+        written += outputs.add_scan(prediction, volume, seg=seg)
     json_path = out_dir / f"{case_id}.json"
     write_json(json_path, prediction)  # last: a JSON present means the case is complete
     return [json_path, *written]
@@ -366,12 +385,14 @@ def predict_scans(
     overlay: bool = True,
     save_box_mask: bool = False,
     progress: bool = True,
+    outputs: RunOutputs | None = None,
 ) -> PredictSummary:
     """Predict every scan of ``inputs`` into ``out_dir`` (see the module docstring for the outputs).
 
     ``score_threshold`` 0.0 keeps the best query of every organ (as the paper evaluates); raise it to
     drop unlikely organs. With ``batch_size`` 1 the original scan is kept in memory for the picture /
     box mask; with larger batches it is read again when needed, so memory holds one full scan at a time.
+    ``outputs`` adds the files of other formats (3D Slicer, MONAI, nnDetection, the HTML viewer).
     """
     from tqdm.auto import tqdm
 
@@ -383,7 +404,13 @@ def predict_scans(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = PredictSummary()
-    keep_volume = batch_size == 1 and (overlay or save_box_mask)
+    if outputs is not None and not outputs.active:
+        outputs = None
+    if outputs is not None and outputs.classes is None:
+        outputs.classes = predictor.classes
+    keep_volume = batch_size == 1 and (
+        overlay or save_box_mask or (outputs is not None and outputs.needs_volume)
+    )
     with tqdm(total=len(scans), desc="predict", unit="scan", disable=not progress, dynamic_ncols=True) as bar:
         for batch in _prepared_batches(predictor, scans, batch_size, keep_volume, summary, bar):
             results = predictor.detect_grids([p.grid for p in batch])
@@ -403,12 +430,15 @@ def predict_scans(
                         overlay=overlay,
                         save_box_mask=save_box_mask,
                         seg=seg_original,
+                        outputs=outputs,
                     )
                     summary.done.append(prepared.scan.case_id)
                 except (InputError, RuntimeError, ValueError, OSError, MemoryError) as err:
                     summary.failed.append((str(prepared.scan.path), _one_line(err)))
                 bar.update(1)
                 prepared.volume = None
+    if outputs is not None and summary.done:
+        outputs.finish()
     return summary
 
 
@@ -432,6 +462,7 @@ __all__ = [
     "Predictor",
     "ScanInput",
     "box_mask",
+    "box_voxel_slices",
     "case_id_of",
     "find_scans",
     "load_prediction",

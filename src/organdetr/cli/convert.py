@@ -39,7 +39,9 @@ def _label_set_option(fmt: str, label_set: str | None) -> dict:
 
 def convert(
     fmt: DatasetFormat = typer.Argument(..., metavar="FORMAT", help="Source dataset format."),
-    src: Path = typer.Argument(..., help="Folder of the downloaded dataset, as published."),
+    src: Path = typer.Argument(
+        ..., help="Folder of the downloaded dataset, as published (monai-datalist: the JSON)."
+    ),
     dst: Path = typer.Argument(..., help="Output nnU-Net v2 raw dataset folder (e.g. Dataset101_WORD)."),
     classes: str | None = typer.Option(
         None,
@@ -55,10 +57,35 @@ def convert(
     modality: str = typer.Option("ct", "--modality", help="AMOS only: 'ct' (ids <= 500) or 'mr'."),
     workers: int = typer.Option(1, "--workers", min=1, help="Parallel processes."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip cases already converted."),
+    box_mode: str | None = typer.Option(
+        None,
+        "--box-mode",
+        help="monai-datalist: MONAI box mode of 'box' (cccwhd, xyzxyz, ...; default: "
+        "the file's 'box_mode', else cccwhd).",
+    ),
+    coordinates: str | None = typer.Option(
+        None,
+        "--coordinates",
+        help="monai-datalist: world (LPS mm), world-ras or image (voxels); default: "
+        "the file's 'coordinates', else world.",
+    ),
+    data_list_key: str = typer.Option(
+        "training,validation", "--data-list-key", help="monai-datalist: comma-separated lists to read."
+    ),
+    label_names: str | None = typer.Option(
+        None, "--label-names", help="monai-datalist: comma-separated organ names of labels 0, 1, ..."
+    ),
+    base_dir: Path | None = typer.Option(
+        None,
+        "--base-dir",
+        help="monai-datalist: folder relative image paths start from (default: the JSON's).",
+    ),
 ) -> None:
     """Convert a public dataset into nnU-Net v2 raw format with its official class names.
 
-    FORMAT: abdomenct1k, word, amos (CT unless --modality mr), verse, totalsegmentator, totalsegmentator_mr.
+    FORMAT: abdomenct1k, word, amos (CT unless --modality mr), verse, totalsegmentator, totalsegmentator_mr;
+    from sister toolkits: nndetection (a raw Task folder: instance maps + per-case instance JSON) and
+    monai-datalist (SRC is a MONAI detection datalist JSON; its boxes become box label maps).
 
     Label sets (--classes; dataset.json records the one used and its source). abdomenct1k: organs4 =
     the official labels of all scans, 1 liver, 2 kidney (both kidneys), 3 spleen, 4 pancreas;
@@ -87,6 +114,7 @@ def convert(
         options["modality"] = modality
     elif modality != "ct":
         raise typer.BadParameter("--modality applies to the amos format only", param_hint="--modality")
+    options.update(_monai_options(fmt.value, box_mode, coordinates, data_list_key, label_names, base_dir))
     summary = get_converter(fmt.value)(src, dst, workers=workers, resume=resume, **options)
 
     console = Console(stderr=True)
@@ -102,3 +130,23 @@ def convert(
         f"{len(summary.failed)} failed; {listed}."
     )
     exit_if_failed(summary.failed)
+
+
+def _monai_options(fmt: str, box_mode, coordinates, data_list_key: str, label_names, base_dir) -> dict:
+    """The monai-datalist converter's own options (refused for other formats)."""
+    given = {"--box-mode": box_mode, "--coordinates": coordinates, "--label-names": label_names}
+    given["--base-dir"] = base_dir
+    if data_list_key != "training,validation":
+        given["--data-list-key"] = data_list_key
+    if fmt != "monai-datalist":
+        for flag, value in given.items():
+            if value is not None:
+                raise typer.BadParameter(f"{flag} applies to the monai-datalist format only", param_hint=flag)
+        return {}
+    return {
+        "box_mode": box_mode,
+        "coordinates": coordinates,
+        "keys": _split_list(data_list_key) or ["training"],
+        "label_names": _split_list(label_names),
+        "base_dir": base_dir,
+    }

@@ -22,6 +22,9 @@ FORMATS: dict[str, tuple[str, dict]] = {
     "verse": ("verse", {}),
     "totalsegmentator": ("totalsegmentator", {"variant": "totalsegmentator"}),
     "totalsegmentator_mr": ("totalsegmentator", {"variant": "totalsegmentator_mr"}),
+    # sister toolkits' layouts (modules named in full: they live in organdetr.formats)
+    "monai-datalist": ("organdetr.formats.monai_datalist", {}),
+    "nndetection": ("organdetr.formats.nndetection", {}),
 }
 
 # format -> label set name (``convert --classes``; the first is the default) -> class map name
@@ -37,7 +40,8 @@ def get_converter(fmt: str) -> Callable[..., ConversionSummary]:
     if fmt not in FORMATS:
         raise KeyError(f"unknown dataset format {fmt!r}; known: {', '.join(FORMATS)}")
     module_name, fixed = FORMATS[fmt]
-    module = importlib.import_module(f"organdetr.datasets.{module_name}")
+    full_name = module_name if "." in module_name else f"organdetr.datasets.{module_name}"
+    module = importlib.import_module(full_name)
     return partial(module.convert, **fixed)
 
 
