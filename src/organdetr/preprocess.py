@@ -413,7 +413,9 @@ def foreground_window(
 
     dataset = load_dataset(dataset_root)
     cases = dataset.cases
-    picked = [cases[int(i)] for i in np.unique(np.linspace(0, len(cases) - 1, min(max_cases, len(cases))).round())]
+    picked = [
+        cases[int(i)] for i in np.unique(np.linspace(0, len(cases) - 1, min(max_cases, len(cases))).round())
+    ]
     rng = np.random.default_rng(seed)
     samples = []
     for case in picked:
@@ -426,7 +428,9 @@ def foreground_window(
         if values.size:
             samples.append(rng.choice(values, size=min(samples_per_case, values.size), replace=False))
     if not samples:
-        raise InputError(dataset_root, "no labelled voxel in the training cases: pass an explicit --hu window")
+        raise InputError(
+            dataset_root, "no labelled voxel in the training cases: pass an explicit --hu window"
+        )
     lo, hi = np.percentile(np.concatenate(samples).astype(np.float64), percentiles)
     if hi <= lo:
         hi = lo + 1.0

@@ -48,9 +48,9 @@ def preprocess(
 
     Re-running resumes where it stopped; failed cases are listed at the end (exit code 1).
     """
-    from rich.console import Console
-
     import json
+
+    from rich.console import Console
 
     from organdetr.preprocess import PreprocessConfig, foreground_window, preprocess_dataset
 

@@ -98,7 +98,9 @@ class ModelConfig:
             )
         if self.decoder not in DECODER_KINDS:
             raise ValueError(f"ModelConfig.decoder must be one of {DECODER_KINDS}, got {self.decoder!r}")
-        if self.fine_level and (self.decoder != "deformable" or self.num_levels >= len(self.backbone_channels)):
+        if self.fine_level and (
+            self.decoder != "deformable" or self.num_levels >= len(self.backbone_channels)
+        ):
             raise ValueError(
                 "ModelConfig.fine_level needs the deformable decoder and a backbone stage below the "
                 f"{self.num_levels} encoded levels (backbone_channels has {len(self.backbone_channels)})"

@@ -105,7 +105,9 @@ class OrganDETR(nn.Module):
                 nn.Conv3d(self.backbone.out_channels[0], d, 1), group_norm(d, cfg.norm_groups)
             )
             self.fine_smooth = nn.Sequential(
-                nn.Conv3d(d, d, 3, padding=1, bias=False), group_norm(d, cfg.norm_groups), nn.ReLU(inplace=True)
+                nn.Conv3d(d, d, 3, padding=1, bias=False),
+                group_norm(d, cfg.norm_groups),
+                nn.ReLU(inplace=True),
             )
         if cfg.decoder == "detr":
             self.memory_level_embed = nn.Parameter(torch.randn(len(self.levels), d) * 0.02)
