@@ -12,6 +12,8 @@ Outputs in ``OUT/`` (schema in docs/conventions.md, "Predictions")::
                            center_mm, size_mm
     <case>.png             three orthogonal views, W400/L40, coloured boxes + legend   (overlay=True)
     <case>_boxes.nii.gz    label volume of the boxes on the original scan's grid        (save_box_mask=True)
+    <case>_seg.dcm         DICOM SEG of the organ masks, <case>_sr.dcm DICOM SR (TID 1500)
+                           of the boxes, for DICOM input                                   (dicom_out=True)
 
 One bad scan does not stop the others: failures are collected in :class:`PredictSummary`.
 """
@@ -264,13 +266,20 @@ def write_outputs(
     *,
     overlay: bool,
     save_box_mask: bool,
+    dicom_out: bool = False,
+    seg: np.ndarray | None = None,
 ) -> list[Path]:
-    """Write ``<case>.json`` (+ ``<case>.png``, ``<case>_boxes.nii.gz``); returns the paths written."""
+    """Write ``<case>.json`` (+ ``<case>.png``, ``<case>_boxes.nii.gz``, ``<case>_seg.dcm`` /
+    ``<case>_sr.dcm``); returns the paths written.
+
+    ``seg`` is a segmenting model's label map ``[I, J, K]`` on the original scan grid; the DICOM SEG holds
+    it when given, else the box masks.
+    """
     from organdetr.overlay import render_overlay
 
     case_id = prediction["case_id"]
     written = []
-    if (overlay or save_box_mask) and volume is None:
+    if (overlay or save_box_mask or dicom_out) and volume is None:
         volume = read_image(prediction["image"])
     if overlay:
         n = len(prediction["detections"])
@@ -283,6 +292,14 @@ def write_outputs(
         path = out_dir / f"{case_id}_boxes.nii.gz"
         write_image(path, mask, volume.geometry)
         written.append(path)
+    if dicom_out:
+        from organdetr.formats.dicom_out import write_dicom_outputs
+
+        mask = seg if seg is not None else box_mask(prediction["detections"], volume.geometry.size)
+        prediction["dicom"] = write_dicom_outputs(
+            prediction, mask, volume.geometry, out_dir, segmentation=seg is not None
+        )
+        written += [out_dir / entry["file"] for entry in prediction["dicom"].values()]
     json_path = out_dir / f"{case_id}.json"
     write_json(json_path, prediction)  # last: a JSON present means the case is complete
     return [json_path, *written]
@@ -337,6 +354,7 @@ def predict_scans(
     score_threshold: float = 0.0,
     overlay: bool = True,
     save_box_mask: bool = False,
+    dicom_out: bool = False,
     progress: bool = True,
 ) -> PredictSummary:
     """Predict every scan of ``inputs`` into ``out_dir`` (see the module docstring for the outputs).
@@ -344,6 +362,7 @@ def predict_scans(
     ``score_threshold`` 0.0 keeps the best query of every organ (as the paper evaluates); raise it to
     drop unlikely organs. With ``batch_size`` 1 the original scan is kept in memory for the picture /
     box mask; with larger batches it is read again when needed, so memory holds one full scan at a time.
+    ``dicom_out`` (DICOM series inputs only, checked before the model runs) adds the DICOM SEG and SR.
     """
     from tqdm.auto import tqdm
 
@@ -352,10 +371,17 @@ def predict_scans(
     scans = [s if isinstance(s, ScanInput) else None for s in inputs]
     if any(s is None for s in scans):
         scans = find_scans(inputs)  # type: ignore[arg-type]
+    if dicom_out:
+        from organdetr.formats.dicom_source import check_dicom_source
+        from organdetr.formats.optional import require
+
+        require("highdicom", "--dicom-out")
+        for scan in scans:
+            check_dicom_source(scan.path)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = PredictSummary()
-    keep_volume = batch_size == 1 and (overlay or save_box_mask)
+    keep_volume = batch_size == 1 and (overlay or save_box_mask or dicom_out)
     with tqdm(total=len(scans), desc="predict", unit="scan", disable=not progress, dynamic_ncols=True) as bar:
         for batch in _prepared_batches(predictor, scans, batch_size, keep_volume, summary, bar):
             results = predictor.detect_grids([p.grid for p in batch])
@@ -363,7 +389,12 @@ def predict_scans(
                 try:
                     prediction = predictor.to_prediction(prepared, result, score_threshold)
                     write_outputs(
-                        prediction, out_dir, prepared.volume, overlay=overlay, save_box_mask=save_box_mask
+                        prediction,
+                        out_dir,
+                        prepared.volume,
+                        overlay=overlay,
+                        save_box_mask=save_box_mask,
+                        dicom_out=dicom_out,
                     )
                     summary.done.append(prepared.scan.case_id)
                 except (InputError, RuntimeError, ValueError, OSError, MemoryError) as err:
