@@ -144,15 +144,14 @@ def _predict_dicomweb(checkpoint, url, study, series, out, device, timeout, **op
     from organdetr.formats.dicomweb import connect, find_series, predict_dicomweb
     from organdetr.predict import Predictor
 
-    remote = find_series(connect(url, timeout), url, study, series)  # fail fast, before loading the model
+    client = connect(url, timeout)
+    remote = find_series(client, url, study, series)  # fail fast, before loading the model
     predictor = Predictor.from_checkpoint(checkpoint, device)
     typer.echo(
         f"{url}: study {study}, CT series {remote.series_uid} ({remote.instances or '?'} instances"
         f"{', ' + remote.description if remote.description else ''}), device {predictor.device}"
     )
-    result = predict_dicomweb(
-        predictor, url, study, out, series_uid=remote.series_uid, timeout=timeout, **options
-    )
+    result = predict_dicomweb(predictor, client, remote, out, **options)
     if result.stored:
         typer.echo(f"stored {len(result.stored)} instance(s) (DICOM SEG + SR) into study {study} -> {url}")
     exit_if_failed(result.summary.failed, "series")

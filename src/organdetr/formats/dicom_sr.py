@@ -92,13 +92,11 @@ def build_measurement_report(
                 name=codes.SCT.Volume,
                 value=round(finding.volume_mm3 / 1000.0, 6),
                 unit=codes.UCUM.CubicCentimeter,
-                algorithm_id=algorithm,
             ),
             hd.sr.Measurement(
                 name=codes.DCM.Probability,
                 value=round(float(finding.score), 6),
                 unit=codes.UCUM.NoUnits,
-                algorithm_id=algorithm,
             ),
         ]
         groups.append(

@@ -233,25 +233,23 @@ class DicomWebResult:
 
 def predict_dicomweb(
     predictor,
-    url: str,
-    study_uid: str,
+    client,
+    series: RemoteSeries,
     out_dir: str | Path,
     *,
-    series_uid: str | None = None,
-    timeout: float = DEFAULT_TIMEOUT_S,
     score_threshold: float = 0.0,
     overlay: bool = True,
     progress: bool = True,
 ) -> DicomWebResult:
-    """Fetch the CT series, predict it into ``out_dir`` with DICOM outputs, store SEG + SR back.
+    """Fetch ``series`` (from :func:`find_series`) with ``client`` (from :func:`connect`), predict it into
+    ``out_dir`` with DICOM outputs, store the SEG + SR back into its study.
 
     Outputs in ``out_dir`` are those of ``organdetr predict --dicom-out`` for case id = the series UID.
     Nothing is stored when the prediction fails (the failure is in the returned summary).
     """
     from organdetr.predict import ScanInput, load_prediction, predict_scans
 
-    client = connect(url, timeout)
-    series = find_series(client, url, study_uid, series_uid)
+    url = series.url
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     case_id = series.series_uid
