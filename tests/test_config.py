@@ -16,10 +16,18 @@ from organdetr.config import (
     load_config,
 )
 from organdetr.errors import InputError
-from organdetr.models.config import model_preset
+from organdetr.models.config import PRESET_NAMES, model_preset
 
 
-@pytest.mark.parametrize("name", PRESETS)
+def test_every_preset_loads():
+    assert {"tiny", "small", "paper", "detr", "seg2box"} <= set(PRESETS)
+    for name in PRESETS:
+        assert isinstance(load_config(name), TrainConfig)
+    assert load_config("seg2box").arch == "seg2box"
+    assert load_config("detr").model.decoder == "detr"
+
+
+@pytest.mark.parametrize("name", PRESET_NAMES)
 def test_presets_load_and_match_model_presets(name):
     cfg = load_config(name)
     assert isinstance(cfg, TrainConfig)
@@ -66,8 +74,13 @@ def test_bad_values_are_input_errors(override, match):
 def test_overrides_apply_and_parse_yaml_values():
     cfg = load_config(
         "tiny",
-        ["optim.lr=3e-4", "data.val_cases=[a, b]", "model.kv_pool=[1,1,1]", "train.deterministic=true",
-         "data.cache_dir=/x/y"],
+        [
+            "optim.lr=3e-4",
+            "data.val_cases=[a, b]",
+            "model.kv_pool=[1,1,1]",
+            "train.deterministic=true",
+            "data.cache_dir=/x/y",
+        ],
     )
     assert cfg.optim.lr == pytest.approx(3e-4)
     assert cfg.data.val_cases == ["a", "b"]

@@ -229,3 +229,29 @@ def test_source_series_must_match_the_volume(tmp_path):
     sorted(one_less.iterdir())[0].unlink()
     with pytest.raises(InputError, match="3 slices for a volume of 4"):
         read_source_series(one_less, geometry)
+
+
+def test_segmenting_model_puts_its_label_map_into_the_seg(tmp_path):
+    """`predict --dicom-out` with a segmenting model (seg2box): the SEG holds the model's label map (the one
+    in <case>_seg.nii.gz), not box masks, and the SR volumes count its voxels."""
+    classes = {1: "liver", 3: "spleen"}
+    run = save_random_checkpoint(
+        tmp_path / "run", classes, (32, 32, 32), "arch=seg2box", "seg2box.features=[4, 4, 8, 8, 16, 4]"
+    )
+    series, _ = write_ct_series(tmp_path / "ct", size=(20, 16, 5))
+    result = _predict(run, series, tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    prediction = json.loads((tmp_path / "out" / "ct.json").read_text())
+    label_map = np.asarray(read_image(tmp_path / "out" / prediction["segmentation"]).array)
+    geometry = read_image(series).geometry
+    assert label_map.shape == geometry.size
+    entries = {e["name"]: e for e in read_measurement_report(tmp_path / "out" / "ct_sr.dcm")}
+    voxel_cm3 = np.prod(geometry.spacing) / 1000
+    for label_id, name in classes.items():
+        if name in entries:
+            assert entries[name]["volume_cm3"] == pytest.approx(
+                np.sum(label_map == label_id) * voxel_cm3, rel=1e-5
+            )
+    assert label_map.any()  # the seeded random model segments both organs somewhere
+    seg = check_seg(tmp_path / "out" / "ct_seg.dcm", series, label_map, classes)
+    assert seg.SeriesDescription == "organdetr organ segmentation"

@@ -25,7 +25,7 @@ from .criterion import LossConfig
 from .data.augment import AugmentConfig
 from .errors import InputError
 from .matcher import MatcherConfig
-from .models.config import ModelConfig
+from .models.config import ModelConfig, Seg2BoxConfig
 
 ScheduleKind = Literal["cosine", "step", "constant"]
 AmpMode = Literal["auto", "off", "bf16", "fp16"]
@@ -115,8 +115,9 @@ class LoopConfig:
 class TrainConfig:
     """Everything a training run needs; dumped as ``config.yaml`` into the run folder."""
 
-    arch: str = "organdetr"
+    arch: str = "organdetr"  # organdetr | retinanet | seg2box
     model: ModelConfig = field(default_factory=ModelConfig)
+    seg2box: Seg2BoxConfig = field(default_factory=Seg2BoxConfig)
     matcher: MatcherConfig = field(default_factory=MatcherConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -125,7 +126,7 @@ class TrainConfig:
     train: LoopConfig = field(default_factory=LoopConfig)
 
 
-PRESETS: tuple[str, ...] = ("tiny", "small", "paper")
+PRESETS: tuple[str, ...] = ("tiny", "small", "paper", "detr", "seg2box")
 
 
 # ----------------------------------------------------------------------------------------------------

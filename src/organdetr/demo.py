@@ -237,14 +237,11 @@ def measure_step_seconds(train_cfg, cache_dir: Path, case_ids: Sequence[str], ba
     import torch
 
     from organdetr.data.cache_dataset import CacheDataset, collate
-    from organdetr.models import build_detector
+    from organdetr.models import detector_from_config
 
     torch.manual_seed(0)
     dataset = CacheDataset(cache_dir, list(case_ids), train_cfg.augment)
-    detector = build_detector(
-        train_cfg.arch, train_cfg.model, train_cfg.matcher, train_cfg.loss, dataset.num_classes,
-        dataset.input_size,
-    )  # fmt: skip
+    detector = detector_from_config(train_cfg, dataset.num_classes, dataset.input_size)
     optimizer = torch.optim.AdamW(detector.parameters(), lr=1e-5)
     times = []
     for step in range(6):

@@ -377,11 +377,9 @@ def fit(
 
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-    from .models import build_detector
+    from .models import detector_from_config
 
-    detector = build_detector(
-        cfg.arch, cfg.model, cfg.matcher, cfg.loss, train_ds.num_classes, train_ds.input_size
-    ).to(device)
+    detector = detector_from_config(cfg, train_ds.num_classes, train_ds.input_size).to(device)
     optimizer = build_optimizer(detector, cfg.optim)
     amp_dtype = autocast_dtype(cfg.train.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)

@@ -12,8 +12,13 @@ Outputs in ``OUT/`` (schema in docs/conventions.md, "Predictions")::
                            center_mm, size_mm
     <case>.png             three orthogonal views, W400/L40, coloured boxes + legend   (overlay=True)
     <case>_boxes.nii.gz    label volume of the boxes on the original scan's grid        (save_box_mask=True)
+    <case>_seg.nii.gz      the model's organ label map on the original scan's grid      (segmenting models)
     <case>_seg.dcm         DICOM SEG of the organ masks, <case>_sr.dcm DICOM SR (TID 1500)
                            of the boxes, for DICOM input                                   (dicom_out=True)
+
+A segmenting model (one whose detector has ``segment``: ``seg2box``, MaskMed, ...) also writes its label map
+(label ids of the dataset, nearest-neighbour back from the model grid); its boxes come from the masks. With
+``dicom_out`` that label map (else the box masks) goes into the DICOM SEG.
 
 One bad scan does not stop the others: failures are collected in :class:`PredictSummary`.
 """
@@ -31,7 +36,7 @@ import torch
 
 from organdetr.atomic import write_json
 from organdetr.errors import InputError
-from organdetr.geometry import grid_box_to_original
+from organdetr.geometry import Geometry, grid_box_to_original, grid_labels_to_original
 from organdetr.io import IMAGE_SUFFIXES, Volume, read_image, write_image
 
 _CHANNEL_SUFFIX = re.compile(r"_\d{4}$")  # nnU-Net's "_0000" channel suffix
@@ -202,6 +207,20 @@ class Predictor:
             for r in results
         ]
 
+    @property
+    def segments(self) -> bool:
+        """Whether the model also gives a label map (its detector has ``segment``)."""
+        return callable(getattr(self.detector, "segment", None))
+
+    @torch.no_grad()
+    def segment_grids(self, grids: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Label maps of a batch of grids -> per grid ``[I, J, K]`` of the dataset's label ids (0 = none)."""
+        batch = torch.from_numpy(np.stack([np.asarray(g, dtype=np.float32) for g in grids]))[:, None]
+        with self._autocast():
+            dense = self.detector.segment(batch.to(self.device)).cpu().numpy()
+        lut = np.asarray([0, *self.label_ids], dtype=np.uint8 if max(self.label_ids) < 256 else np.uint16)
+        return [lut[d] for d in dense]
+
     def _autocast(self):
         if self.device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -266,19 +285,24 @@ def write_outputs(
     *,
     overlay: bool,
     save_box_mask: bool,
-    dicom_out: bool = False,
     seg: np.ndarray | None = None,
+    dicom_out: bool = False,
 ) -> list[Path]:
-    """Write ``<case>.json`` (+ ``<case>.png``, ``<case>_boxes.nii.gz``, ``<case>_seg.dcm`` /
-    ``<case>_sr.dcm``); returns the paths written.
+    """Write ``<case>.json`` (+ ``<case>.png``, ``<case>_boxes.nii.gz``, ``<case>_seg.nii.gz``,
+    ``<case>_seg.dcm`` / ``<case>_sr.dcm``).
 
-    ``seg`` is a segmenting model's label map ``[I, J, K]`` on the original scan grid; the DICOM SEG holds
-    it when given, else the box masks.
+    ``seg``: the model's label map on the original scan's grid (label ids), for segmenting models; with
+    ``dicom_out`` the DICOM SEG holds it (else the box masks). Returns the paths written.
     """
     from organdetr.overlay import render_overlay
 
     case_id = prediction["case_id"]
     written = []
+    if seg is not None:
+        path = out_dir / f"{case_id}_seg.nii.gz"
+        write_image(path, seg, Geometry.from_dict(prediction["original"]))
+        prediction = {**prediction, "segmentation": path.name}
+        written.append(path)
     if (overlay or save_box_mask or dicom_out) and volume is None:
         volume = read_image(prediction["image"])
     if overlay:
@@ -385,15 +409,22 @@ def predict_scans(
     with tqdm(total=len(scans), desc="predict", unit="scan", disable=not progress, dynamic_ncols=True) as bar:
         for batch in _prepared_batches(predictor, scans, batch_size, keep_volume, summary, bar):
             results = predictor.detect_grids([p.grid for p in batch])
-            for prepared, result in zip(batch, results, strict=True):
+            segs = (
+                predictor.segment_grids([p.grid for p in batch])
+                if predictor.segments
+                else [None] * len(batch)
+            )
+            for prepared, result, seg in zip(batch, results, segs, strict=True):
                 try:
                     prediction = predictor.to_prediction(prepared, result, score_threshold)
+                    seg_original = None if seg is None else grid_labels_to_original(seg, prepared.record)
                     write_outputs(
                         prediction,
                         out_dir,
                         prepared.volume,
                         overlay=overlay,
                         save_box_mask=save_box_mask,
+                        seg=seg_original,
                         dicom_out=dicom_out,
                     )
                     summary.done.append(prepared.scan.case_id)

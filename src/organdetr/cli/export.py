@@ -16,7 +16,7 @@ def export(
         ),
     ],
     out: Annotated[Path, typer.Argument(metavar="OUT.onnx", help="ONNX file to write, e.g. model.onnx.")],
-    opset: Annotated[int, typer.Option(help="ONNX opset version.")] = 18,
+    opset: Annotated[int, typer.Option(help="ONNX opset version (>= 20 for the deformable decoder).")] = 20,
     check: Annotated[
         bool, typer.Option(help="Compare ONNX Runtime boxes with PyTorch on a random input.")
     ] = True,
