@@ -57,22 +57,11 @@ class SourceSeries:
 
 
 def is_dicom_input(path: str | Path) -> bool:
-    """``True`` for a folder holding DICOM files or a DICOM file (preamble ``DICM`` or ``.dcm``)."""
+    """``True`` for a folder holding DICOM files or a DICOM file (the rules of ``organdetr predict``)."""
+    from organdetr.predict import is_dicom_file, is_dicom_series
+
     path = Path(path)
-    if path.is_dir():
-        return any(_looks_dicom(p) for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
-    return path.is_file() and _looks_dicom(path)
-
-
-def _looks_dicom(path: Path) -> bool:
-    if path.suffix.lower() == ".dcm":
-        return True
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(128)
-            return fh.read(4) == b"DICM"
-    except OSError:
-        return False
+    return is_dicom_series(path) if path.is_dir() else path.is_file() and is_dicom_file(path)
 
 
 def read_source_series(path: str | Path, geometry: Geometry) -> SourceSeries:
