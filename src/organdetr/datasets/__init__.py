@@ -24,6 +24,13 @@ FORMATS: dict[str, tuple[str, dict]] = {
     "totalsegmentator_mr": ("totalsegmentator", {"variant": "totalsegmentator_mr"}),
 }
 
+# format -> label set name (``convert --classes``; the first is the default) -> class map name
+# (``labels/<name>.json``; ``None``: chosen from the source tree)
+LABEL_SETS: dict[str, dict[str, str | None]] = {
+    "abdomenct1k": {"organs4": "abdomenct1k", "organs13": "abdomenct1k_organs13"},
+    "totalsegmentator": {"auto": None, "v1": "totalsegmentator_v1", "v2": "totalsegmentator"},
+}
+
 
 def get_converter(fmt: str) -> Callable[..., ConversionSummary]:
     """The ``convert(src, dst, **options) -> ConversionSummary`` function of dataset format ``fmt``."""
@@ -34,4 +41,4 @@ def get_converter(fmt: str) -> Callable[..., ConversionSummary]:
     return partial(module.convert, **fixed)
 
 
-__all__ = ["FORMATS", "get_converter"]
+__all__ = ["FORMATS", "LABEL_SETS", "get_converter"]
