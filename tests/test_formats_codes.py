@@ -67,9 +67,8 @@ def test_every_standard_code_is_in_pydicoms_dictionary(code):
 def test_table_covers_every_class_list_organ():
     names = {name for dataset in CLASS_MAP_NAMES for name in load_class_map(dataset).values()}
     assert set(table_organ_names()) == names, (
-        f"formats/codes/snomed.json lacks {sorted(names - set(table_organ_names()))}: add them with codes "
-        "from "
-        "pydicom's dictionary (codes.SCT), or as a 99ORGANDETR fallback with its reason"
+        f"formats/codes/snomed.json lacks {sorted(names - set(table_organ_names()))}: add them with "
+        "codes from pydicom's dictionary (codes.SCT), or as a 99ORGANDETR fallback with its reason"
     )
 
 
