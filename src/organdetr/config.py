@@ -97,6 +97,7 @@ class LoopConfig:
     """The training loop: length, validation and checkpoint cadence, precision, seeding, logging."""
 
     epochs: int = 100
+    steps: int | None = None  # optimizer-step budget: ends training there, the lr schedule spans exactly it
     val_every: int = 1  # validate every N epochs (0 = never: no best/, load_detector uses last/)
     checkpoint_every: int = 1  # save the "last" checkpoint every N epochs (and always at the end)
     amp: AmpMode = "auto"  # auto = bf16 on a CUDA GPU that supports it, off on CPU
@@ -110,6 +111,8 @@ class LoopConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1:
             raise ValueError(f"train.epochs must be >= 1, got {self.epochs}")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"train.steps must be >= 1 (or null: epochs decide), got {self.steps}")
         if self.val_every < 0 or self.checkpoint_every < 1 or self.log_every < 1:
             raise ValueError("train.val_every must be >= 0; checkpoint_every and log_every >= 1")
 
@@ -130,7 +133,7 @@ class TrainConfig:
     train: LoopConfig = field(default_factory=LoopConfig)
 
 
-PRESETS: tuple[str, ...] = ("tiny", "small", "paper", "detr", "seg2box", "maskmed", "maskmed_tiny")
+PRESETS: tuple[str, ...] = ("tiny", "small", "demo", "paper", "detr", "seg2box", "maskmed", "maskmed_tiny")
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -422,7 +422,10 @@ def fit(
     batch = cfg.data.batch_size
     per_rank = math.ceil(len(train_ds) / dist_info.world_size)
     steps_per_epoch = math.ceil(per_rank / batch)
-    total_steps = cfg.train.epochs * steps_per_epoch
+    epochs, total_steps = cfg.train.epochs, cfg.train.epochs * steps_per_epoch
+    if cfg.train.steps is not None:  # a step budget: the epochs it starts, the schedule over exactly it
+        epochs, total_steps = math.ceil(cfg.train.steps / steps_per_epoch), cfg.train.steps
+        stop_at_step = cfg.train.steps if stop_at_step is None else min(stop_at_step, cfg.train.steps)
     logger = TrainLogger(run_dir, enabled=dist_info.is_main, resume_step=state["step"] if resume else None)
     ctx = StepContext(
         optimizer=optimizer,
@@ -466,7 +469,7 @@ def fit(
     start_epoch = ctx.step // steps_per_epoch
     saved_step = ctx.step if resume else None
     try:
-        for epoch in range(start_epoch, cfg.train.epochs):
+        for epoch in range(start_epoch, epochs):
             ctx.epoch = epoch
             done_in_epoch = ctx.step - epoch * steps_per_epoch
             sampler = EpochSampler(
@@ -482,10 +485,11 @@ def fit(
             )
             started = time.perf_counter()
             train_one_epoch(train_model, loader, ctx, detector)
-            if ctx.step < (epoch + 1) * steps_per_epoch:
+            budget_done = cfg.train.steps is not None and ctx.step >= cfg.train.steps
+            if ctx.step < (epoch + 1) * steps_per_epoch and not budget_done:
                 break  # stopped mid-epoch (stop_at_step)
-            summary = _epoch_summary(epoch, cfg.train.epochs, ctx, time.perf_counter() - started)
-            is_last = epoch + 1 == cfg.train.epochs
+            summary = _epoch_summary(epoch, epochs, ctx, time.perf_counter() - started)
+            is_last = epoch + 1 == epochs or budget_done
             if (
                 val_ds is not None
                 and cfg.train.val_every

@@ -13,9 +13,13 @@ Outputs in ``OUT/`` (schema in docs/conventions.md, "Predictions")::
     <case>.png             three orthogonal views, W400/L40, coloured boxes + legend   (overlay=True)
     <case>_boxes.nii.gz    label volume of the boxes on the original scan's grid        (save_box_mask=True)
     <case>_seg.nii.gz      the model's organ label map on the original scan's grid      (segmenting models)
+    3D Slicer / MONAI / nnDetection files, viewer.html           (outputs, organdetr.formats.run_outputs)
+    <case>_seg.dcm         DICOM SEG of the organ masks, <case>_sr.dcm DICOM SR (TID 1500)
+                           of the boxes, for DICOM input                                   (dicom_out=True)
 
 A segmenting model (one whose detector has ``segment``: ``seg2box``, MaskMed, ...) also writes its label map
-(label ids of the dataset, nearest-neighbour back from the model grid); its boxes come from the masks.
+(label ids of the dataset, nearest-neighbour back from the model grid); its boxes come from the masks. With
+``dicom_out`` that label map (else the box masks) goes into the DICOM SEG.
 
 One bad scan does not stop the others: failures are collected in :class:`PredictSummary`.
 """
@@ -27,6 +31,7 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -35,6 +40,9 @@ from organdetr.atomic import write_json
 from organdetr.errors import InputError
 from organdetr.geometry import Geometry, grid_box_to_original, grid_labels_to_original
 from organdetr.io import IMAGE_SUFFIXES, Volume, read_image, write_image
+
+if TYPE_CHECKING:
+    from organdetr.formats.run_outputs import RunOutputs
 
 _CHANNEL_SUFFIX = re.compile(r"_\d{4}$")  # nnU-Net's "_0000" channel suffix
 
@@ -266,13 +274,21 @@ def box_mask(detections: Sequence[dict], size: Sequence[int]) -> np.ndarray:
     mask = np.zeros(tuple(int(s) for s in size), dtype=np.uint8 if max_id < 256 else np.uint16)
     boxes = [(np.asarray(d["box_voxel"], dtype=np.float64), int(d["label_id"])) for d in detections]
     boxes.sort(key=lambda item: -float(np.prod(np.maximum(item[0][3:] - item[0][:3], 0))))
-    upper = np.asarray(mask.shape)
     for box, label_id in boxes:
-        lo = np.clip(np.round(box[:3]).astype(int), 0, upper)
-        hi = np.clip(np.round(box[3:]).astype(int), 0, upper)
-        hi = np.maximum(hi, np.minimum(lo + 1, upper))  # a box thinner than a voxel still shows
-        mask[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = label_id
+        mask[box_voxel_slices(box, mask.shape)] = label_id
     return mask
+
+
+def box_voxel_slices(box_voxel: Sequence[float], shape: Sequence[int]) -> tuple[slice, slice, slice]:
+    """The voxels a voxel box ``(i0, j0, k0, i1, j1, k1)`` fills on a grid of ``shape``: those whose
+    centre lies inside it, ``round(lo) .. round(hi) - 1`` per axis, clipped to the grid, at least one
+    voxel per axis (a box thinner than a voxel still shows)."""
+    box = np.asarray(box_voxel, dtype=np.float64)
+    upper = np.asarray(shape, dtype=int)
+    lo = np.clip(np.round(box[:3]).astype(int), 0, upper)
+    hi = np.clip(np.round(box[3:]).astype(int), 0, upper)
+    hi = np.maximum(hi, np.minimum(lo + 1, upper))
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))  # type: ignore[return-value]
 
 
 def write_outputs(
@@ -283,11 +299,15 @@ def write_outputs(
     overlay: bool,
     save_box_mask: bool,
     seg: np.ndarray | None = None,
+    outputs: RunOutputs | None = None,
+    dicom_out: bool = False,
 ) -> list[Path]:
-    """Write ``<case>.json`` (+ ``<case>.png``, ``<case>_boxes.nii.gz``, ``<case>_seg.nii.gz``).
+    """Write ``<case>.json`` (+ ``<case>.png``, ``<case>_boxes.nii.gz``, ``<case>_seg.nii.gz``, the
+    ``outputs`` formats' files, ``<case>_seg.dcm`` / ``<case>_sr.dcm``).
 
-    ``seg``: the model's label map on the original scan's grid (label ids), for segmenting models.
-    Returns the paths written.
+    ``seg``: the model's label map on the original scan's grid (label ids), for segmenting models; the
+    ``outputs`` writers use it too (3D Slicer segments, mask outlines in the viewer), and with ``dicom_out``
+    the DICOM SEG holds it (else the box masks). Returns the paths written.
     """
     from organdetr.overlay import render_overlay
 
@@ -298,7 +318,8 @@ def write_outputs(
         write_image(path, seg, Geometry.from_dict(prediction["original"]))
         prediction = {**prediction, "segmentation": path.name}
         written.append(path)
-    if (overlay or save_box_mask) and volume is None:
+    needs_volume = overlay or save_box_mask or dicom_out or (outputs is not None and outputs.needs_volume)
+    if needs_volume and volume is None:
         volume = read_image(prediction["image"])
     if overlay:
         n = len(prediction["detections"])
@@ -311,6 +332,16 @@ def write_outputs(
         path = out_dir / f"{case_id}_boxes.nii.gz"
         write_image(path, mask, volume.geometry)
         written.append(path)
+    if outputs is not None:
+        written += outputs.add_scan(prediction, volume, seg=seg)
+    if dicom_out:
+        from organdetr.formats.dicom_out import write_dicom_outputs
+
+        mask = seg if seg is not None else box_mask(prediction["detections"], volume.geometry.size)
+        prediction["dicom"] = write_dicom_outputs(
+            prediction, mask, volume.geometry, out_dir, segmentation=seg is not None
+        )
+        written += [out_dir / entry["file"] for entry in prediction["dicom"].values()]
     json_path = out_dir / f"{case_id}.json"
     write_json(json_path, prediction)  # last: a JSON present means the case is complete
     return [json_path, *written]
@@ -365,13 +396,17 @@ def predict_scans(
     score_threshold: float = 0.0,
     overlay: bool = True,
     save_box_mask: bool = False,
+    dicom_out: bool = False,
     progress: bool = True,
+    outputs: RunOutputs | None = None,
 ) -> PredictSummary:
     """Predict every scan of ``inputs`` into ``out_dir`` (see the module docstring for the outputs).
 
     ``score_threshold`` 0.0 keeps the best query of every organ (as the paper evaluates); raise it to
     drop unlikely organs. With ``batch_size`` 1 the original scan is kept in memory for the picture /
     box mask; with larger batches it is read again when needed, so memory holds one full scan at a time.
+    ``outputs`` adds the files of other formats (3D Slicer, MONAI, nnDetection, the HTML viewer).
+    ``dicom_out`` (DICOM series inputs only, checked before the model runs) adds the DICOM SEG and SR.
     """
     from tqdm.auto import tqdm
 
@@ -380,10 +415,23 @@ def predict_scans(
     scans = [s if isinstance(s, ScanInput) else None for s in inputs]
     if any(s is None for s in scans):
         scans = find_scans(inputs)  # type: ignore[arg-type]
+    if dicom_out:
+        from organdetr.formats.dicom_source import check_dicom_source
+        from organdetr.formats.optional import require
+
+        require("highdicom", "--dicom-out")
+        for scan in scans:
+            check_dicom_source(scan.path)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = PredictSummary()
-    keep_volume = batch_size == 1 and (overlay or save_box_mask)
+    if outputs is not None and not outputs.active:
+        outputs = None
+    if outputs is not None and outputs.classes is None:
+        outputs.classes = predictor.classes
+    keep_volume = batch_size == 1 and (
+        overlay or save_box_mask or dicom_out or (outputs is not None and outputs.needs_volume)
+    )
     with tqdm(total=len(scans), desc="predict", unit="scan", disable=not progress, dynamic_ncols=True) as bar:
         for batch in _prepared_batches(predictor, scans, batch_size, keep_volume, summary, bar):
             results = predictor.detect_grids([p.grid for p in batch])
@@ -403,12 +451,16 @@ def predict_scans(
                         overlay=overlay,
                         save_box_mask=save_box_mask,
                         seg=seg_original,
+                        outputs=outputs,
+                        dicom_out=dicom_out,
                     )
                     summary.done.append(prepared.scan.case_id)
                 except (InputError, RuntimeError, ValueError, OSError, MemoryError) as err:
                     summary.failed.append((str(prepared.scan.path), _one_line(err)))
                 bar.update(1)
                 prepared.volume = None
+    if outputs is not None and summary.done:
+        outputs.finish()
     return summary
 
 
@@ -432,6 +484,7 @@ __all__ = [
     "Predictor",
     "ScanInput",
     "box_mask",
+    "box_voxel_slices",
     "case_id_of",
     "find_scans",
     "load_prediction",

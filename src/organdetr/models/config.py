@@ -37,7 +37,11 @@ class ModelConfig:
       with DINO's "look forward twice"). ``two_stage``: the initial reference boxes are the best encoder
       proposals of each organ class (``queries_per_class`` each; ``num_queries`` is then
       ``queries_per_class * num_classes``), else learned boxes. ``denoising``: DINO's contrastive
-      denoising queries during training.
+      denoising queries during training. ``fine_level``: the backbone stage one step finer than the
+      encoded pyramid (e.g. stride 4 under strides 8 / 16 / 32) is fused top-down with the finest encoded
+      level (FPN: 1x1 projection + upsampled encoder output, 3x3 conv) and joins the decoder's memory, the
+      proposals and the segmentation heads - box faces are then read at twice the resolution while the
+      attention cost of the encoder stays that of the coarser levels.
     * ``"detr"``       - the original DETR decoder (learned queries, dense cross-attention, boxes regressed
       absolutely); the ``detr`` baseline.
 
@@ -71,6 +75,7 @@ class ModelConfig:
     two_stage: bool = True  # initial reference boxes from the encoder's per-class proposals
     queries_per_class: int = 3  # two-stage proposals kept per organ class (DQM's 1 + eta must fit)
     n_points: int = 4  # deformable attention sampling points per head and level
+    fine_level: bool = False  # deformable decoder: + the backbone stage below the pyramid, fused top-down
     class_head: ClassHead = "sigmoid"  # sigmoid per class (focal loss) | softmax with a no-object class (CE)
     denoising: bool = True  # DINO contrastive denoising queries (training only)
     dn_number: int = 60  # at most this many denoising queries per image (groups of 2 x organs)
@@ -93,6 +98,13 @@ class ModelConfig:
             )
         if self.decoder not in DECODER_KINDS:
             raise ValueError(f"ModelConfig.decoder must be one of {DECODER_KINDS}, got {self.decoder!r}")
+        if self.fine_level and (
+            self.decoder != "deformable" or self.num_levels >= len(self.backbone_channels)
+        ):
+            raise ValueError(
+                "ModelConfig.fine_level needs the deformable decoder and a backbone stage below the "
+                f"{self.num_levels} encoded levels (backbone_channels has {len(self.backbone_channels)})"
+            )
         if self.queries_per_class < 1 or self.n_points < 1 or self.dn_number < 0:
             raise ValueError("ModelConfig.queries_per_class and n_points must be >= 1, dn_number >= 0")
         if not (0.0 <= self.dn_box_noise <= 1.0 and 0.0 <= self.dn_label_noise <= 1.0):

@@ -92,13 +92,23 @@ class OrganDETR(nn.Module):
         self.class_activation = cfg.class_head
         self.num_queries = cfg.queries_for(k)
         class_outputs = k if cfg.class_head == "sigmoid" else k + 1
-        self.backbone = Backbone3d.from_config(cfg)
+        self.backbone = Backbone3d.from_config(cfg, extra_levels=int(cfg.fine_level))
+        channels = self.backbone.out_channels[1:] if cfg.fine_level else self.backbone.out_channels
         self.input_proj = nn.ModuleList(
-            nn.Sequential(nn.Conv3d(c, d, 1), group_norm(d, cfg.norm_groups))
-            for c in self.backbone.out_channels
+            nn.Sequential(nn.Conv3d(c, d, 1), group_norm(d, cfg.norm_groups)) for c in channels
         )
         self.encoder = build_encoder(cfg)
         self.levels: tuple[int, ...] = tuple(self.encoder.levels)
+        memory_levels = len(self.levels) + int(cfg.fine_level)
+        if cfg.fine_level:  # FPN-style top-down fusion of the stage below the pyramid
+            self.fine_proj = nn.Sequential(
+                nn.Conv3d(self.backbone.out_channels[0], d, 1), group_norm(d, cfg.norm_groups)
+            )
+            self.fine_smooth = nn.Sequential(
+                nn.Conv3d(d, d, 3, padding=1, bias=False),
+                group_norm(d, cfg.norm_groups),
+                nn.ReLU(inplace=True),
+            )
         if cfg.decoder == "detr":
             self.memory_level_embed = nn.Parameter(torch.randn(len(self.levels), d) * 0.02)
             self.decoder = Decoder(
@@ -113,7 +123,7 @@ class OrganDETR(nn.Module):
                 cfg.nhead,
                 cfg.dim_feedforward,
                 cfg.dropout,
-                len(self.levels),
+                memory_levels,
                 cfg.n_points,
                 class_outputs,
                 cfg.class_head == "sigmoid",
@@ -131,16 +141,23 @@ class OrganDETR(nn.Module):
             if cfg.denoising:
                 self.label_embed = nn.Embedding(k + 1, d)  # + padding slot
         self.seg_heads = (
-            nn.ModuleList(SegmentationHead(d, k) for _ in self.levels) if cfg.seg_heads else nn.ModuleList()
+            nn.ModuleList(SegmentationHead(d, k) for _ in range(memory_levels))
+            if cfg.seg_heads
+            else nn.ModuleList()
         )
 
     def forward(self, images: Tensor, targets: list[dict] | None = None) -> dict:
-        feats = [proj(f) for proj, f in zip(self.input_proj, self.backbone(images), strict=True)]
+        stages = self.backbone(images)
+        fine, stages = (stages[0], stages[1:]) if self.cfg.fine_level else (None, stages)
+        feats = [proj(f) for proj, f in zip(self.input_proj, stages, strict=True)]
         pos = [
             sine_position_3d(tuple(f.shape[2:]), self.cfg.d_model, device=f.device, dtype=f.dtype)
             for f in feats
         ]
         encoded = self.encoder(feats, pos)
+        if fine is not None:  # the level below the pyramid, fused top-down with the finest encoded one
+            top = nn.functional.interpolate(encoded[0], size=fine.shape[2:], mode="nearest")
+            encoded = [self.fine_smooth(self.fine_proj(fine) + top), *encoded]
         if self.cfg.decoder == "detr":
             out = self._detr_decode(encoded, pos)
         else:
