@@ -29,6 +29,7 @@ set: [model.num_queries=12]
 variants:
   - {name: msa, set: [model.encoder=msa, matcher.kind=dqm]}
   - {name: retinanet, set: [arch=retinanet]}
+  - {name: maskmed, set: [arch=maskmed, "maskmed.features=[4, 8, 16]", maskmed.d_model=12]}
   - {name: prior, prior: fov}
 """
 
@@ -179,7 +180,7 @@ def test_micro_suite_end_to_end(micro_data, tmp_path):
     suite_file = tmp_path / "micro.yaml"
     suite_file.write_text(MICRO_SUITE)
     results = run_suite(suite_file, out, cfg, command="test", progress=False)
-    assert set(results["variants"]) == {"msa", "retinanet", "prior"}
+    assert set(results["variants"]) == {"msa", "retinanet", "maskmed", "prior"}
     prior = results["variants"].pop("prior")
     assert prior["cost"] is None and 0.0 <= prior["test"]["shift+10%"]["mAP"]["mean"] <= 1.0
     assert "| prior |" in (out / "table.md").read_text()
@@ -187,6 +188,12 @@ def test_micro_suite_end_to_end(micro_data, tmp_path):
         assert set(v["test"]) == {"clean", "zoom+10%", "shift+10%"}
         assert 0.0 <= v["test"]["clean"]["mAP"]["mean"] <= 1.0
         assert v["cost"]["params"] > 0 and v["cost"]["flops"] > 0 and v["cost"]["latency"]["median_s"] > 0
+    # a segmenting variant is scored on its label maps too, with the tolerance in the table
+    seg = results["variants"]["maskmed"]["test"]["clean"]
+    assert 0.0 <= seg["dice"]["mean"] <= 1.0 and seg["hd95_mm"]["mean"] > 0 and seg["nsd_tolerance_mm"] > 0
+    assert "dice" not in results["variants"]["msa"]["test"]["clean"]
+    table = (out / "table.md").read_text()
+    assert "## Segmentation" in table and "| maskmed |" in table.split("## Segmentation")[1]
     # dense heads on every level cost far more than the DETR decoder: the counter must see it
     assert results["variants"]["retinanet"]["cost"]["flops"] > results["variants"]["msa"]["cost"]["flops"]
     for name in ("table.md", "results.json", "convergence.png"):

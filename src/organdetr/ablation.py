@@ -18,7 +18,9 @@ train / validation / test cases):
    same engine as ``organdetr train`` (``engine.fit``), validating along the way (convergence curve);
 2. evaluates the final weights on the test cases with the engine's ``evaluate`` (COCO-style, boxes in
    mm, max 1 detection per class) - clean, at +10 % zoom and at +10 % translation (each axis) of the test
-   scans (boxes re-derived from the transformed labels);
+   scans (boxes re-derived from the transformed labels); segmenting variants (``seg2box``, ``maskmed``:
+   detectors with ``segment``) are also scored on their label maps (Dice, NSD, HD95 in mm on the cache
+   grid, ``evaluation.segmentation``; NSD tolerance ``nsd_tolerance_mm``, default one voxel);
 3. profiles the first seed's detectors: parameters, FLOPs (``FlopCounterMode``, see
    ``organdetr.profiling``), peak memory and latency per scan, all timed interleaved in this process;
 4. writes ``table.md``, ``results.json``, ``convergence.png`` and one run folder per (variant, seed).
@@ -47,6 +49,7 @@ from .errors import InputError
 
 SUITES_PACKAGE = "configs/ablation"
 METRICS: tuple[str, ...] = ("mAP", "AP50", "AP75", "mAR", "mAP_10_50")
+SEG_METRICS: tuple[str, ...] = ("dice", "nsd", "hd95_mm")  # segmenting variants only
 PERTURBATIONS: dict[str, dict] = {"zoom+10%": {"zoom": 1.1}, "shift+10%": {"shift_fraction": 0.1}}
 
 
@@ -174,6 +177,7 @@ class BenchmarkConfig:
     workers: int = 1  # processes for phantom synthesis / preprocessing
     device: str = "cpu"
     hu_window: tuple[float, float] = (-200.0, 300.0)  # the demo's abdominal window (demo.ABDOMEN_WINDOW)
+    nsd_tolerance_mm: float | None = None  # segmenting variants; None = the cache grid's largest spacing
     extra_overrides: list[str] = field(default_factory=list)  # applied to every variant, after the suite
 
     def __post_init__(self) -> None:
@@ -359,6 +363,30 @@ def evaluate_on(detector, cache: Path, case_ids: list[str], device: torch.device
     return evaluate(detector, loader, dataset, device, max_detections=1)
 
 
+def segmentation_metrics_on(
+    detector, cache: Path, case_ids: list[str], device: torch.device, nsd_tolerance_mm: float | None = None
+) -> dict[str, float]:
+    """Mean Dice, NSD and HD95 (mm) of a segmenting detector's label maps against the cached labels, on the
+    cache grid (its spacing); ``nsd_tolerance_mm`` ``None``: the grid's largest voxel spacing."""
+    from .data.cache_dataset import class_map_from_plans
+    from .evaluation.segmentation import evaluate_segmentation
+    from .preprocess import load_case, load_plans
+
+    classes = class_map_from_plans(load_plans(cache), cache / "plans.json")
+    lut = np.asarray([0, *classes], dtype=np.int64)  # dense class + 1 -> label id
+    preds, gts, spacings = [], [], []
+    for case_id in case_ids:
+        image, label, record = load_case(cache, case_id, mmap=False)
+        batch = torch.from_numpy(np.asarray(image, dtype=np.float32))[None, None].to(device)
+        with torch.no_grad():
+            preds.append(lut[detector.segment(batch)[0].cpu().numpy()])
+        gts.append(np.asarray(label).astype(np.int64))
+        spacings.append(record["grid"]["spacing"])
+    tolerance = nsd_tolerance_mm if nsd_tolerance_mm is not None else float(np.max(spacings))
+    result = evaluate_segmentation(preds, gts, classes, np.asarray(spacings), tolerance)
+    return {**result.summary, "nsd_tolerance_mm": tolerance}
+
+
 def read_val_curve(run_dir: Path) -> list[dict[str, float]]:
     """``[{step, mAP, ...}]`` from a run's ``val_log.csv`` (empty when it has none)."""
     import csv
@@ -452,7 +480,7 @@ def run_suite(
         started = time.perf_counter()
         last = train_run(train_cfg, run_dir, cfg.iterations)
         seconds = time.perf_counter() - started
-        runs.append(_evaluate_run(variant.name, seed, last, cache, perturbed, split, device, seconds))
+        runs.append(_evaluate_run(variant.name, seed, last, cache, perturbed, split, device, seconds, cfg))
         final.setdefault(variant.name, last)
         console.print(f"      test mAP {runs[-1].test['clean'].get('mAP', math.nan):.3f}  ({seconds:.0f} s)")
     console.print("profiling (params, FLOPs, memory, interleaved latency) ...")
@@ -496,13 +524,18 @@ def _evaluate_prior(variant: Variant, cache: Path, perturbed: dict[str, Path], s
     return RunResult(variant.name, 0, test, [], 0.0)
 
 
-def _evaluate_run(name, seed, last, cache, perturbed, split, device, seconds) -> RunResult:
+def _evaluate_run(name, seed, last, cache, perturbed, split, device, seconds, cfg) -> RunResult:
     from .checkpoint import load_detector
 
     detector, _, _ = load_detector(last, device, use_ema=True)
-    test = {"clean": evaluate_on(detector, cache, split["test"], device)}
-    for kind, folder in perturbed.items():
+    segments = callable(getattr(detector, "segment", None))
+    test = {}
+    for kind, folder in {"clean": cache, **perturbed}.items():
         test[kind] = evaluate_on(detector, folder, split["test"], device)
+        if segments:
+            test[kind].update(
+                segmentation_metrics_on(detector, folder, split["test"], device, cfg.nsd_tolerance_mm)
+            )
     return RunResult(name, seed, test, read_val_curve(last.parent), seconds)
 
 
@@ -535,12 +568,15 @@ def _assemble(suite, cfg, split, runs, cost, command) -> dict:
         mine = [r for r in runs if r.variant == variant.name]
         conditions = {}
         for condition in mine[0].test:
+            keys = [m for m in (*METRICS, *SEG_METRICS) if m in METRICS or m in mine[0].test[condition]]
             conditions[condition] = {
                 m: dict(
                     zip(("mean", "std"), _mean_std([r.test[condition].get(m) for r in mine]), strict=True)
                 )
-                for m in METRICS
+                for m in keys
             }
+            if "nsd_tolerance_mm" in mine[0].test[condition]:
+                conditions[condition]["nsd_tolerance_mm"] = mine[0].test[condition]["nsd_tolerance_mm"]
         summary[variant.name] = {
             "overrides": variant.overrides,
             "prior": variant.prior,
@@ -646,6 +682,7 @@ def render_table(results: dict) -> str:
             + " | ".join(_fmt(t[k]["AP50"]) for k in ["clean", *kinds])
             + " |"
         )
+    lines += _segmentation_table(results, kinds)
     lines += ["", "Variants:", ""]
     for name, v in results["variants"].items():
         if v.get("prior"):
@@ -658,6 +695,31 @@ def render_table(results: dict) -> str:
         lines.append(f"- **{name}** ({_count_seeds(results, name)} seed(s)): {sets}")
     lines.append("")
     return "\n".join(lines)
+
+
+def _segmentation_table(results: dict, kinds: list[str]) -> list[str]:
+    """Dice / NSD / HD95 of the variants that segment (none: no table)."""
+    segmenting = {n: v for n, v in results["variants"].items() if "dice" in v["test"]["clean"]}
+    if not segmenting:
+        return []
+    tolerance = next(iter(segmenting.values()))["test"]["clean"].get("nsd_tolerance_mm")
+    lines = [
+        "",
+        "## Segmentation (segmenting variants: test label maps vs the cached labels, cache grid)",
+        "",
+        f"Dice, NSD at {tolerance:g} mm, HD95 in mm per organ (evaluation.segmentation: an organ missed or "
+        "spurious scores Dice 0 / HD95 = volume diagonal), mean over organs; mean ± std over seeds.",
+        "",
+        "| variant | Dice | NSD | HD95 (mm) | " + " | ".join(f"Dice {k}" for k in kinds) + " |",
+        "|---|---|---|---|" + "---|" * len(kinds),
+    ]
+    for name, v in segmenting.items():
+        t = v["test"]
+        lines.append(
+            f"| {name} | {_fmt(t['clean']['dice'])} | {_fmt(t['clean']['nsd'])} | "
+            f"{_fmt(t['clean']['hd95_mm'], 1)} | " + " | ".join(_fmt(t[k]["dice"]) for k in kinds) + " |"
+        )
+    return lines
 
 
 def plot_convergence(results: dict, path: Path) -> Path | None:
@@ -730,6 +792,7 @@ def _json_ready(obj):
 __all__ = [
     "METRICS",
     "PERTURBATIONS",
+    "SEG_METRICS",
     "BenchmarkConfig",
     "RunResult",
     "Suite",
@@ -743,6 +806,7 @@ __all__ = [
     "profile_variants",
     "render_table",
     "run_suite",
+    "segmentation_metrics_on",
     "split_case_ids",
     "write_perturbed_cache",
     "write_reports",

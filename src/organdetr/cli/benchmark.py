@@ -24,7 +24,7 @@ def _parse_seeds(values: list[str] | None) -> tuple[int, ...]:
 
 def benchmark(
     suite: str = typer.Argument(
-        None, help="Suite name (encoders, matching, baselines, all) or a suite YAML file."
+        None, help="Suite name (encoders, matching, baselines, maskmed, all) or a suite YAML file."
     ),
     output: Path = typer.Option(
         None,
@@ -44,6 +44,9 @@ def benchmark(
     threads: int = typer.Option(2, help="torch CPU threads."),
     workers: int = typer.Option(1, help="Processes for phantom synthesis and preprocessing."),
     device: str = typer.Option("cpu", help="cpu | cuda | cuda:N (training, evaluation and profiling)."),
+    nsd_tolerance: float = typer.Option(
+        None, "--nsd-tolerance", help="NSD tolerance (mm) for segmenting variants (default: one voxel)."
+    ),
     set_: list[str] = typer.Option(
         None, "--set", help="Extra config override for every variant, e.g. --set optim.lr=5e-4 (repeatable)."
     ),
@@ -74,6 +77,7 @@ def benchmark(
             threads=threads,
             workers=workers,
             device=device,
+            nsd_tolerance_mm=nsd_tolerance,
             extra_overrides=list(set_ or []),
         )
     except ValueError as err:
