@@ -100,11 +100,17 @@ def test_grid_labels_back_to_an_oblique_original_grid():
     np.testing.assert_array_equal(back, labels)  # same extent and voxel count: exact round trip
 
 
-def test_predict_writes_the_label_map_of_a_segmenting_model(tmp_path):
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("arch=seg2box", "seg2box.features=[4, 4, 8, 8, 16, 4]"),
+        ("arch=maskmed", "maskmed.features=[4, 8, 16]", "maskmed.d_model=12", "maskmed.nhead=2"),
+    ],
+    ids=["seg2box", "maskmed"],
+)
+def test_predict_writes_the_label_map_of_a_segmenting_model(tmp_path, overrides):
     classes = {1: "liver", 7: "spleen"}
-    run = save_random_checkpoint(
-        tmp_path / "run", classes, (32, 32, 32), "arch=seg2box", "seg2box.features=[4, 4, 8, 8, 16, 4]"
-    )
+    run = save_random_checkpoint(tmp_path / "run", classes, (32, 32, 32), *overrides)
     size = (40, 36, 30)
     geometry = Geometry(size, (1.5, 1.2, 3.0), (30.0, 20.0, -50.0), (-1.0, 0, 0, 0, -1.0, 0, 0, 0, 1.0))
     scan = tmp_path / "scan.nii.gz"

@@ -74,6 +74,7 @@ class MaskedMultiScaleHead(nn.Module):
         self.masked_attention = masked_attention
         self.d_model = d_model
         self.pixel_proj = nn.ModuleList(nn.Conv3d(c, d_model, 1) for c in level_channels)
+        self.position_proj = nn.Conv3d(d_model, d_model, 1)  # where a voxel is, for the mask features
         self.level_embed = nn.Parameter(torch.zeros(levels, d_model))
         self.query_feat = nn.Embedding(num_queries, d_model)
         self.query_pos = nn.Embedding(num_queries, d_model)
@@ -90,7 +91,13 @@ class MaskedMultiScaleHead(nn.Module):
         return {"pred_logits": self.class_embed(q), "pred_masks": self.mask_head(q, features)}
 
     def forward(self, levels: list[Tensor]) -> dict:
-        features = [proj(x) for proj, x in zip(self.pixel_proj, levels, strict=True)]
+        features = [
+            proj(x)
+            + self.position_proj(
+                sine_position_3d(tuple(x.shape[2:]), self.d_model, device=x.device, dtype=x.dtype)
+            )
+            for proj, x in zip(self.pixel_proj, levels, strict=True)
+        ]
         b = levels[0].shape[0]
         queries = self.query_feat.weight[None].expand(b, -1, -1)
         query_pos = self.query_pos.weight[None]
