@@ -46,6 +46,8 @@ class LossConfig:
     focal_gamma: float = 2.0
     aux_loss: bool = True  # class + box losses on every decoder layer
     seg_dice: bool = True  # CE + Dice (False: CE only)
+    weight_mask: float = 5.0  # model.mask_head: BCE of the matched queries' masks
+    weight_mask_dice: float = 5.0  # model.mask_head: Dice of the matched queries' masks
 
     def __post_init__(self) -> None:
         for name in (
@@ -55,6 +57,8 @@ class LossConfig:
             "weight_seg",
             "weight_proposals",
             "weight_denoising",
+            "weight_mask",
+            "weight_mask_dice",
             "focal_gamma",
         ):
             if getattr(self, name) < 0:
@@ -232,6 +236,16 @@ class SetCriterion(nn.Module):
         l1, giou = self.box_losses(torch.cat(src), torch.cat(tgt), num_positive, boxes)
         return self._weighted(cls, l1, giou, self.cfg.weight_denoising)
 
+    def mask_losses(self, outputs: dict, targets: list[dict], num_pairs: float) -> dict[str, Tensor]:
+        """``model.mask_head``: BCE + Dice of the last layer's matched queries' masks against their organs'
+        masks (``seg == label + 1``); the matcher runs again on the last layer (a second Hungarian solve)."""
+        from .mask_criterion import matched_mask_losses
+
+        indices = self.matcher(outputs, targets)
+        masks = [t["seg"][None] == (t["labels"][:, None, None, None] + 1) for t in targets]
+        bce, dice = matched_mask_losses(outputs["pred_masks"], indices, masks, num_pairs)
+        return {"loss_mask": self.cfg.weight_mask * bce, "loss_mask_dice": self.cfg.weight_mask_dice * dice}
+
     def num_pairs(self, num_queries: int, targets: list[dict]) -> float:
         """Matched pairs per process (``repeats * M`` per image under DQM), at least 1.
 
@@ -268,6 +282,8 @@ class SetCriterion(nn.Module):
                 losses.update(
                     {f"{k}{suffix}": v for k, v in self.denoising_losses(layer, plan, targets).items()}
                 )
+        if "pred_masks" in outputs and all("seg" in t for t in targets):
+            losses.update(self.mask_losses(outputs, targets, num_pairs))
         seg_logits = outputs.get("seg_logits", [])
         if seg_logits and all("seg" in t for t in targets):
             seg = torch.stack([t["seg"] for t in targets])

@@ -84,6 +84,10 @@ def build_detector(
         network = build_model(replace(model_cfg, num_classes=num_classes))
         sigmoid = model_cfg.class_head == "sigmoid"
         criterion = build_criterion(num_classes, build_matcher(matcher_cfg, sigmoid), loss_cfg, sigmoid)
+        if model_cfg.mask_head:  # class, box and mask per query; segments too
+            from .mask_detr import MaskDETRDetector
+
+            return MaskDETRDetector(network, criterion)
         return DETRDetector(network, criterion)
     if arch == "retinanet":  # MONAI RetinaNet on the same backbone (models/retinanet.py)
         from .retinanet import build_retinanet

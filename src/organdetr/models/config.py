@@ -76,6 +76,7 @@ class ModelConfig:
     queries_per_class: int = 3  # two-stage proposals kept per organ class (DQM's 1 + eta must fit)
     n_points: int = 4  # deformable attention sampling points per head and level
     fine_level: bool = False  # deformable decoder: + the backbone stage below the pyramid, fused top-down
+    mask_head: bool = False  # + a decoupled mask per query (models.mask_detr): class, box and mask
     class_head: ClassHead = "sigmoid"  # sigmoid per class (focal loss) | softmax with a no-object class (CE)
     denoising: bool = True  # DINO contrastive denoising queries (training only)
     dn_number: int = 60  # at most this many denoising queries per image (groups of 2 x organs)

@@ -23,6 +23,8 @@ Decoders (``ModelConfig.decoder``):
                                   anchors [S, 6], spacing [S, 3] (what the proposal loss needs)
     dn_outputs   dict             training only, with targets and denoising on: "layers" (per decoder
                                   layer pred_logits / pred_boxes of the denoising queries) and "plan"
+    pred_masks   [B, N, i, j, k]  model.mask_head only: mask logits of the last layer's queries on the
+                                  finest encoded level (models.mask_detr)
 
 ``targets`` are only read to build the denoising queries. In eval mode the forward has no data-dependent
 Python control flow, so it traces with ``torch.onnx.export`` (opset >= 20 for 5-D ``GridSample``).
@@ -40,6 +42,7 @@ from .deformable_decoder import DeformableDecoder
 from .denoising import denoising_attention_mask, noised_queries, plan_denoising
 from .encoder import DeformableEncoder, FPNEncoder, MSAEncoder, SingleScaleEncoder, flatten_tokens
 from .heads import BoxHead, SegmentationHead
+from .mask_head import MaskHead
 from .position import sine_position_3d
 from .proposals import ProposalHead, inverse_sigmoid, select_per_class, token_anchors
 
@@ -145,6 +148,10 @@ class OrganDETR(nn.Module):
             if cfg.seg_heads
             else nn.ModuleList()
         )
+        if cfg.mask_head:  # masks of the last decoder layer's queries on the finest level (models.mask_detr)
+            self.mask_head = MaskHead(d)
+            self._queries: Tensor | None = None  # set by the hook on every forward
+            self.decoder.layers[-1].register_forward_hook(self._keep_queries)
 
     def forward(self, images: Tensor, targets: list[dict] | None = None) -> dict:
         stages = self.backbone(images)
@@ -164,7 +171,12 @@ class OrganDETR(nn.Module):
             out = self._deformable_decode(encoded, targets)
         if self.training and self.cfg.seg_heads:
             out["seg_logits"] = [head(x) for head, x in zip(self.seg_heads, encoded, strict=True)]
+        if self.cfg.mask_head:  # the matching queries come last (denoising queries first)
+            out["pred_masks"] = self.mask_head(self._queries[:, -self.num_queries :], encoded[0])
         return out
+
+    def _keep_queries(self, module: nn.Module, inputs, output: Tensor) -> None:
+        self._queries = output
 
     def _outputs(self, logits: list[Tensor], boxes: list[Tensor]) -> dict:
         out = {"pred_logits": logits[-1], "pred_boxes": boxes[-1], "aux_outputs": [], "seg_logits": []}
