@@ -31,11 +31,16 @@ from pathlib import Path
 DATASET = "Dataset512_Phantom"
 
 
-def build_dataset(run_dir: Path, work: Path) -> Path:
-    """``work/raw/Dataset512_Phantom``: symlinks to the run's phantom cases, split as the run split them."""
+def build_dataset(run_dir: Path, work: Path, split_file: Path | None) -> Path:
+    """``work/raw/Dataset512_Phantom``: symlinks to the run's phantom cases, split as the run split them
+    (``results.json`` ``split_cases``, or ``split_file``: ``{"train": [..], "val": [..], "test": [..]}``)."""
     raw = run_dir / "data" / "raw"
-    results = json.loads((run_dir / "results.json").read_text())
-    split = results["split_cases"]
+    split = (
+        json.loads(split_file.read_text())
+        if split_file
+        else json.loads((run_dir / "results.json").read_text())
+    )
+    split = split.get("split_cases", split)
     train = sorted(split["train"] + split["val"])  # nnU-Net does its own validation split: give it both
     target = work / "raw" / DATASET
     for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
@@ -121,13 +126,14 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--split", type=Path, default=None, help="split JSON (default: RUN_DIR/results.json)")
     args = parser.parse_args()
     work = args.work.resolve()
     os.environ.setdefault("nnUNet_raw", str(work / "raw"))
     os.environ.setdefault("nnUNet_preprocessed", str(work / "preprocessed"))
     os.environ.setdefault("nnUNet_results", str(work / "results"))
     os.environ.setdefault("nnUNet_n_proc_DA", "0")  # augmentation in the training process (shared CPUs)
-    build_dataset(args.run_dir, work)
+    build_dataset(args.run_dir, work, args.split)
     if not (work / "preprocessed" / DATASET / "nnUNetPlans.json").is_file():
         bindir = Path(sys.executable).parent
         subprocess.run(
