@@ -132,7 +132,7 @@ def main() -> None:
     os.environ.setdefault("nnUNet_raw", str(work / "raw"))
     os.environ.setdefault("nnUNet_preprocessed", str(work / "preprocessed"))
     os.environ.setdefault("nnUNet_results", str(work / "results"))
-    os.environ.setdefault("nnUNet_n_proc_DA", "0")  # augmentation in the training process (shared CPUs)
+    os.environ.setdefault("nnUNet_n_proc_DA", "1")  # one augmentation worker (shared CPUs)
     build_dataset(args.run_dir, work, args.split)
     if not (work / "preprocessed" / DATASET / "nnUNetPlans.json").is_file():
         bindir = Path(sys.executable).parent
