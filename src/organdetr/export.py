@@ -23,6 +23,28 @@ from organdetr.errors import InputError
 
 OUTPUT_NAMES = ("pred_logits", "pred_boxes")
 PLANS_METADATA_KEY = "organdetr.plans"
+MIN_OPSET = 14
+"""Oldest opset the detector exports to: ``scaled_dot_product_attention`` needs 14 (measured: 7-13 fail)."""
+
+
+def max_opset() -> int:
+    """Newest opset this torch's ONNX exporter writes."""
+    try:
+        from torch.onnx import _constants
+
+        return int(_constants.ONNX_MAX_OPSET)
+    except (ImportError, AttributeError):
+        return 20
+
+
+def check_opset(opset: int) -> int:
+    """``opset`` if the detector can be exported to it, else InputError with the supported range."""
+    if not MIN_OPSET <= opset <= max_opset():
+        raise InputError(
+            None,
+            f"--opset {opset} is not supported: the detector exports to opsets {MIN_OPSET}..{max_opset()}",
+        )
+    return opset
 
 
 class RawOutputs(nn.Module):
@@ -52,6 +74,7 @@ def export_network(
     """
     import onnx
 
+    check_opset(opset)
     wrapper = RawOutputs(network).eval()
     example = torch.zeros(batch_size, 1, *(int(s) for s in input_size), dtype=torch.float32)
     out_path = Path(out_path)
@@ -60,7 +83,11 @@ def export_network(
         # but 10x faster than the dynamo one for this graph and gives identical outputs
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
-        _onnx_export(wrapper, example, tmp, opset)
+        try:
+            _onnx_export(wrapper, example, tmp, opset)
+        except Exception as err:  # the exporters raise their own types, with graph dumps as messages
+            first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+            raise InputError(out_path, f"ONNX export at opset {opset} failed ({first[:300]})") from None
         if plans is not None:
             model = onnx.load(str(tmp))
             entry = model.metadata_props.add()
@@ -145,12 +172,15 @@ def onnx_detect(session, images: np.ndarray) -> list[dict[str, torch.Tensor]]:
 
 
 __all__ = [
+    "MIN_OPSET",
     "OUTPUT_NAMES",
     "PLANS_METADATA_KEY",
     "RawOutputs",
+    "check_opset",
     "export_checkpoint",
     "export_network",
     "load_session",
+    "max_opset",
     "onnx_detect",
     "onnx_plans",
 ]
