@@ -430,10 +430,11 @@ def verify_cases(
     """
     from tqdm.auto import tqdm
 
-    return [
-        verify_case(cache_dir, case_id, plans=plans, checksum=True, finite=True)
-        for case_id in tqdm(case_ids, desc="verify cache", unit="case", disable=not progress, leave=False)
-    ]
+    records = []
+    with tqdm(case_ids, desc="verify cache", unit="case", disable=not progress, leave=False) as bar:
+        for case_id in bar:  # the context closes (clears) the bar before an error is printed
+            records.append(verify_case(cache_dir, case_id, plans=plans, checksum=True, finite=True))
+    return records
 
 
 def check_finite_array(path: str | Path, array: np.ndarray) -> None:
@@ -607,6 +608,9 @@ def _run_jobs(jobs: list[tuple], workers: int, summary: PreprocessSummary, progr
                 bar.update()
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+    except BaseException:
+        bar.leave = False  # the error line replaces the bar
+        raise
     finally:
         bar.close()
 
