@@ -66,8 +66,13 @@ def test_bad_values_are_input_errors(override, match):
 def test_overrides_apply_and_parse_yaml_values():
     cfg = load_config(
         "tiny",
-        ["optim.lr=3e-4", "data.val_cases=[a, b]", "model.kv_pool=[1,1,1]", "train.deterministic=true",
-         "data.cache_dir=/x/y"],
+        [
+            "optim.lr=3e-4",
+            "data.val_cases=[a, b]",
+            "model.kv_pool=[1,1,1]",
+            "train.deterministic=true",
+            "data.cache_dir=/x/y",
+        ],
     )
     assert cfg.optim.lr == pytest.approx(3e-4)
     assert cfg.data.val_cases == ["a", "b"]
