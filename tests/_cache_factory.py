@@ -62,11 +62,11 @@ def save_random_checkpoint(
 
     from organdetr.checkpoint import save_checkpoint
     from organdetr.config import dump_config, load_config
-    from organdetr.models import build_detector
+    from organdetr.models import detector_from_config
 
     torch.manual_seed(0)
     cfg = load_config("tiny", list(overrides))
-    detector = build_detector(cfg.arch, cfg.model, cfg.matcher, cfg.loss, len(classes), grid)
+    detector = detector_from_config(cfg, len(classes), grid)
     plans = make_plans(PreprocessConfig(input_size=grid), classes)
     save_checkpoint(
         run / "last", detector, {"step": 0}, config_yaml=dump_config(cfg), plans=plans, include_rng=False

@@ -29,6 +29,7 @@ set: [model.num_queries=12]
 variants:
   - {name: msa, set: [model.encoder=msa, matcher.kind=dqm]}
   - {name: retinanet, set: [arch=retinanet]}
+  - {name: prior, prior: fov}
 """
 
 
@@ -48,13 +49,15 @@ def test_build_train_config_applies_variant_and_budget(tmp_path):
     split = {"train": ["a", "b", "c"], "val": ["d"], "test": ["e"]}
     cfg = BenchmarkConfig(iterations=10, cases=5, batch_size=2, val_points=2, seeds=(3,))
     variants = {v.name: v for v in suite.variants}
-    detr = build_train_config(suite, variants["detr"], 3, tmp_path, split, cfg)
-    assert detr.model.encoder == "single" and detr.matcher.kind == "hungarian" and not detr.model.seg_heads
+    detr = build_train_config(suite, variants["detr-decoder"], 3, tmp_path, split, cfg)
+    assert detr.model.decoder == "detr" and detr.model.class_head == "softmax" and not detr.model.two_stage
     assert detr.train.seed == 3 and detr.data.train_cases == ["a", "b", "c"] and detr.data.val_cases == ["d"]
     assert detr.train.epochs * math.ceil(3 / 2) >= 10  # enough epochs for the step budget
-    assert detr.model.num_queries == 40  # the suite-wide override is applied
+    assert detr.model.num_queries == 30
     retina = build_train_config(suite, variants["retinanet"], 3, tmp_path, split, cfg)
     assert retina.arch == "retinanet"
+    assert build_train_config(suite, variants["seg2box"], 3, tmp_path, split, cfg).arch == "seg2box"
+    assert variants["prior-mm"].prior == "mm" and variants["prior-fov"].prior == "fov"
 
 
 def test_bad_suites_are_input_errors(tmp_path):
@@ -66,6 +69,9 @@ def test_bad_suites_are_input_errors(tmp_path):
         load_suite(bad)
     bad.write_text("base: tiny\nvariants:\n  - {name: a, set: [model.encoder]}\n")
     with pytest.raises(InputError, match="KEY.PATH=VALUE"):
+        load_suite(bad)
+    bad.write_text("base: tiny\nvariants:\n  - {name: a, prior: inches}\n")
+    with pytest.raises(InputError, match="prior"):
         load_suite(bad)
     bad.write_text("base: tiny\nvariants:\n  - {name: a}\n  - {name: a}\n")
     with pytest.raises(InputError, match="unique"):
@@ -173,7 +179,10 @@ def test_micro_suite_end_to_end(micro_data, tmp_path):
     suite_file = tmp_path / "micro.yaml"
     suite_file.write_text(MICRO_SUITE)
     results = run_suite(suite_file, out, cfg, command="test", progress=False)
-    assert set(results["variants"]) == {"msa", "retinanet"}
+    assert set(results["variants"]) == {"msa", "retinanet", "prior"}
+    prior = results["variants"].pop("prior")
+    assert prior["cost"] is None and 0.0 <= prior["test"]["shift+10%"]["mAP"]["mean"] <= 1.0
+    assert "| prior |" in (out / "table.md").read_text()
     for v in results["variants"].values():
         assert set(v["test"]) == {"clean", "zoom+10%", "shift+10%"}
         assert 0.0 <= v["test"]["clean"]["mAP"]["mean"] <= 1.0
@@ -183,7 +192,7 @@ def test_micro_suite_end_to_end(micro_data, tmp_path):
     for name in ("table.md", "results.json", "convergence.png"):
         assert (out / name).is_file()
     assert json.loads((out / "results.json").read_text())["suite"] == "micro"
-    assert all(r["curve"] for r in results["runs"])  # validation ran: the convergence curve has points
+    assert all(r["curve"] for r in results["runs"] if r["variant"] != "prior")  # validation ran
     # a rerun reuses the finished runs instead of training again
     mtime = (out / "runs" / "msa-seed0" / "last").stat().st_mtime
     run_suite(suite_file, out, cfg, command="test", progress=False)

@@ -16,10 +16,18 @@ from organdetr.config import (
     load_config,
 )
 from organdetr.errors import InputError
-from organdetr.models.config import model_preset
+from organdetr.models.config import PRESET_NAMES, model_preset
 
 
-@pytest.mark.parametrize("name", PRESETS)
+def test_every_preset_loads():
+    assert {"tiny", "small", "paper", "detr", "seg2box"} <= set(PRESETS)
+    for name in PRESETS:
+        assert isinstance(load_config(name), TrainConfig)
+    assert load_config("seg2box").arch == "seg2box"
+    assert load_config("detr").model.decoder == "detr"
+
+
+@pytest.mark.parametrize("name", PRESET_NAMES)
 def test_presets_load_and_match_model_presets(name):
     cfg = load_config(name)
     assert isinstance(cfg, TrainConfig)

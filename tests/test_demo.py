@@ -43,11 +43,17 @@ def test_demo_quick_end_to_end(tmp_path):
     assert list((report / "overlays").glob("*.png"))
     metrics = json.loads((report / "metrics.json").read_text())
     assert "mAP" in metrics["summary"] and metrics["held_out_cases"] >= 1
-    assert len(metrics["per_class"]) >= 1 and metrics["train_steps"] >= 1
+    assert len(metrics["per_class"]) >= 1 and metrics["train_steps"] == 60  # --quick: a fixed 60 steps
+    rows = set(metrics["comparison"])
+    assert {"Organ-DETR", "seg2box", "prior (mean box, mm)", "prior (mean box, field of view)"} <= rows
+    assert {"present_mean", "absent_mean"} <= set(metrics["absent_organ_scores"])
+    assert (out / "run_seg2box" / "last" / "model.safetensors").is_file()
+    assert sorted((out / "predictions_seg2box").glob("*_seg.nii.gz"))  # the baseline segments
     predictions = sorted((out / "predictions").glob("*.json"))
     assert len(predictions) == metrics["held_out_cases"]
     text = (report / "REPORT.md").read_text()
     assert "held-out" in text and ("does not find real organs well" in text or "Skipped" in text)
+    assert "| seg2box |" in text and "| prior (mean box, mm) |" in text
     assert (out / "run" / "last" / "model.safetensors").is_file()
     last_lines = result.output.strip().splitlines()[-4:]
     assert any(str(report / "REPORT.md") in line for line in last_lines)
@@ -59,26 +65,25 @@ def test_demo_rejects_bad_arguments(tmp_path):
     assert not (tmp_path / "d" / "report").exists()
 
 
-def test_next_stop_chunks_and_tail():
-    from organdetr.demo import MIN_CHUNK, _next_stop
-
-    total = 1000
-    stops, done = [], 0
-    while done < total:
-        done = _next_stop(done, total)
-        stops.append(done)
-    assert stops[-1] == total and stops == sorted(stops)
-    assert all(b - a >= MIN_CHUNK for a, b in zip([0, *stops], stops, strict=False))
-    assert _next_stop(0, 30) == 30  # too short to re-plan
-
-
-def test_train_config_takes_the_demo_optimiser_and_split(tmp_path):
+def test_train_config_takes_the_demo_budget_optimiser_and_split(tmp_path):
     from organdetr.demo import DemoConfig, _train_config
 
-    cfg = DemoConfig(out_dir=tmp_path, lr=5e-4, grad_clip=2.0, batch_size=2)
+    cfg = DemoConfig(out_dir=tmp_path, lr=5e-4, grad_clip=2.0, batch_size=2, steps=30, warmup_steps=50)
     cases = ["a", "b", "c", "d"]
-    train_cfg = _train_config(cfg, tmp_path / "cache", cases, num_classes=10, epochs=5, warmup=None)
+    train_cfg = _train_config(cfg, tmp_path / "cache", cases, "tiny")
     assert train_cfg.optim.lr == 5e-4 and train_cfg.optim.grad_clip == 2.0
-    assert train_cfg.optim.warmup_steps == 1  # ~10 % of 5 epochs x 2 steps
-    assert train_cfg.model.num_queries >= 30  # room for 1 + eta queries per organ
-    assert train_cfg.data.train_cases == cases and train_cfg.train.epochs == 5
+    assert train_cfg.optim.warmup_steps == 3  # at most 10 % of the 30 steps
+    assert train_cfg.train.steps == 30 and train_cfg.train.device == "cpu"  # a step budget, not minutes
+    assert train_cfg.data.train_cases == cases and train_cfg.data.val_cases == []
+    seg = _train_config(cfg, tmp_path / "cache", cases, "seg2box", cfg.baseline_overrides)
+    assert seg.arch == "seg2box" and seg.train.steps == 30 and seg.optim.lr == 5e-4  # same budget
+
+
+def test_demo_config_rejects_bad_budgets(tmp_path):
+    from organdetr.demo import DemoConfig
+    from organdetr.errors import InputError
+
+    with pytest.raises(InputError, match="steps"):
+        DemoConfig(out_dir=tmp_path, steps=0)
+    with pytest.raises(InputError, match="threads"):
+        DemoConfig(out_dir=tmp_path, threads=0)

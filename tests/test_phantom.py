@@ -29,8 +29,54 @@ runner = CliRunner(env={"COLUMNS": "200"})
 
 @pytest.fixture(scope="module")
 def cases():
-    """Six full-size (96^3) cases with what was drawn for them."""
-    return [generate_case_with_info(seed) for seed in range(6)]
+    """Six full-size (96^3) cases of the fixed (abdomen-centred) field of view: every organ in view."""
+    return [generate_case_with_info(seed, PhantomConfig.fixed()) for seed in range(6)]
+
+
+@pytest.fixture(scope="module")
+def varied_cases():
+    """Thirty small cases of the default, varied field of view."""
+    cfg = PhantomConfig(size=(32, 32, 32))
+    return [generate_case_with_info(seed, cfg) for seed in range(30)]
+
+
+def test_varied_field_of_view_draws_every_scan_range_and_cuts_organs(varied_cases):
+    from organdetr.data.phantom import SCAN_RANGES
+
+    ranges = {info.scan_range for *_, info in varied_cases}
+    assert ranges == set(SCAN_RANGES)
+    for _, labels, geometry, info in varied_cases:
+        assert geometry.size[:2] == (32, 32) and 8 <= geometry.size[2] <= 512
+        assert abs(geometry.spacing[0] - geometry.spacing[1]) < 1e-6
+        in_view = {name for name, i in IDS.items() if (labels == i).any()}
+        if info.scan_range == "upper_abdomen":
+            assert "urinary_bladder" not in in_view and "liver" in in_view or "liver" in info.missing
+        if info.scan_range in ("thorax_abdomen_pelvis", "abdomen_pelvis") and "liver" not in info.missing:
+            assert "liver" in in_view
+    # organs absent from the field of view are common, not rare (what the detector must score low)
+    absent = sum(len([n for n, i in IDS.items() if not (lab == i).any()]) for _, lab, _, _ in varied_cases)
+    assert absent >= 30
+
+
+def test_varied_field_of_view_moves_organs_in_world_and_grid_coordinates(varied_cases):
+    """A position prior cannot solve it: the liver's centre spreads over decimetres in the scanner frame
+    and over a large part of the normalised field of view."""
+    world, fraction, extent = [], [], []
+    for _, labels, geometry, _ in varied_cases:
+        if (labels == IDS["liver"]).any():
+            voxels = np.argwhere(labels == IDS["liver"])
+            world.append(geometry.index_to_world(voxels.mean(axis=0)))
+            fraction.append(voxels.mean(axis=0) / np.asarray(geometry.size))
+            extent.append(np.ptp(voxels[:, 2]) / geometry.size[2])
+    assert np.std(np.asarray(world)[:, 2]) > 60.0  # mm, superior-inferior
+    assert np.ptp(np.asarray(fraction)[:, 2]) > 0.25  # of the field of view
+    assert max(extent) > 2.5 * min(extent)  # a slab's liver fills it, a whole-trunk scan's does not
+    fixed = [
+        generate_case_with_info(seed, PhantomConfig.fixed(size=(32,) * 3, spacing=(12.0,) * 3))
+        for seed in range(10)
+    ]
+    fixed_world = [g.index_to_world(np.argwhere(lab == IDS["liver"]).mean(axis=0)) for _, lab, g, _ in fixed]
+    assert np.std(np.asarray(fixed_world)[:, 2]) < 25.0  # the old phantom: the liver always at one place
 
 
 def centroid_mm(labels, geometry, name):
@@ -167,6 +213,10 @@ def test_config_rejects_bad_values():
         PhantomConfig(missing={"brain": 0.5})
     with pytest.raises(ValueError, match="phases"):
         PhantomConfig(phases=("delayed",))
+    with pytest.raises(ValueError, match="field_of_view"):
+        PhantomConfig(field_of_view="wide")
+    with pytest.raises(ValueError, match="scan_ranges"):
+        PhantomConfig(scan_ranges=("head",))
 
 
 def test_superquadric_and_tube_volumes_match_formulas():

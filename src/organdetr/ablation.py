@@ -9,6 +9,7 @@ a list of variants, each a set of ``--set``-style overrides::
     variants:
       - {name: msa, set: [model.encoder=msa]}
       - {name: fpn, set: [model.encoder=fpn]}
+      - {name: prior-mm, prior: mm}     # no training: the mean training box per organ (organdetr.prior)
 
 ``run_suite`` then, on one synthetic phantom set (``organdetr.data.phantom``, fixed seed, split into
 train / validation / test cases):
@@ -55,10 +56,12 @@ PERTURBATIONS: dict[str, dict] = {"zoom+10%": {"zoom": 1.1}, "shift+10%": {"shif
 
 @dataclass
 class Variant:
-    """One row of the table: a name and the config overrides that make it."""
+    """One row of the table: a name and the config overrides that make it, or an image-blind prior
+    (``prior``: ``"mm"`` or ``"fov"``, see :mod:`organdetr.prior`) that is fitted, not trained."""
 
     name: str
     overrides: list[str] = field(default_factory=list)
+    prior: str | None = None
 
 
 @dataclass
@@ -113,12 +116,27 @@ def load_suite(name_or_path: str | Path) -> Suite:
     if not isinstance(raw_variants, list) or not raw_variants:
         raise InputError(path, "variants: must be a non-empty list of {name: ..., set: [...]}")
     variants = []
+    from .prior import PRIOR_KINDS
+
     for i, item in enumerate(raw_variants):
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str) or set(item) - {"name", "set"}:
+        if (
+            not isinstance(item, dict)
+            or not isinstance(item.get("name"), str)
+            or set(item) - {"name", "set", "prior"}
+        ):
             raise InputError(
-                path, f"variants[{i}] must be {{name: str, set: [KEY=VALUE, ...]}}, got {item!r}"
+                path,
+                f"variants[{i}] must be {{name: str, set: [KEY=VALUE, ...]}} or "
+                f"{{name: str, prior: mm|fov}}, got {item!r}",
             )
-        variants.append(Variant(item["name"], _string_list(item.get("set"), f"variants[{i}].set", path)))
+        prior = item.get("prior")
+        if prior is not None and (prior not in PRIOR_KINDS or item.get("set")):
+            raise InputError(
+                path, f"variants[{i}].prior must be one of {list(PRIOR_KINDS)} (and no set:), got {prior!r}"
+            )
+        variants.append(
+            Variant(item["name"], _string_list(item.get("set"), f"variants[{i}].set", path), prior)
+        )
     names = [v.name for v in variants]
     if len(set(names)) != len(names) or any(not n or "/" in n for n in names):
         raise InputError(path, f"variant names must be unique, non-empty and contain no '/': {names}")
@@ -196,9 +214,8 @@ def prepare_data(out_dir: Path, cfg: BenchmarkConfig) -> tuple[Path, dict[str, l
     if ready and tuple(load_plans(cache)["input_size"]) != expected:
         raise InputError(cache, f"holds a {load_plans(cache)['input_size']} cache; this run wants {expected}")
     if not ready:
-        # the phantom's 384 mm field of view at about the model's resolution: resizing is then mild
-        fov = PhantomConfig().size[0] * PhantomConfig().spacing[0]
-        phantom = PhantomConfig(size=expected, spacing=(fov / cfg.size,) * 3)
+        # the default (varied field of view) phantom, rendered at about the model's in-plane resolution
+        phantom = PhantomConfig(size=expected)
         if not (raw / "dataset.json").is_file():
             write_synthetic_dataset(raw, cfg.cases, seed=cfg.data_seed, cfg=phantom, workers=cfg.workers)
         summary = preprocess_dataset(
@@ -419,8 +436,13 @@ def run_suite(
     }
     runs: list[RunResult] = []
     final: dict[str, Path] = {}
-    total = len(suite.variants) * len(cfg.seeds)
-    for n, (variant, seed) in enumerate(((v, s) for v in suite.variants for s in cfg.seeds), start=1):
+    trained = [v for v in suite.variants if v.prior is None]
+    for variant in suite.variants:
+        if variant.prior is not None:
+            runs.append(_evaluate_prior(variant, cache, perturbed, split))
+            console.print(f"prior {variant.name}: test mAP {runs[-1].test['clean'].get('mAP', math.nan):.3f}")
+    total = len(trained) * len(cfg.seeds)
+    for n, (variant, seed) in enumerate(((v, s) for v in trained for s in cfg.seeds), start=1):
         run_dir = out_dir / "runs" / f"{variant.name}-seed{seed}"
         console.print(f"[{n}/{total}] train {variant.name} seed {seed} -> {run_dir}")
         train_cfg = build_train_config(suite, variant, seed, cache, split, cfg)
@@ -431,7 +453,7 @@ def run_suite(
         final.setdefault(variant.name, last)
         console.print(f"      test mAP {runs[-1].test['clean'].get('mAP', math.nan):.3f}  ({seconds:.0f} s)")
     console.print("profiling (params, FLOPs, memory, interleaved latency) ...")
-    cost = profile_variants(final, cfg, device)
+    cost = profile_variants(final, cfg, device) if final else {}
     results = _assemble(suite, cfg, split, runs, cost, command)
     write_reports(results, out_dir)
     console.print(f"results: {out_dir / 'table.md'}")
@@ -440,6 +462,35 @@ def run_suite(
 
 def _slug(kind: str) -> str:
     return kind.replace("+", "_plus_").replace("%", "pct")
+
+
+def prior_metrics(
+    kind: str, train_cache: Path, train_ids: list[str], test_cache: Path, test_ids: list[str]
+) -> dict:
+    """COCO-style metrics (max 1 detection per class, mm) of the image-blind prior ``kind`` fitted on the
+    training cases of ``train_cache`` and scored on the test cases of ``test_cache``."""
+    from .evaluation import GroundTruth, evaluate_detections
+    from .preprocess import load_case, load_plans
+    from .prior import fit_box_prior, prior_detections
+
+    prior = fit_box_prior(load_case(train_cache, c, mmap=True)[2] for c in train_ids)
+    records = [load_case(test_cache, c, mmap=True)[2] for c in test_ids]
+    names = list(load_plans(test_cache)["classes"].values())
+    truth = [
+        GroundTruth(r["case_id"], b["name"], np.asarray(b["box_mm"])) for r in records for b in r["boxes"]
+    ]
+    result = evaluate_detections(prior_detections(prior, records, kind), truth, names, max_detections=1)
+    return {k: float(v) for k, v in result.summary.items() if isinstance(v, int | float) and math.isfinite(v)}
+
+
+def _evaluate_prior(variant: Variant, cache: Path, perturbed: dict[str, Path], split) -> RunResult:
+    """A prior 'run': fitted on the training cases, scored on the clean and every perturbed test set."""
+    folders = {"clean": cache, **perturbed}
+    test = {
+        condition: prior_metrics(variant.prior, cache, split["train"], folder, split["test"])
+        for condition, folder in folders.items()
+    }
+    return RunResult(variant.name, 0, test, [], 0.0)
 
 
 def _evaluate_run(name, seed, last, cache, perturbed, split, device, seconds) -> RunResult:
@@ -489,8 +540,9 @@ def _assemble(suite, cfg, split, runs, cost, command) -> dict:
             }
         summary[variant.name] = {
             "overrides": variant.overrides,
+            "prior": variant.prior,
             "test": conditions,
-            "cost": cost[variant.name],
+            "cost": cost.get(variant.name),
         }
     return {
         "suite": suite.name,
@@ -556,6 +608,11 @@ def render_table(results: dict) -> str:
     ]
     for name, v in results["variants"].items():
         clean, cost = v["test"]["clean"], v["cost"]
+        if cost is None:  # an image-blind prior: nothing to run
+            lines.append(
+                f"| {name} | " + " | ".join(_fmt(clean[m]) for m in METRICS) + " | - | - | - | - | - |"
+            )
+            continue
         mem = cost.get("peak_memory_bytes")
         lines.append(
             f"| {name} | "
@@ -588,6 +645,12 @@ def render_table(results: dict) -> str:
         )
     lines += ["", "Variants:", ""]
     for name, v in results["variants"].items():
+        if v.get("prior"):
+            kind = v["prior"]
+            lines.append(
+                f"- **{name}**: image-blind prior `{kind}` (mean training box per organ, `organdetr.prior`)"
+            )
+            continue
         sets = ", ".join(f"`{s}`" for s in v["overrides"]) or "(base config)"
         lines.append(f"- **{name}** ({_count_seeds(results, name)} seed(s)): {sets}")
     lines.append("")
@@ -603,7 +666,14 @@ def plot_convergence(results: dict, path: Path) -> Path | None:
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     drawn = False
-    for name in results["variants"]:
+    for name, variant in results["variants"].items():
+        if variant.get("prior"):  # what a model must beat: a dashed level
+            for ax, metric in zip(axes, ("mAP", "mAP_10_50"), strict=True):
+                level = variant["test"]["clean"][metric]["mean"]
+                if level is not None and math.isfinite(level):
+                    ax.axhline(level, ls="--", lw=1, color="grey")
+                    ax.annotate(name, (0, level), fontsize=7, color="grey", va="bottom")
+            continue
         curves = [r["curve"] for r in results["runs"] if r["variant"] == name and r["curve"]]
         if not curves:
             continue

@@ -306,7 +306,7 @@ def load_detector(
     """
     from .config import load_config
     from .data.cache_dataset import class_map_from_plans
-    from .models import build_detector
+    from .models import detector_from_config
 
     ckpt = resolve_checkpoint_dir(run_dir_or_ckpt)
     config_path = next((d / CONFIG_FILE for d in (ckpt, ckpt.parent) if (d / CONFIG_FILE).is_file()), None)
@@ -320,7 +320,7 @@ def load_detector(
         raise InputError(plans_path, f"unreadable plans ({err})") from None
     classes = class_map_from_plans(plans, plans_path)
     input_size = tuple(int(s) for s in plans["input_size"])
-    detector = build_detector(cfg.arch, cfg.model, cfg.matcher, cfg.loss, len(classes), input_size)
+    detector = detector_from_config(cfg, len(classes), input_size)
     weights = ckpt / EMA_FILE if use_ema and (ckpt / EMA_FILE).is_file() else ckpt / MODEL_FILE
     load_weights(detector, weights, "cpu")
     return detector.to(device).eval(), cfg, plans

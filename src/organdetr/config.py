@@ -26,7 +26,7 @@ from .criterion import LossConfig
 from .data.augment import AugmentConfig
 from .errors import InputError
 from .matcher import MatcherConfig
-from .models.config import ModelConfig
+from .models.config import ModelConfig, Seg2BoxConfig
 
 ScheduleKind = Literal["cosine", "step", "constant"]
 AmpMode = Literal["auto", "off", "bf16", "fp16"]
@@ -95,6 +95,7 @@ class LoopConfig:
     """The training loop: length, validation and checkpoint cadence, precision, seeding, logging."""
 
     epochs: int = 100
+    steps: int | None = None  # optimizer-step budget: ends training there, the lr schedule spans exactly it
     val_every: int = 1  # validate every N epochs (0 = never: no best/, load_detector uses last/)
     checkpoint_every: int = 1  # save the "last" checkpoint every N epochs (and always at the end)
     amp: AmpMode = "auto"  # auto = bf16 on a CUDA GPU that supports it, off on CPU
@@ -108,6 +109,8 @@ class LoopConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1:
             raise ValueError(f"train.epochs must be >= 1, got {self.epochs}")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"train.steps must be >= 1 (or null: epochs decide), got {self.steps}")
         if self.val_every < 0 or self.checkpoint_every < 1 or self.log_every < 1:
             raise ValueError("train.val_every must be >= 0; checkpoint_every and log_every >= 1")
 
@@ -116,8 +119,9 @@ class LoopConfig:
 class TrainConfig:
     """Everything a training run needs; dumped as ``config.yaml`` into the run folder."""
 
-    arch: str = "organdetr"
+    arch: str = "organdetr"  # organdetr | retinanet | seg2box
     model: ModelConfig = field(default_factory=ModelConfig)
+    seg2box: Seg2BoxConfig = field(default_factory=Seg2BoxConfig)
     matcher: MatcherConfig = field(default_factory=MatcherConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -126,7 +130,7 @@ class TrainConfig:
     train: LoopConfig = field(default_factory=LoopConfig)
 
 
-PRESETS: tuple[str, ...] = ("tiny", "small", "paper")
+PRESETS: tuple[str, ...] = ("tiny", "small", "demo", "paper", "detr", "seg2box")
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -412,11 +412,9 @@ def _fit(cfg: TrainConfig, run_dir: Path, cache_dir: Path, *, resume: bool, stop
 
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-    from .models import build_detector
+    from .models import detector_from_config
 
-    detector = build_detector(
-        cfg.arch, cfg.model, cfg.matcher, cfg.loss, train_ds.num_classes, train_ds.input_size
-    ).to(device)
+    detector = detector_from_config(cfg, train_ds.num_classes, train_ds.input_size).to(device)
     optimizer = build_optimizer(detector, cfg.optim)
     amp_dtype = autocast_dtype(cfg.train.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
@@ -453,7 +451,10 @@ def _fit(cfg: TrainConfig, run_dir: Path, cache_dir: Path, *, resume: bool, stop
     batch = cfg.data.batch_size
     per_rank = math.ceil(len(train_ds) / dist_info.world_size)
     steps_per_epoch = math.ceil(per_rank / batch)
-    total_steps = cfg.train.epochs * steps_per_epoch
+    epochs, total_steps = cfg.train.epochs, cfg.train.epochs * steps_per_epoch
+    if cfg.train.steps is not None:  # a step budget: the epochs it starts, the schedule over exactly it
+        epochs, total_steps = math.ceil(cfg.train.steps / steps_per_epoch), cfg.train.steps
+        stop_at_step = cfg.train.steps if stop_at_step is None else min(stop_at_step, cfg.train.steps)
     logger = TrainLogger(run_dir, enabled=dist_info.is_main, resume_step=state["step"] if resume else None)
     ctx = StepContext(
         optimizer=optimizer,
@@ -497,7 +498,7 @@ def _fit(cfg: TrainConfig, run_dir: Path, cache_dir: Path, *, resume: bool, stop
     start_epoch = ctx.step // steps_per_epoch
     saved_step = ctx.step if resume else None
     try:
-        for epoch in range(start_epoch, cfg.train.epochs):
+        for epoch in range(start_epoch, epochs):
             ctx.epoch = epoch
             done_in_epoch = ctx.step - epoch * steps_per_epoch
             sampler = EpochSampler(
@@ -513,10 +514,11 @@ def _fit(cfg: TrainConfig, run_dir: Path, cache_dir: Path, *, resume: bool, stop
             )
             started = time.perf_counter()
             train_one_epoch(train_model, loader, ctx, detector)
-            if ctx.step < (epoch + 1) * steps_per_epoch:
+            budget_done = cfg.train.steps is not None and ctx.step >= cfg.train.steps
+            if ctx.step < (epoch + 1) * steps_per_epoch and not budget_done:
                 break  # stopped mid-epoch (stop_at_step)
-            summary = _epoch_summary(epoch, cfg.train.epochs, ctx, time.perf_counter() - started)
-            is_last = epoch + 1 == cfg.train.epochs
+            summary = _epoch_summary(epoch, epochs, ctx, time.perf_counter() - started)
+            is_last = epoch + 1 == epochs or budget_done
             if (
                 val_ds is not None
                 and cfg.train.val_every

@@ -4,8 +4,10 @@ The exported graph maps ``images [B, 1, I, J, K]`` (float32, preprocessed as in 
 ``pred_logits [B, N, K+1]`` and ``pred_boxes [B, N, 6]`` (normalised cxcyczwhd); the batch axis is dynamic,
 the grid size is fixed to the training grid. :func:`organdetr.postprocess.postprocess` turns ORT outputs
 into boxes exactly as for PyTorch (:func:`onnx_detect`). The model's ``plans.json`` (classes, grid,
-normalisation) is stored in the ONNX metadata under ``organdetr.plans`` so the file alone is enough to
-preprocess a scan and name its organs.
+normalisation) is stored in the ONNX metadata under ``organdetr.plans`` and the class activation
+(``sigmoid`` / ``softmax``) under ``organdetr.class_activation``, so the file alone is enough to preprocess a
+scan and name its organs. Opset 20 is the default: the deformable decoder samples volumes with 5-D
+``GridSample``, which ONNX has from opset 20.
 """
 
 from __future__ import annotations
@@ -23,8 +25,11 @@ from organdetr.errors import InputError
 
 OUTPUT_NAMES = ("pred_logits", "pred_boxes")
 PLANS_METADATA_KEY = "organdetr.plans"
+ACTIVATION_METADATA_KEY = "organdetr.class_activation"
+DEFAULT_OPSET = 20
 MIN_OPSET = 14
-"""Oldest opset the detector exports to: ``scaled_dot_product_attention`` needs 14 (measured: 7-13 fail)."""
+"""Oldest opset any detector exports to: ``scaled_dot_product_attention`` needs 14 (measured: 7-13 fail);
+the deformable decoder needs 20 (its export then fails in one line naming the opset)."""
 
 
 def max_opset() -> int:
@@ -65,7 +70,7 @@ def export_network(
     out_path: str | Path,
     *,
     plans: dict | None = None,
-    opset: int = 18,
+    opset: int = DEFAULT_OPSET,
     batch_size: int = 1,
 ) -> Path:
     """Export ``network`` (eval mode) for ``images [B, 1, *input_size]`` to ``out_path`` (atomic write).
@@ -88,11 +93,14 @@ def export_network(
         except Exception as err:  # the exporters raise their own types, with graph dumps as messages
             first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
             raise InputError(out_path, f"ONNX export at opset {opset} failed ({first[:300]})") from None
+        model = onnx.load(str(tmp))
+        metadata = {ACTIVATION_METADATA_KEY: getattr(network, "class_activation", "softmax")}
         if plans is not None:
-            model = onnx.load(str(tmp))
+            metadata[PLANS_METADATA_KEY] = json.dumps(plans)
+        for key, value in metadata.items():
             entry = model.metadata_props.add()
-            entry.key, entry.value = PLANS_METADATA_KEY, json.dumps(plans)
-            onnx.save(model, str(tmp))
+            entry.key, entry.value = key, value
+        onnx.save(model, str(tmp))
         onnx.checker.check_model(str(tmp))
     return out_path
 
@@ -134,7 +142,7 @@ def load_exportable(checkpoint: str | Path):
     return detector, plans
 
 
-def export_checkpoint(checkpoint: str | Path, out_path: str | Path, *, opset: int = 18) -> Path:
+def export_checkpoint(checkpoint: str | Path, out_path: str | Path, *, opset: int = DEFAULT_OPSET) -> Path:
     """Load a run/checkpoint folder and export its network (+ plans metadata) to ``out_path``."""
     detector, plans = load_exportable(checkpoint)
     input_size = tuple(int(s) for s in plans["input_size"])
@@ -168,10 +176,13 @@ def onnx_detect(session, images: np.ndarray) -> list[dict[str, torch.Tensor]]:
         list(OUTPUT_NAMES), {"images": np.ascontiguousarray(images, dtype=np.float32)}
     )
     outputs = {"pred_logits": torch.from_numpy(logits), "pred_boxes": torch.from_numpy(boxes)}
-    return postprocess(outputs, tuple(int(s) for s in images.shape[2:]))
+    activation = session.get_modelmeta().custom_metadata_map.get(ACTIVATION_METADATA_KEY, "softmax")
+    return postprocess(outputs, tuple(int(s) for s in images.shape[2:]), activation=activation)
 
 
 __all__ = [
+    "ACTIVATION_METADATA_KEY",
+    "DEFAULT_OPSET",
     "MIN_OPSET",
     "OUTPUT_NAMES",
     "PLANS_METADATA_KEY",

@@ -320,3 +320,17 @@ def grid_box_to_original(box_voxel_grid: np.ndarray, record: dict) -> tuple[np.n
     box_mm = voxel_box_to_world(box_canonical, canonical)
     box_original = world_box_to_voxel(box_mm, original)
     return box_original, box_mm
+
+
+def grid_labels_to_original(labels_grid: np.ndarray, record: dict) -> np.ndarray:
+    """A label map ``[I, J, K]`` on the preprocessed grid -> the original scan's grid (nearest neighbour).
+
+    ``record`` is the case record (``grid`` and ``original`` geometries). The result has the original
+    file's size and index order; voxels outside the model grid (``fit="pad"`` crops) are 0.
+    """
+    grid = Geometry.from_dict(record["grid"])
+    original = Geometry.from_dict(record["original"])
+    labels_grid = np.ascontiguousarray(labels_grid)
+    return resample(
+        labels_grid, grid, original, interpolation="nearest", default_value=0, output_dtype=labels_grid.dtype
+    )

@@ -2,9 +2,12 @@
 
 Both use the DETR matching cost between query ``q`` and ground-truth organ ``t``::
 
-    C[q, t] = w_class * (-p_q(class_t)) + w_bbox * ||b_q - b_t||_1 + w_giou * (-GIoU(b_q, b_t))
+    C[q, t] = w_class * cost_class(q, class_t) + w_bbox * ||b_q - b_t||_1 + w_giou * (-GIoU(b_q, b_t))
 
-with ``p`` the softmax class probabilities and boxes in normalised ``cxcyczwhd`` (GIoU on ``xyzxyz``).
+with boxes in normalised ``cxcyczwhd`` (GIoU on ``xyzxyz``). The class cost follows the class head:
+softmax (DETR) ``-p_q(class_t)``; sigmoid (Deformable DETR) the focal-loss difference
+``alpha (1 - p)^gamma (-log p) - (1 - alpha) p^gamma (-log(1 - p))`` at ``p = sigmoid(logit_q[class_t])``,
+i.e. how much cheaper the focal loss gets when ``q`` is made a positive of ``class_t``.
 
 DQM (one-to-many, training only): each of the ``M`` organs of a scan is repeated ``1 + eta`` times,
 ``eta = ceil(lambda * N / M)`` for ``N`` queries, and ONE Hungarian problem is solved over the repeated
@@ -58,14 +61,29 @@ def dqm_repeats(num_queries: int, num_targets: int, dqm_lambda: float) -> int:
     return max(1, min(1 + eta, num_queries // num_targets))
 
 
+FOCAL_ALPHA, FOCAL_GAMMA = 0.25, 2.0
+"""Focal-loss constants of the sigmoid class cost (Deformable DETR's)."""
+
+
 def matching_cost(
-    logits: Tensor, boxes: Tensor, tgt_labels: Tensor, tgt_boxes: Tensor, cfg: MatcherConfig
+    logits: Tensor,
+    boxes: Tensor,
+    tgt_labels: Tensor,
+    tgt_boxes: Tensor,
+    cfg: MatcherConfig,
+    sigmoid: bool = False,
 ) -> Tensor:
-    """Cost ``[N, M]`` of one image: logits ``[N, K+1]``, boxes ``[N, 6]``; targets ``[M]``, ``[M, 6]``."""
+    """Cost ``[N, M]`` of one image: logits ``[N, K]`` (``sigmoid``) or ``[N, K+1]`` (softmax), boxes
+    ``[N, 6]``; targets ``[M]``, ``[M, 6]``."""
     if not (torch.isfinite(logits).all() and torch.isfinite(boxes).all()):
         raise ValueError("matching: predictions contain NaN/inf (training diverged?)")
-    prob = logits.float().softmax(-1)
-    cost_class = -prob[:, tgt_labels]
+    if sigmoid:
+        prob = logits.float().sigmoid()[:, tgt_labels]
+        positive = FOCAL_ALPHA * (1 - prob) ** FOCAL_GAMMA * -(prob + 1e-8).log()
+        negative = (1 - FOCAL_ALPHA) * prob**FOCAL_GAMMA * -(1 - prob + 1e-8).log()
+        cost_class = positive - negative
+    else:
+        cost_class = -logits.float().softmax(-1)[:, tgt_labels]
     cost_bbox = torch.cdist(boxes.float(), tgt_boxes.float(), p=1)
     cost_giou = -generalized_box_iou_3d(
         box_cxcyczwhd_to_xyzxyz(boxes.float()), box_cxcyczwhd_to_xyzxyz(tgt_boxes.float())
@@ -81,9 +99,10 @@ class HungarianMatcher(nn.Module):
     dicts with ``labels [M]`` and ``boxes [M, 6]``. ``P = repeats * M`` (``M`` for one-to-one).
     """
 
-    def __init__(self, cfg: MatcherConfig):
+    def __init__(self, cfg: MatcherConfig, sigmoid: bool = False):
         super().__init__()
         self.cfg = cfg
+        self.sigmoid = sigmoid  # class cost for a sigmoid (focal) class head, else softmax
         self._warned_cap = False
 
     def repeats(self, num_queries: int, num_targets: int) -> int:
@@ -121,7 +140,9 @@ class HungarianMatcher(nn.Module):
                 empty = torch.empty(0, dtype=torch.int64)
                 indices.append((empty, empty.clone()))
                 continue
-            cost = matching_cost(logits[b], boxes[b], target["labels"], target["boxes"], self.cfg)
+            cost = matching_cost(
+                logits[b], boxes[b], target["labels"], target["boxes"], self.cfg, self.sigmoid
+            )
             repeats = self.repeats(num_queries, num_targets)
             self._warn_if_capped(num_queries, num_targets, repeats)
             indices.append(_solve(cost.cpu().numpy(), repeats))
@@ -138,9 +159,9 @@ def _solve(cost: np.ndarray, repeats: int) -> tuple[Tensor, Tensor]:
     )
 
 
-def build_matcher(cfg: MatcherConfig) -> HungarianMatcher:
-    """Matcher for ``cfg.kind`` ("dqm" or "hungarian")."""
-    return HungarianMatcher(cfg)
+def build_matcher(cfg: MatcherConfig, sigmoid: bool = False) -> HungarianMatcher:
+    """Matcher for ``cfg.kind`` ("dqm" or "hungarian"); ``sigmoid``: sigmoid class head (focal cost)."""
+    return HungarianMatcher(cfg, sigmoid)
 
 
 __all__ = ["HungarianMatcher", "MatcherConfig", "build_matcher", "dqm_repeats", "matching_cost"]

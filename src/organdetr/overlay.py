@@ -33,13 +33,26 @@ _VIEWS = (
 )
 
 
-def organ_colours(names: Sequence[str]) -> dict[str, tuple[float, float, float, float]]:
-    """A distinct RGBA colour per organ name (tab20, then tab20b; stable for a given name order)."""
+def _palette() -> list[tuple[float, float, float]]:
+    """40 distinct RGB colours in [0, 1]: matplotlib's tab20, then tab20b."""
     import matplotlib
 
-    palette = list(matplotlib.colormaps["tab20"].colors) + list(matplotlib.colormaps["tab20b"].colors)
+    colours = list(matplotlib.colormaps["tab20"].colors) + list(matplotlib.colormaps["tab20b"].colors)
+    return [tuple(float(c) for c in colour[:3]) for colour in colours]
+
+
+def organ_colours(names: Sequence[str]) -> dict[str, tuple[float, float, float, float]]:
+    """A distinct RGBA colour per organ name (tab20, then tab20b; stable for a given name order)."""
+    palette = _palette()
     unique = list(dict.fromkeys(names))
-    return {name: (*palette[i % len(palette)][:3], 1.0) for i, name in enumerate(unique)}
+    return {name: (*palette[i % len(palette)], 1.0) for i, name in enumerate(unique)}
+
+
+def label_colour(label_id: int) -> tuple[float, float, float]:
+    """RGB colour in [0, 1] of an organ by its label id: the same organ gets the same colour in every
+    scan and every export format (3D Slicer files, the HTML viewer)."""
+    palette = _palette()
+    return palette[(int(label_id) - 1) % len(palette)]
 
 
 def window_image(array: np.ndarray, window: tuple[float, float] = SOFT_TISSUE_WINDOW) -> np.ndarray:
@@ -211,4 +224,11 @@ def _add_legend(fig, detections, colours, *, has_ground_truth: bool) -> None:
     ).get_title().set_color("white")
 
 
-__all__ = ["SOFT_TISSUE_WINDOW", "organ_colours", "render_overlay", "slice_centre", "window_image"]
+__all__ = [
+    "SOFT_TISSUE_WINDOW",
+    "label_colour",
+    "organ_colours",
+    "render_overlay",
+    "slice_centre",
+    "window_image",
+]

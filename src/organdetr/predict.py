@@ -12,6 +12,11 @@ Outputs in ``OUT/`` (schema in docs/conventions.md, "Predictions")::
                            center_mm, size_mm
     <case>.png             three orthogonal views, W400/L40, coloured boxes + legend   (overlay=True)
     <case>_boxes.nii.gz    label volume of the boxes on the original scan's grid        (save_box_mask=True)
+    <case>_seg.nii.gz      the model's organ label map on the original scan's grid      (segmenting models)
+    3D Slicer / MONAI / nnDetection files, viewer.html           (outputs, organdetr.formats.run_outputs)
+
+A segmenting model (one whose detector has ``segment``: ``seg2box``, MaskMed, ...) also writes its label map
+(label ids of the dataset, nearest-neighbour back from the model grid); its boxes come from the masks.
 
 One bad scan does not stop the others: failures are collected in :class:`PredictSummary`.
 """
@@ -24,14 +29,18 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from organdetr.atomic import write_json
 from organdetr.errors import InputError
-from organdetr.geometry import grid_box_to_original
+from organdetr.geometry import Geometry, grid_box_to_original, grid_labels_to_original
 from organdetr.io import IMAGE_SUFFIXES, UnevenSlices, Volume, read_image, write_image
+
+if TYPE_CHECKING:
+    from organdetr.formats.run_outputs import RunOutputs
 
 _CHANNEL_SUFFIX = re.compile(r"_\d{4}$")  # nnU-Net's "_0000" channel suffix
 
@@ -207,6 +216,20 @@ class Predictor:
             for r in results
         ]
 
+    @property
+    def segments(self) -> bool:
+        """Whether the model also gives a label map (its detector has ``segment``)."""
+        return callable(getattr(self.detector, "segment", None))
+
+    @torch.no_grad()
+    def segment_grids(self, grids: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Label maps of a batch of grids -> per grid ``[I, J, K]`` of the dataset's label ids (0 = none)."""
+        batch = torch.from_numpy(np.stack([np.asarray(g, dtype=np.float32) for g in grids]))[:, None]
+        with self._autocast():
+            dense = self.detector.segment(batch.to(self.device)).cpu().numpy()
+        lut = np.asarray([0, *self.label_ids], dtype=np.uint8 if max(self.label_ids) < 256 else np.uint16)
+        return [lut[d] for d in dense]
+
     def _autocast(self):
         if self.device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -256,13 +279,21 @@ def box_mask(detections: Sequence[dict], size: Sequence[int]) -> np.ndarray:
     mask = np.zeros(tuple(int(s) for s in size), dtype=np.uint8 if max_id < 256 else np.uint16)
     boxes = [(np.asarray(d["box_voxel"], dtype=np.float64), int(d["label_id"])) for d in detections]
     boxes.sort(key=lambda item: -float(np.prod(np.maximum(item[0][3:] - item[0][:3], 0))))
-    upper = np.asarray(mask.shape)
     for box, label_id in boxes:
-        lo = np.clip(np.round(box[:3]).astype(int), 0, upper)
-        hi = np.clip(np.round(box[3:]).astype(int), 0, upper)
-        hi = np.maximum(hi, np.minimum(lo + 1, upper))  # a box thinner than a voxel still shows
-        mask[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = label_id
+        mask[box_voxel_slices(box, mask.shape)] = label_id
     return mask
+
+
+def box_voxel_slices(box_voxel: Sequence[float], shape: Sequence[int]) -> tuple[slice, slice, slice]:
+    """The voxels a voxel box ``(i0, j0, k0, i1, j1, k1)`` fills on a grid of ``shape``: those whose
+    centre lies inside it, ``round(lo) .. round(hi) - 1`` per axis, clipped to the grid, at least one
+    voxel per axis (a box thinner than a voxel still shows)."""
+    box = np.asarray(box_voxel, dtype=np.float64)
+    upper = np.asarray(shape, dtype=int)
+    lo = np.clip(np.round(box[:3]).astype(int), 0, upper)
+    hi = np.clip(np.round(box[3:]).astype(int), 0, upper)
+    hi = np.maximum(hi, np.minimum(lo + 1, upper))
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))  # type: ignore[return-value]
 
 
 def write_outputs(
@@ -273,13 +304,27 @@ def write_outputs(
     overlay: bool,
     save_box_mask: bool,
     uneven_slices: UnevenSlices = "refuse",
+    seg: np.ndarray | None = None,
+    outputs: RunOutputs | None = None,
 ) -> list[Path]:
-    """Write ``<case>.json`` (+ ``<case>.png``, ``<case>_boxes.nii.gz``); returns the paths written."""
+    """Write ``<case>.json`` (+ ``<case>.png``, ``<case>_boxes.nii.gz``, ``<case>_seg.nii.gz``, the
+    ``outputs`` formats' files).
+
+    ``seg``: the model's label map on the original scan's grid (label ids), for segmenting models; the
+    ``outputs`` writers use it too (3D Slicer segments, mask outlines in the viewer).
+    Returns the paths written.
+    """
     from organdetr.overlay import render_overlay
 
     case_id = prediction["case_id"]
     written = []
-    if (overlay or save_box_mask) and volume is None:
+    if seg is not None:
+        path = out_dir / f"{case_id}_seg.nii.gz"
+        write_image(path, seg, Geometry.from_dict(prediction["original"]))
+        prediction = {**prediction, "segmentation": path.name}
+        written.append(path)
+    needs_volume = overlay or save_box_mask or (outputs is not None and outputs.needs_volume)
+    if needs_volume and volume is None:
         volume = read_image(prediction["image"], uneven_slices=uneven_slices)
     if overlay:
         n = len(prediction["detections"])
@@ -292,6 +337,8 @@ def write_outputs(
         path = out_dir / f"{case_id}_boxes.nii.gz"
         write_image(path, mask, volume.geometry)
         written.append(path)
+    if outputs is not None:
+        written += outputs.add_scan(prediction, volume, seg=seg)
     json_path = out_dir / f"{case_id}.json"
     write_json(json_path, prediction)  # last: a JSON present means the case is complete
     return [json_path, *written]
@@ -349,6 +396,7 @@ def predict_scans(
     save_box_mask: bool = False,
     uneven_slices: UnevenSlices = "refuse",
     progress: bool = True,
+    outputs: RunOutputs | None = None,
 ) -> PredictSummary:
     """Predict every scan of ``inputs`` into ``out_dir`` (see the module docstring for the outputs).
 
@@ -356,6 +404,7 @@ def predict_scans(
     drop unlikely organs (a number in [0, 1]). ``uneven_slices="resample"``: see :meth:`Predictor.prepare`.
     With ``batch_size`` 1 the original scan is kept in memory for the picture /
     box mask; with larger batches it is read again when needed, so memory holds one full scan at a time.
+    ``outputs`` adds the files of other formats (3D Slicer, MONAI, nnDetection, the HTML viewer).
     """
     from tqdm.auto import tqdm
 
@@ -369,14 +418,26 @@ def predict_scans(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = PredictSummary()
-    keep_volume = batch_size == 1 and (overlay or save_box_mask)
+    if outputs is not None and not outputs.active:
+        outputs = None
+    if outputs is not None and outputs.classes is None:
+        outputs.classes = predictor.classes
+    keep_volume = batch_size == 1 and (
+        overlay or save_box_mask or (outputs is not None and outputs.needs_volume)
+    )
     with tqdm(total=len(scans), desc="predict", unit="scan", disable=not progress, dynamic_ncols=True) as bar:
         batches = _prepared_batches(predictor, scans, batch_size, keep_volume, summary, bar, uneven_slices)
         for batch in batches:
             results = predictor.detect_grids([p.grid for p in batch])
-            for prepared, result in zip(batch, results, strict=True):
+            segs = (
+                predictor.segment_grids([p.grid for p in batch])
+                if predictor.segments
+                else [None] * len(batch)
+            )
+            for prepared, result, seg in zip(batch, results, segs, strict=True):
                 try:
                     prediction = predictor.to_prediction(prepared, result, score_threshold)
+                    seg_original = None if seg is None else grid_labels_to_original(seg, prepared.record)
                     write_outputs(
                         prediction,
                         out_dir,
@@ -384,12 +445,16 @@ def predict_scans(
                         overlay=overlay,
                         save_box_mask=save_box_mask,
                         uneven_slices=uneven_slices,
+                        seg=seg_original,
+                        outputs=outputs,
                     )
                     summary.done.append(prepared.scan.case_id)
                 except (InputError, RuntimeError, ValueError, OSError, MemoryError) as err:
                     summary.failed.append((str(prepared.scan.path), _one_line(err)))
                 bar.update(1)
                 prepared.volume = None
+    if outputs is not None and summary.done:
+        outputs.finish()
     return summary
 
 
@@ -413,6 +478,7 @@ __all__ = [
     "Predictor",
     "ScanInput",
     "box_mask",
+    "box_voxel_slices",
     "case_id_of",
     "find_scans",
     "load_prediction",

@@ -16,7 +16,9 @@ def export(
         ),
     ],
     out: Annotated[Path, typer.Argument(metavar="OUT.onnx", help="ONNX file to write, e.g. model.onnx.")],
-    opset: Annotated[int, typer.Option(help="ONNX opset version (14 or newer).")] = 18,
+    opset: Annotated[
+        int, typer.Option(help="ONNX opset version (14 or newer; >= 20 for the deformable decoder).")
+    ] = 20,
     check: Annotated[
         bool, typer.Option(help="Compare ONNX Runtime boxes with PyTorch on a random input.")
     ] = True,

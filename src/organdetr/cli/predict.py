@@ -47,18 +47,37 @@ def predict(
             "(and say so under 'warnings' in the JSON) instead of refusing the scan.",
         ),
     ] = False,
+    formats: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--format",
+            help="Also write a sister tool's format (repeatable): slicer (<case>_boxes.mrk.json + "
+            "<case>.seg.nrrd), monai (monai_datalist.json), nndetection (<case>_boxes.pkl).",
+        ),
+    ] = None,
+    html: Annotated[
+        bool, typer.Option(help="Write OUT/viewer.html: every scan in three views with the boxes, offline.")
+    ] = False,
+    monai_box_mode: Annotated[
+        str, typer.Option(help="--format monai: MONAI box mode (cccwhd, xyzxyz, xxyyzz, xyxyzz, xyzwhd).")
+    ] = "cccwhd",
+    monai_coordinates: Annotated[
+        str, typer.Option(help="--format monai: world (LPS mm), world-ras (RAS mm) or image (voxels).")
+    ] = "world",
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Detect organs in CT scans with a trained checkpoint.
 
     Per scan: OUT/<case>.json (organ, score, box in voxels of the original scan and in LPS mm, centre and
-    size in mm), OUT/<case>.png (W400/L40 views with boxes) and optionally OUT/<case>_boxes.nii.gz.
+    size in mm), OUT/<case>.png (W400/L40 views with boxes) and optionally OUT/<case>_boxes.nii.gz,
+    files for 3D Slicer, MONAI or nnDetection (--format) and one offline HTML viewer (--html).
     A bad scan is reported and skipped; the exit code is 1 if any scan failed.
     """
     import math
 
     import torch
 
+    from organdetr.formats.run_outputs import RunOutputs
     from organdetr.outputs import check_output_folder
     from organdetr.predict import Predictor, find_scans, predict_scans
 
@@ -68,6 +87,14 @@ def predict(
         )
     check_output_folder(out, "output folder")
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 8)))
+    outputs = RunOutputs(
+        out,
+        formats or (),
+        html=html,
+        monai_box_mode=monai_box_mode,
+        monai_coordinates=monai_coordinates,
+        title=f"organdetr predict: {checkpoint.name}",
+    )
     scans = find_scans(inputs)
     predictor = Predictor.from_checkpoint(checkpoint, device)
     typer.echo(
@@ -84,6 +111,7 @@ def predict(
         save_box_mask=save_box_mask,
         uneven_slices="resample" if resample_uneven_slices else "refuse",
         progress=progress,
+        outputs=outputs,
     )
     typer.echo(f"predicted {len(summary.done)} of {len(scans)} scan(s) -> {out}")
     exit_if_failed(summary.failed, "scan(s)")

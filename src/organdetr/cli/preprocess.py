@@ -28,7 +28,10 @@ def preprocess(
         Fit.resize, "--fit", help="resize: whole scan onto the grid; pad: target spacing, centre pad/crop."
     ),
     hu: tuple[float, float] = typer.Option(
-        (-1000.0, 1000.0), "--hu", help="HU window: clip, scale to [0, 1]."
+        None,
+        "--hu",
+        help="HU window: clip, scale to [0, 1]. Default: the 0.5-99.5 percentiles of the intensities inside "
+        "the labelled organs (nnU-Net's CT scheme), computed once and kept in plans.json.",
     ),
     workers: int = typer.Option(1, "--workers", min=1, help="Parallel processes."),
     min_voxels: int = typer.Option(1, "--min-voxels", min=1, help="Drop organs with fewer voxels."),
@@ -45,10 +48,19 @@ def preprocess(
 
     Re-running resumes where it stopped; failed cases are listed at the end (exit code 1).
     """
+    import json
+
     from rich.console import Console
 
-    from organdetr.preprocess import PreprocessConfig, preprocess_dataset
+    from organdetr.preprocess import PreprocessConfig, foreground_window, preprocess_dataset
 
+    if hu is None:  # resume with the window already chosen, else measure it on the labelled organs
+        plans = Path(out) / "plans.json"
+        try:
+            hu = tuple(json.loads(plans.read_text(encoding="utf-8"))["hu_window"])
+        except (OSError, ValueError, KeyError, TypeError):
+            hu = foreground_window(dataset)
+        typer.echo(f"HU window {hu[0]:g} .. {hu[1]:g} (labelled-organ intensities, 0.5-99.5 percentiles)")
     try:
         cfg = PreprocessConfig(
             target_spacing=spacing,

@@ -17,6 +17,7 @@ middle of the volume.
 
 from __future__ import annotations
 
+import math
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
@@ -39,6 +40,17 @@ DEFAULT_MISSING = {"gallbladder": 0.10, "kidney_left": 0.03, "kidney_right": 0.0
 HU_RANGE = (-1024, 3071)
 """CT numbers are clipped to the 12-bit scanner range."""
 
+SCAN_RANGES: dict[str, tuple[float, tuple[float, float], tuple[float, float]]] = {
+    "thorax_abdomen_pelvis": (0.15, (-245.0, -200.0), (270.0, 320.0)),
+    "abdomen_pelvis": (0.35, (-245.0, -195.0), (165.0, 225.0)),
+    "abdomen": (0.20, (-90.0, -30.0), (165.0, 225.0)),
+    "upper_abdomen": (0.15, (10.0, 60.0), (140.0, 200.0)),
+    "lower_abdomen_pelvis": (0.15, (-245.0, -200.0), (-40.0, 30.0)),
+}
+"""Scan protocols of the varied field of view: name -> (probability, z range of the lower edge, z range of
+the upper edge), in the anatomy's template mm (z = 0 near L2, superior positive; scaled by the body size).
+The liver spans about z 35..175, kidneys -65..60, bladder -185..-115 (see ``phantom_anatomy``)."""
+
 
 @dataclass(frozen=True)
 class PhantomConfig:
@@ -50,8 +62,16 @@ class PhantomConfig:
     by up to ``organ_shift_mm`` and scale by ``+-organ_scale_jitter``. ``noise_hu``: range of the noise
     standard deviation (HU); ``blur_mm``: range of the Gaussian partial-volume blur (sigma, mm).
     ``missing``: organ name -> probability that a case lacks it. ``phases``: contrast phases drawn from.
+
+    ``field_of_view="varied"`` (default; see the module docstring) replaces the nominal grid: the in-plane
+    grid has ``size[0] x size[1]`` voxels over ``fov_mm`` (drawn), slices are ``slice_ratio`` x the in-plane
+    spacing apart over the drawn scan range, the patient lies ``table_offset_mm`` (x, y) off the field's
+    centre, the world origin moves by ``world_offset_mm`` and the body scales by ``body_scale``;
+    ``spacing``, ``spacing_jitter``, ``size_jitter`` and ``shift_mm`` then do not apply. ``"fixed"`` keeps
+    the nominal grid.
     """
 
+    field_of_view: str = "varied"
     size: tuple[int, int, int] = (96, 96, 96)
     spacing: tuple[float, float, float] = (4.0, 4.0, 4.0)
     spacing_jitter: float = 0.10
@@ -64,8 +84,24 @@ class PhantomConfig:
     blur_mm: tuple[float, float] = (1.2, 2.2)
     missing: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MISSING))
     phases: tuple[str, ...] = PHASES
+    fov_mm: tuple[float, float] = (300.0, 440.0)
+    slice_ratio: tuple[float, float] = (0.8, 1.5)
+    table_offset_mm: tuple[float, float] = (40.0, 30.0)
+    world_offset_mm: tuple[float, float, float] = (30.0, 30.0, 150.0)
+    body_scale: tuple[float, float] = (0.85, 1.15)
+    scan_ranges: tuple[str, ...] = tuple(SCAN_RANGES)
 
     def __post_init__(self) -> None:
+        if self.field_of_view not in ("varied", "fixed"):
+            raise ValueError(f"field_of_view must be 'varied' or 'fixed', got {self.field_of_view!r}")
+        if not 0 < self.fov_mm[0] <= self.fov_mm[1] or not 0 < self.slice_ratio[0] <= self.slice_ratio[1]:
+            raise ValueError("fov_mm and slice_ratio must be (low, high) ranges with 0 < low <= high")
+        if not 0.5 <= self.body_scale[0] <= self.body_scale[1] <= 1.5:
+            raise ValueError(f"body_scale must be a range within [0.5, 1.5], got {self.body_scale}")
+        if min(self.table_offset_mm) < 0 or min(self.world_offset_mm) < 0:
+            raise ValueError("table_offset_mm and world_offset_mm must be >= 0")
+        if not self.scan_ranges or set(self.scan_ranges) - set(SCAN_RANGES):
+            raise ValueError(f"scan_ranges must be a non-empty subset of {tuple(SCAN_RANGES)}")
         if len(self.size) != 3 or min(self.size) < 8:
             raise ValueError(f"size must be 3 axes of at least 8 voxels, got {self.size}")
         if max(self.size) > 512:
@@ -91,13 +127,19 @@ class PhantomConfig:
         """JSON-ready dict (stored in the dataset.json of a written dataset)."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
+    @classmethod
+    def fixed(cls, **changes) -> PhantomConfig:
+        """The earlier phantom (one abdomen-centred field of view), e.g. for comparisons with old runs."""
+        return cls(field_of_view="fixed", **changes)
+
 
 @dataclass(frozen=True)
 class CaseInfo:
-    """What was drawn for one case: contrast phase and the organs it lacks."""
+    """What was drawn for one case: contrast phase, the organs it lacks, and the scan range."""
 
     phase: str
     missing: tuple[str, ...]
+    scan_range: str = "fixed"
 
 
 def generate_case(seed: int, cfg: PhantomConfig | None = None) -> tuple[np.ndarray, np.ndarray, Geometry]:
@@ -116,15 +158,55 @@ def generate_case_with_info(
     """:func:`generate_case` plus the :class:`CaseInfo` of what was drawn."""
     cfg = cfg or PhantomConfig()
     rng = np.random.default_rng(seed)
-    geometry = sample_geometry(rng, cfg)
+    body_scale, scan_range, world_offset = None, "fixed", np.zeros(3)
+    if cfg.field_of_view == "varied":
+        body_scale = float(rng.uniform(*cfg.body_scale))
+        geometry, scan_range, world_offset = sample_scan(rng, cfg, body_scale)
+    else:
+        geometry = sample_geometry(rng, cfg)
     phase = str(rng.choice(cfg.phases))
     present = {name: bool(rng.uniform() >= cfg.missing.get(name, 0.0)) for name in LABEL_IDS}
-    grid = Grid(geometry.size, geometry.spacing, geometry.origin)
+    grid = Grid(geometry.size, geometry.spacing, geometry.origin)  # anatomy frame: the body's centre at 0
     variation = Variation(cfg.organ_shift_mm, cfg.organ_scale_jitter, cfg.organ_rotation_deg)
-    tissue, labels, _ = render(grid, rng, present=present, variation=variation)
+    tissue, labels, _ = render(grid, rng, present=present, variation=variation, body_scale=body_scale)
     image = _ct_numbers(rng, tissue, geometry, cfg, phase)
     missing = tuple(name for name, here in present.items() if not here)
-    return image, labels, geometry, CaseInfo(phase=phase, missing=missing)
+    if world_offset.any():  # the scanner's frame: where the table happened to be
+        origin = tuple(round(float(o), 3) for o in np.asarray(geometry.origin) + world_offset)
+        geometry = Geometry(geometry.size, geometry.spacing, origin, geometry.direction)
+    return image, labels, geometry, CaseInfo(phase=phase, missing=missing, scan_range=scan_range)
+
+
+def sample_scan(
+    rng: np.random.Generator, cfg: PhantomConfig, body_scale: float
+) -> tuple[Geometry, str, np.ndarray]:
+    """Varied field of view: ``(grid in the anatomy's frame, scan range name, world offset (3,) mm)``.
+
+    The grid covers the drawn scan range in z and a drawn in-plane field of view whose centre is the
+    patient's table offset; the world offset is added to the origin after rendering.
+    """
+    names = list(cfg.scan_ranges)
+    weights = np.asarray([SCAN_RANGES[n][0] for n in names])
+    name = str(rng.choice(names, p=weights / weights.sum()))
+    _, lower, upper = SCAN_RANGES[name]
+    z_lo, z_hi = rng.uniform(*lower) * body_scale, rng.uniform(*upper) * body_scale
+    fov = rng.uniform(*cfg.fov_mm)
+    in_plane = fov / np.asarray(cfg.size[:2], dtype=np.float64)
+    slice_spacing = float(in_plane.mean() * rng.uniform(*cfg.slice_ratio))
+    slices = max(int(math.ceil((z_hi - z_lo) / slice_spacing)), 8)
+    size = np.array([cfg.size[0], cfg.size[1], min(slices, 512)])
+    spacing = np.array([in_plane[0], in_plane[1], slice_spacing])
+    offset = np.asarray(cfg.table_offset_mm)
+    centre = np.array([*rng.uniform(-offset, offset), (z_lo + z_hi) / 2.0])
+    origin = centre - (size - 1) / 2.0 * spacing
+    world = rng.uniform(-1.0, 1.0, size=3) * np.asarray(cfg.world_offset_mm)
+    geometry = Geometry(
+        size=tuple(int(s) for s in size),
+        spacing=tuple(round(float(s), 4) for s in spacing),
+        origin=tuple(round(float(o), 3) for o in origin),
+        direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0),
+    )
+    return geometry, name, world
 
 
 def sample_geometry(rng: np.random.Generator, cfg: PhantomConfig) -> Geometry:
@@ -184,7 +266,13 @@ def write_case(root: Path, index: int, seed: int, cfg: PhantomConfig) -> dict:
     cid = case_id(index)
     write_image(image_path(root, cid), image, geometry)
     write_image(label_path(root, cid), labels, geometry)
-    return {"case_id": cid, "seed": seed, "phase": info.phase, "missing": list(info.missing)}
+    return {
+        "case_id": cid,
+        "seed": seed,
+        "phase": info.phase,
+        "missing": list(info.missing),
+        "scan_range": info.scan_range,
+    }
 
 
 def write_synthetic_dataset(

@@ -219,13 +219,21 @@ class Variation:
 # ----------------------------------------------------------------------------- painting, in order
 
 
-def render(grid: Grid, rng: np.random.Generator, *, present: dict[str, bool], variation: Variation):
+def render(
+    grid: Grid,
+    rng: np.random.Generator,
+    *,
+    present: dict[str, bool],
+    variation: Variation,
+    body_scale: float | None = None,
+):
     """Paint one abdomen onto ``grid``: ``(tissue uint8 [I,J,K], labels uint8 [I,J,K], body Body)``.
 
-    ``present[name]`` is False for organs this case lacks (e.g. after cholecystectomy).
+    ``present[name]`` is False for organs this case lacks (e.g. after cholecystectomy). ``body_scale``
+    scales the whole anatomy (patient size); ``None`` draws it in ``[0.92, 1.08]``.
     """
     canvas = Canvas(grid, rng)
-    scale = rng.uniform(0.92, 1.08)
+    scale = rng.uniform(0.92, 1.08) if body_scale is None else float(body_scale)
     body = Body(
         width=rng.uniform(150, 178) * scale,
         depth_front=rng.uniform(105, 130) * scale,

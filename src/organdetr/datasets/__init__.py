@@ -22,6 +22,16 @@ FORMATS: dict[str, tuple[str, dict]] = {
     "verse": ("verse", {}),
     "totalsegmentator": ("totalsegmentator", {"variant": "totalsegmentator"}),
     "totalsegmentator_mr": ("totalsegmentator", {"variant": "totalsegmentator_mr"}),
+    # sister toolkits' layouts (modules named in full: they live in organdetr.formats)
+    "monai-datalist": ("organdetr.formats.monai_datalist", {}),
+    "nndetection": ("organdetr.formats.nndetection", {}),
+}
+
+# format -> label set name (``convert --classes``; the first is the default) -> class map name
+# (``labels/<name>.json``; ``None``: chosen from the source tree)
+LABEL_SETS: dict[str, dict[str, str | None]] = {
+    "abdomenct1k": {"organs4": "abdomenct1k", "organs13": "abdomenct1k_organs13"},
+    "totalsegmentator": {"auto": None, "v1": "totalsegmentator_v1", "v2": "totalsegmentator"},
 }
 
 
@@ -30,8 +40,9 @@ def get_converter(fmt: str) -> Callable[..., ConversionSummary]:
     if fmt not in FORMATS:
         raise KeyError(f"unknown dataset format {fmt!r}; known: {', '.join(FORMATS)}")
     module_name, fixed = FORMATS[fmt]
-    module = importlib.import_module(f"organdetr.datasets.{module_name}")
+    full_name = module_name if "." in module_name else f"organdetr.datasets.{module_name}"
+    module = importlib.import_module(full_name)
     return partial(module.convert, **fixed)
 
 
-__all__ = ["FORMATS", "get_converter"]
+__all__ = ["FORMATS", "LABEL_SETS", "get_converter"]

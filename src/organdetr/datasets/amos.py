@@ -22,6 +22,7 @@ from typing import Any
 from organdetr.datasets.conversion import (
     ConversionSummary,
     SourceCase,
+    check_paths,
     convert_cases,
     find_root,
     nifti_stem,
@@ -100,7 +101,7 @@ def convert(
 
     ``options``: ``keep_classes``, ``workers``, ``resume``, ``progress`` of :func:`convert_cases`.
     """
-    root = find_root(require_folder(src), "imagesTr")
+    root, dst = check_paths(find_root(require_folder(src), "imagesTr"), dst)
     cases = select_cases(discover_cases(root, modality), subset, limit)
     return convert_cases(
         cases,

@@ -3,6 +3,10 @@
 Every converter (``organdetr.datasets.<format>``) only *discovers* its cases and knows how to read
 one label map; this module does the rest, the same way for all of them:
 
+* the output folder is checked before any work (not a file, not inside the source tree);
+* every image must look like an image and every label file like a label map (integer ids of the
+  class map), else :class:`InputError` naming the file: a mask folder taken for images, or a CT
+  taken for a mask, fails in one line instead of being converted;
 * images are written as ``images<split>/<case>_0000.nii.gz`` with their own geometry, unchanged;
 * labels are written as ``labels<split>/<case>.nii.gz`` (uint8, or uint16 above 255 classes) on the
   image's geometry, which they must share (else :class:`InputError` naming the label file);
@@ -10,8 +14,12 @@ one label map; this module does the rest, the same way for all of them:
   official ids are not consecutive or a subset of classes is kept;
 * every file is written atomically, the label before the image, so a case counts as converted once
   its image exists; re-running resumes (converted cases are skipped);
-* one bad case never stops the others: failures are collected and returned;
-* ``dataset.json`` is written last, counting every complete training case in the destination.
+* one bad case never stops the others: failures are collected and returned -- except a file that
+  does not hold what the layout says (:class:`SourceMismatchError`: a label map among the images, an
+  image among the masks, ids of another class list) in the first case, which fails the run in one
+  line before anything is written: the source tree or the label set is then wrong as a whole;
+* ``dataset.json`` is written last, counting every complete training case in the destination (not at
+  all while the destination holds no complete case).
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from tqdm.auto import tqdm
 from organdetr.datasets.nnunet import image_path, label_path, read_dataset_json, write_dataset_json
 from organdetr.errors import InputError
 from organdetr.geometry import Geometry
+from organdetr.io import integer_labels as cast_label_ids
 from organdetr.io import read_image, write_image
 
 FILE_ENDING = ".nii.gz"
@@ -38,6 +47,22 @@ FILE_ENDING = ".nii.gz"
 SPACING_RTOL = 1e-4
 ORIGIN_ATOL_MM = 1e-3
 DIRECTION_ATOL = 1e-4
+
+# An "image" with at most this many distinct values, all non-negative integers, is a label map (or
+# blank): TotalSegmentator's 117 classes + background fit, a real CT/MR volume never does.
+MAX_LABEL_MAP_VALUES = 128
+# Voxels inspected before deciding that a large volume is an image (a strided sample, no copy).
+SAMPLE_VOXELS = 1 << 20
+# Label values this low are CT intensities (air is -1000 HU), not ids.
+HU_LIKE_MIN = -100
+# Unknown ids listed in an error message (the rest are counted).
+MAX_IDS_SHOWN = 8
+
+
+class SourceMismatchError(InputError):
+    """A file does not hold what its place in the source layout says: a label map among the images,
+    an image among the label maps, label ids of another class list. In the first case of a run it
+    fails the whole run (the source tree, or the chosen label set, is then wrong as a whole)."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +89,7 @@ class ConversionSummary:
     failed: list[tuple[str, str]] = field(default_factory=list)
     num_training: int = 0
     num_test: int = 0
+    notes: list[str] = field(default_factory=list)  # one line each, e.g. how the label set was chosen
 
 
 # (case, image geometry) -> label ids [I, J, K] (official ids, any integer dtype) on the image grid.
@@ -134,25 +160,55 @@ def _fmt(values: Sequence[float]) -> str:
 def integer_labels(path: Path, array: np.ndarray) -> np.ndarray:
     """Label array as the smallest fitting unsigned integer type (no copy when it already is one).
 
-    InputError naming ``path`` for non-3D arrays and non-integer or negative values.
+    InputError naming ``path`` for non-3D arrays and for values that are no label ids: fractions,
+    negative values (HU-like ranges are called out as an image taken for a label map).
     """
     if array.ndim != 3:
         raise InputError(
             path, f"label map is {array.ndim}D (shape {'x'.join(map(str, array.shape))}); expected 3D"
         )
+    if array.size == 0:
+        return array.astype(np.uint8)
     if not np.issubdtype(array.dtype, np.integer) and (
         not np.all(np.isfinite(array)) or not np.array_equal(array, np.round(array))
     ):
-        raise InputError(path, "label map holds non-integer values")
-    if array.size == 0:
-        return array.astype(np.uint8)
-    low, high = array.min(), array.max()
+        raise SourceMismatchError(
+            path,
+            f"label map holds non-integer values ({_value_range(array)}): an image, not a label map?",
+        )
+    low = array.min()
     if low < 0:
-        raise InputError(path, f"label map holds negative ids (min {low})")
-    for dtype in (np.uint8, np.uint16, np.uint32):
-        if high <= np.iinfo(dtype).max:
-            return array.astype(dtype, copy=False)
-    raise InputError(path, f"label id {high} is too large")
+        looks = "CT intensities (HU): an image, not a label map?" if low <= HU_LIKE_MIN else "no label ids"
+        raise SourceMismatchError(path, f"label map holds negative values ({_value_range(array)}), {looks}")
+    return cast_label_ids(path, array)
+
+
+def _value_range(array: np.ndarray) -> str:
+    low, high = array.min(), array.max()
+    return f"values {low:.6g}..{high:.6g}"
+
+
+def check_is_image(path: Path, array: np.ndarray) -> None:
+    """InputError naming ``path`` when the "image" ``array`` is a label map (or blank).
+
+    A label map holds few distinct non-negative integers; a CT (negative HU) or MR volume holds
+    many values. Large volumes are judged on a strided sample first, so an image costs one pass
+    over ~1 M voxels.
+    """
+    if array.size == 0 or array.min() < 0:
+        return
+    step = max(1, round((array.size / SAMPLE_VOXELS) ** (1 / 3)))
+    for candidate in (array[::step, ::step, ::step], array):
+        values = np.unique(candidate)
+        if values.size > MAX_LABEL_MAP_VALUES or not np.array_equal(values, np.round(values)):
+            return
+        if candidate is array or step == 1:
+            break
+    raise SourceMismatchError(
+        path,
+        f"is not an image: it holds only {values.size} distinct non-negative integer values "
+        f"({values.min():.6g}..{values.max():.6g}), like a label map or a blank volume",
+    )
 
 
 def read_label_file(case: SourceCase, geometry: Geometry) -> np.ndarray:
@@ -166,7 +222,7 @@ def read_label_file(case: SourceCase, geometry: Geometry) -> np.ndarray:
 
 
 def read_image_checked(path: Path) -> tuple[np.ndarray, Geometry]:
-    """Read a 3D image; InputError naming ``path`` for non-3D or non-finite data."""
+    """Read a 3D image; InputError naming ``path`` for non-3D, non-finite or label-map-like data."""
     volume = read_image(path)
     array = volume.array
     if array.ndim != 3:
@@ -175,6 +231,7 @@ def read_image_checked(path: Path) -> tuple[np.ndarray, Geometry]:
         )
     if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
         raise InputError(path, "image holds NaN or infinite values")
+    check_is_image(path, array)
     return array, volume.geometry
 
 
@@ -187,6 +244,7 @@ def convert_case(
     valid_ids: frozenset[int],
     dataset: str,
     resume: bool,
+    id_hint: str = "",
 ) -> str:
     """Convert one case into ``dst``; returns ``"done"`` or ``"skipped"`` (raises on bad input)."""
     image_out = image_path(dst, case.case_id, case.split, FILE_ENDING)
@@ -198,21 +256,36 @@ def convert_case(
         labels = read_label(case, geometry)
         if labels.shape != array.shape:
             raise InputError(case.label, f"label shape {labels.shape} differs from image shape {array.shape}")
-        _check_ids(case.label, labels, valid_ids, dataset)
+        _check_ids(case.label, labels, valid_ids, dataset, id_hint)
         out = lut[labels]
         write_image(label_out, out, geometry)  # label first: the image marks the case as complete
     write_image(image_out, array, geometry)
     return "done"
 
 
-def _check_ids(path: Path, labels: np.ndarray, valid_ids: frozenset[int], dataset: str) -> None:
-    """InputError naming ``path`` if ``labels`` holds ids outside ``valid_ids`` (0 always allowed)."""
+def _check_ids(
+    path: Path, labels: np.ndarray, valid_ids: frozenset[int], dataset: str, hint: str = ""
+) -> None:
+    """InputError naming ``path`` if ``labels`` holds ids outside ``valid_ids`` (0 always allowed).
+
+    The message lists the first :data:`MAX_IDS_SHOWN` unknown ids, says when the values look like an
+    image rather than ids, and ends with ``hint`` (e.g. the other label sets of the dataset).
+    """
     highest = int(labels.max()) if labels.size else 0
     if all(i in valid_ids for i in range(1, highest + 1)):
         return  # fast path: every id up to the maximum is valid, no need for np.unique
-    unknown = sorted({int(v) for v in np.unique(labels)} - valid_ids - {0})
-    if unknown:
-        raise InputError(path, f"label ids {unknown} are not in the {dataset} class map")
+    values = np.unique(labels)
+    unknown = sorted({int(v) for v in values} - valid_ids - {0})
+    if not unknown:
+        return
+    shown = ", ".join(map(str, unknown[:MAX_IDS_SHOWN]))
+    more = f", ... ({len(unknown)} ids)" if len(unknown) > MAX_IDS_SHOWN else ""
+    problem = f"label ids [{shown}{more}] are not in the {dataset} class map"
+    if values.size > MAX_LABEL_MAP_VALUES:
+        problem += f"; {values.size} distinct values up to {highest} look like an image, not a label map"
+    elif hint:
+        problem += f" ({hint})"
+    raise SourceMismatchError(path, problem)
 
 
 def _one_line(case: SourceCase, err: Exception) -> str:
@@ -230,6 +303,8 @@ def convert_cases(
     name: str,
     read_label: LabelReader = read_label_file,
     keep_classes: Sequence[str] | None = None,
+    id_hint: str = "",
+    notes: Sequence[str] = (),
     channel_name: str = "CT",
     resume: bool = True,
     workers: int = 1,
@@ -239,14 +314,16 @@ def convert_cases(
     """Convert ``cases`` into the nnU-Net v2 raw dataset ``dst`` and write its dataset.json last.
 
     ``classes``: official label id -> name; ``dataset``: format name used in messages;
-    ``keep_classes``: optional subset of class names (remapped to dense ids). ``workers`` > 1 converts
-    in parallel processes. Returns a :class:`ConversionSummary`; per-case failures are collected, not raised.
+    ``keep_classes``: optional subset of class names (remapped to dense ids); ``id_hint``: appended to
+    the error for label ids outside ``classes``; ``notes``: lines copied into the summary. ``workers``
+    > 1 converts in parallel processes. Returns a :class:`ConversionSummary`; per-case failures are
+    collected, not raised.
     """
-    dst = Path(dst)
+    dst = check_output_folder(dst)
     out_classes, lut = dense_class_map(classes, keep_classes)
     _check_existing_dataset(dst, out_classes, resume)
     _check_unique_ids(cases)
-    summary = ConversionSummary(dst=dst)
+    summary = ConversionSummary(dst=dst, notes=list(notes))
     job = partial(
         convert_case,
         dst=dst,
@@ -255,24 +332,36 @@ def convert_cases(
         valid_ids=frozenset(classes),
         dataset=dataset,
         resume=resume,
+        id_hint=id_hint,
     )
-    bar = tqdm(total=len(cases), desc=f"convert {dataset}", unit="case", disable=not progress)
-    if workers <= 1:
-        for case in cases:
-            _record(summary, case, _guarded(job, case))
-            bar.update()
-    else:
-        with ProcessPoolExecutor(max_workers=min(workers, os.cpu_count() or 1)) as pool:
-            futures = {pool.submit(_guarded, job, case): case for case in cases}
-            for future in as_completed(futures):
-                _record(summary, futures[future], future.result())
+    # The first case runs alone, here, before the progress bar: a source mismatch in it fails the run
+    # in one line (the whole source tree or label set is then suspect), nothing written.
+    for case in cases[:1]:
+        _record(summary, case, _guarded(job, case, fatal=SourceMismatchError))
+    rest = cases[1:]
+    bar = tqdm(
+        total=len(cases), initial=len(cases) - len(rest), desc=f"convert {dataset}", unit="case",
+        disable=not progress or not rest,
+    )  # fmt: skip
+    with bar:
+        if workers <= 1 or len(rest) <= 1:
+            for case in rest:
+                _record(summary, case, _guarded(job, case))
                 bar.update()
-    bar.close()
+        else:
+            with ProcessPoolExecutor(max_workers=min(workers, os.cpu_count() or 1)) as pool:
+                futures = {pool.submit(_guarded, job, case): case for case in rest}
+                for future in as_completed(futures):
+                    _record(summary, futures[future], future.result())
+                    bar.update()
     summary.failed.sort()
     summary.done.sort()
     summary.skipped.sort()
     summary.num_training = _count_complete(dst, "Tr")
     summary.num_test = _count_complete(dst, "Ts")
+    if summary.num_training + summary.num_test == 0:
+        summary.notes.append("no case converted: dataset.json not written")
+        return summary
     official = {new: old for old, new in enumerate(lut) if new > 0}
     extras = dict(extra or {})
     if any(new != old for new, old in official.items()):
@@ -291,13 +380,20 @@ def convert_cases(
     return summary
 
 
-def _guarded(job: Callable[[SourceCase], str], case: SourceCase) -> tuple[str, str]:
+def _guarded(
+    job: Callable[[SourceCase], str],
+    case: SourceCase,
+    fatal: type[Exception] | tuple[type[Exception], ...] = (),
+) -> tuple[str, str]:
     """Run ``job(case)`` -> ``(outcome, message)``; errors become ``("failed", one-line message)``.
 
-    Errors are turned into strings inside the worker so that nothing needs unpickling in the parent.
+    Errors are turned into strings inside the worker so that nothing needs unpickling in the parent;
+    ``fatal`` errors are raised instead (only where the job runs in the parent).
     """
     try:
         return job(case), ""
+    except fatal:
+        raise
     except Exception as err:  # one bad case never stops the others
         return "failed", _one_line(case, err)
 
@@ -349,8 +445,38 @@ def require_folder(src: str | Path) -> Path:
     """``src`` as a Path; InputError unless it is an existing folder."""
     src = Path(src)
     if not src.is_dir():
-        raise InputError(src, "source folder not found")
+        raise InputError(src, "is a file, not a source folder" if src.exists() else "source folder not found")
     return src
+
+
+def check_output_folder(dst: str | Path, src: str | Path | None = None) -> Path:
+    """``dst`` as a Path; InputError naming it unless it can become (or already is) the output folder.
+
+    Refused before any work: an existing file, a path below a file, a folder that cannot be written,
+    and ``src`` itself or a folder inside it (the converter would discover its own output).
+    """
+    dst = Path(dst)
+    if dst.exists() and not dst.is_dir():
+        raise InputError(dst, "is a file; the output must be a folder (a new one, or an earlier conversion)")
+    existing = next(p for p in (dst.absolute(), *dst.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise InputError(existing, f"is a file, so the output folder {dst} cannot be created")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(existing, "is not writable (permission denied)")
+    if src is not None:
+        source, target = Path(src).resolve(), dst.resolve()
+        if target == source or source in target.parents:
+            raise InputError(dst, f"lies inside the source folder {source}; convert into a folder outside it")
+    return dst
+
+
+def check_paths(src: str | Path, dst: str | Path) -> tuple[Path, Path]:
+    """The source folder and the output folder of a conversion, both checked before any work.
+
+    ``src`` is the folder the converter searches (the dataset root): ``dst`` may not lie inside it.
+    """
+    src = require_folder(src)
+    return src, check_output_folder(dst, src)
 
 
 def find_root(src: Path, marker: str, max_depth: int = 2) -> Path:

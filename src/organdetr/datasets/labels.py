@@ -1,8 +1,13 @@
 """Official class lists of the public datasets, kept as data in ``labels/<dataset>.json``.
 
 Each JSON file holds ``"dataset"`` (full name), ``"source"`` (where the list comes from),
-``"labels"`` (label id -> snake_case class name, as used throughout organdetr) and, where the
-dataset's own spelling differs from ours, ``"official_names"`` (label id -> name as published).
+``"labels"`` (label id -> snake_case class name, as used throughout organdetr), optionally
+``"description"`` (one line: which label set of the dataset this is) and, where the dataset's own
+spelling differs from ours, ``"official_names"`` (label id -> name as published).
+
+A dataset that published several label sets has one file per set: ``abdomenct1k`` (the official
+4 organs) and ``abdomenct1k_organs13`` (the 50-case 13-organ release); ``totalsegmentator`` (v2, 117
+classes) and ``totalsegmentator_v1`` (104 classes).
 """
 
 from __future__ import annotations
@@ -14,7 +19,16 @@ from pathlib import Path
 
 LABELS_DIR = Path(__file__).resolve().parent / "labels"
 
-CLASS_MAP_NAMES = ("abdomenct1k", "word", "amos", "verse", "totalsegmentator", "totalsegmentator_mr")
+CLASS_MAP_NAMES = (
+    "abdomenct1k",
+    "abdomenct1k_organs13",
+    "word",
+    "amos",
+    "verse",
+    "totalsegmentator",
+    "totalsegmentator_v1",
+    "totalsegmentator_mr",
+)
 
 
 @cache
@@ -28,8 +42,7 @@ def _load_table(dataset: str) -> dict:
 def load_class_map(dataset: str) -> dict[int, str]:
     """Official class map of ``dataset``: label id (>= 1) -> snake_case name, sorted by id.
 
-    ``dataset`` is one of :data:`CLASS_MAP_NAMES` ("abdomenct1k", "word", "amos", "verse",
-    "totalsegmentator", "totalsegmentator_mr").
+    ``dataset`` is one of :data:`CLASS_MAP_NAMES`.
     """
     labels = _load_table(dataset)["labels"]
     return {int(k): v for k, v in sorted(labels.items(), key=lambda kv: int(kv[0]))}
@@ -38,6 +51,12 @@ def load_class_map(dataset: str) -> dict[int, str]:
 def class_map_source(dataset: str) -> str:
     """The citation of where ``dataset``'s class list comes from (the JSON's ``"source"``)."""
     return str(_load_table(dataset)["source"])
+
+
+def class_map_description(dataset: str) -> str:
+    """One line saying which label set ``dataset``'s class map is (the JSON's ``"description"``)."""
+    table = _load_table(dataset)
+    return str(table.get("description", table["dataset"]))
 
 
 def official_names(dataset: str) -> dict[int, str]:

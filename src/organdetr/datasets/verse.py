@@ -16,6 +16,7 @@ from typing import Any
 from organdetr.datasets.conversion import (
     ConversionSummary,
     SourceCase,
+    check_paths,
     convert_cases,
     require_folder,
     select_cases,
@@ -75,7 +76,7 @@ def convert(
 
     ``options``: ``keep_classes``, ``workers``, ``resume``, ``progress`` of :func:`convert_cases`.
     """
-    src = require_folder(src)
+    src, dst = check_paths(src, dst)
     cases = select_cases(discover_cases(src), subset, limit)
     return convert_cases(
         cases,

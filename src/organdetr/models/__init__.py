@@ -2,23 +2,31 @@
 
 ``build_detector(arch, model_cfg, matcher_cfg, loss_cfg, num_classes, input_size)`` returns an
 ``nn.Module`` with ``loss(images, targets) -> dict``, ``detect(images) -> list[dict]`` and ``.network``.
-Architectures: ``"organdetr"`` (encoder/matcher set by the configs: MSA + DQM by default; FPN / single-scale
-encoder and one-to-one matching are the ablations); ``"retinanet"`` (MONAI's dense anchor detector with
-NMS on the same backbone, the baseline).
+Architectures: ``"organdetr"`` (encoder / decoder / matcher set by the configs: MSA encoder, deformable
+two-stage decoder with denoising and DQM by default; the ``detr`` preset, deformable / FPN / single-scale
+encoders and one-to-one matching are the ablations); ``"retinanet"`` (MONAI's dense anchor detector with
+NMS on the same backbone); ``"seg2box"`` (MONAI BasicUNet segmentation, boxes = largest component per
+class: the baseline a detector must beat).
+
+Module layout: one module per architecture (``organdetr.py``, ``retinanet.py``) over shared blocks
+(``backbone``, ``attention``, ``deformable_attention``, ``position``, ``heads``, ``encoder``, ``decoder``,
+``deformable_decoder``, ``proposals``, ``denoising``).
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 from torch import nn
 
 from ..criterion import LossConfig, build_criterion
 from ..matcher import MatcherConfig, build_matcher
-from .config import ENCODER_KINDS, PRESET_NAMES, ModelConfig, model_preset
-from .detector import DETRDetector, OrganDETR
+from .config import DECODER_KINDS, ENCODER_KINDS, PRESET_NAMES, ModelConfig, Seg2BoxConfig, model_preset
+from .detector import DETRDetector
+from .organdetr import OrganDETR
 
-ARCHITECTURES: tuple[str, ...] = ("organdetr", "retinanet")
+ARCHITECTURES: tuple[str, ...] = ("organdetr", "retinanet", "seg2box")
 
 
 def build_model(cfg: ModelConfig) -> OrganDETR:
@@ -33,8 +41,14 @@ def build_detector(
     loss_cfg: LossConfig,
     num_classes: int,
     input_size: tuple[int, int, int],
+    *,
+    arch_cfg: Any = None,
 ) -> nn.Module:
-    """Detector for ``arch`` with ``num_classes`` organ classes on an ``input_size`` (I, J, K) voxel grid."""
+    """Detector for ``arch`` with ``num_classes`` organ classes on an ``input_size`` (I, J, K) voxel grid.
+
+    ``arch_cfg``: the architecture's own config section where it has one (``Seg2BoxConfig`` for
+    ``seg2box``; defaults when ``None``).
+    """
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     coarsest = model_cfg.strides[-1]
@@ -42,24 +56,43 @@ def build_detector(
         raise ValueError(
             f"input_size {tuple(input_size)} must be divisible by the coarsest stride {coarsest}"
         )
-    if arch == "organdetr" and model_cfg.num_queries < num_classes:
+    if arch == "organdetr" and model_cfg.queries_for(num_classes) < num_classes:
         raise ValueError(
             f"num_queries={model_cfg.num_queries} < num_classes={num_classes}: every organ needs its own "
             f"query (DQM wants 1 + ceil(lambda * N / M) each); set model.num_queries >= {2 * num_classes}"
         )
     if arch == "organdetr":
         network = build_model(replace(model_cfg, num_classes=num_classes))
-        criterion = build_criterion(num_classes, build_matcher(matcher_cfg), loss_cfg)
+        sigmoid = model_cfg.class_head == "sigmoid"
+        criterion = build_criterion(num_classes, build_matcher(matcher_cfg, sigmoid), loss_cfg, sigmoid)
         return DETRDetector(network, criterion)
     if arch == "retinanet":  # MONAI RetinaNet on the same backbone (models/retinanet.py)
         from .retinanet import build_retinanet
 
         return build_retinanet(model_cfg, num_classes, input_size)
+    if arch == "seg2box":
+        from .seg2box import build_seg2box
+
+        return build_seg2box(model_cfg, arch_cfg or Seg2BoxConfig(), num_classes)
     raise ValueError(f"unknown architecture {arch!r}; choose one of {ARCHITECTURES}")
+
+
+def detector_from_config(cfg: Any, num_classes: int, input_size: tuple[int, int, int]) -> nn.Module:
+    """:func:`build_detector` from a whole ``TrainConfig`` (its ``arch`` and that architecture's section)."""
+    return build_detector(
+        cfg.arch,
+        cfg.model,
+        cfg.matcher,
+        cfg.loss,
+        num_classes,
+        input_size,
+        arch_cfg=getattr(cfg, cfg.arch, None),
+    )
 
 
 __all__ = [
     "ARCHITECTURES",
+    "DECODER_KINDS",
     "ENCODER_KINDS",
     "PRESET_NAMES",
     "DETRDetector",
@@ -67,7 +100,9 @@ __all__ = [
     "MatcherConfig",
     "ModelConfig",
     "OrganDETR",
+    "Seg2BoxConfig",
     "build_detector",
+    "detector_from_config",
     "build_model",
     "model_preset",
 ]

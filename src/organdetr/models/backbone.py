@@ -74,14 +74,15 @@ class Backbone3d(nn.Module):
         self.out_channels = tuple(stage_channels[-num_levels:])
 
     @classmethod
-    def from_config(cls, cfg: ModelConfig) -> Backbone3d:
-        """The backbone a :class:`ModelConfig` describes (shared by the DETR and RetinaNet detectors)."""
+    def from_config(cls, cfg: ModelConfig, extra_levels: int = 0) -> Backbone3d:
+        """The backbone a :class:`ModelConfig` describes (shared by the DETR and RetinaNet detectors);
+        ``extra_levels`` more (finer) stages than ``cfg.num_levels`` are returned."""
         return cls(
             cfg.in_channels,
             cfg.stem_channels,
             cfg.backbone_channels,
             cfg.backbone_depth,
-            cfg.num_levels,
+            cfg.num_levels + extra_levels,
             cfg.norm_groups,
         )
 

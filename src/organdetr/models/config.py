@@ -5,8 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Literal
 
-EncoderKind = Literal["msa", "fpn", "single"]
-ENCODER_KINDS: tuple[str, ...] = ("msa", "fpn", "single")
+EncoderKind = Literal["msa", "deformable", "fpn", "single"]
+ENCODER_KINDS: tuple[str, ...] = ("msa", "deformable", "fpn", "single")
+DecoderKind = Literal["deformable", "detr"]
+DECODER_KINDS: tuple[str, ...] = ("deformable", "detr")
+ClassHead = Literal["sigmoid", "softmax"]
 
 
 @dataclass
@@ -19,10 +22,32 @@ class ModelConfig:
 
     Encoder (``encoder``):
 
-    * ``"msa"``    - Organ-DETR MultiScale Attention: per level intra-scale self-attention, then top-down
+    * ``"msa"``        - Organ-DETR MultiScale Attention: per level intra-scale self-attention, then top-down
       inter-scale cross-attention (each finer level attends to all coarser levels), then FFN.
-    * ``"fpn"``    - plain FPN top-down pathway, no attention (ablation / baseline).
-    * ``"single"`` - one transformer encoder over a single level (``single_level``), as in DETR.
+    * ``"deformable"`` - Deformable DETR's encoder: every token attends, by multi-scale deformable
+      attention, to ``n_points`` points per head on every level around its own position (the paper's
+      "D-DETR" encoder row).
+    * ``"fpn"``        - plain FPN top-down pathway, no attention (ablation / baseline).
+    * ``"single"``     - one transformer encoder over a single level (``single_level``), as in DETR.
+
+    Decoder (``decoder``):
+
+    * ``"deformable"`` - the default: queries carry a reference box, read the memory by multi-scale
+      deformable attention around it and refine it layer by layer (Deformable DETR's iterative refinement
+      with DINO's "look forward twice"). ``two_stage``: the initial reference boxes are the best encoder
+      proposals of each organ class (``queries_per_class`` each; ``num_queries`` is then
+      ``queries_per_class * num_classes``), else learned boxes. ``denoising``: DINO's contrastive
+      denoising queries during training. ``fine_level``: the backbone stage one step finer than the
+      encoded pyramid (e.g. stride 4 under strides 8 / 16 / 32) is fused top-down with the finest encoded
+      level (FPN: 1x1 projection + upsampled encoder output, 3x3 conv) and joins the decoder's memory, the
+      proposals and the segmentation heads - box faces are then read at twice the resolution while the
+      attention cost of the encoder stays that of the coarser levels.
+    * ``"detr"``       - the original DETR decoder (learned queries, dense cross-attention, boxes regressed
+      absolutely); the ``detr`` baseline.
+
+    Classes (``class_head``): ``"sigmoid"`` scores every class independently (``pred_logits [B, N, K]``,
+    sigmoid focal loss, as Deformable DETR / DINO); ``"softmax"`` adds a no-object class
+    (``pred_logits [B, N, K + 1]``, cross-entropy, as DETR).
 
     Attention cost is bounded with *pooled keys* (spatial-reduction attention, as in PVT): the keys and
     values of level ``l``'s self-attention are average-pooled by ``kv_pool[l]`` per axis, so the attention
@@ -44,8 +69,18 @@ class ModelConfig:
     dropout: float = 0.0
     encoder: EncoderKind = "msa"
     num_encoder_layers: int = 2
+    decoder: DecoderKind = "deformable"
     num_decoder_layers: int = 3
-    num_queries: int = 30
+    num_queries: int = 30  # decoder="detr" or two_stage=false; two-stage: queries_per_class * classes
+    two_stage: bool = True  # initial reference boxes from the encoder's per-class proposals
+    queries_per_class: int = 3  # two-stage proposals kept per organ class (DQM's 1 + eta must fit)
+    n_points: int = 4  # deformable attention sampling points per head and level
+    fine_level: bool = False  # deformable decoder: + the backbone stage below the pyramid, fused top-down
+    class_head: ClassHead = "sigmoid"  # sigmoid per class (focal loss) | softmax with a no-object class (CE)
+    denoising: bool = True  # DINO contrastive denoising queries (training only)
+    dn_number: int = 60  # at most this many denoising queries per image (groups of 2 x organs)
+    dn_box_noise: float = 0.4  # box noise scale (fraction of the half-size per face; negatives 1-2x)
+    dn_label_noise: float = 0.5  # DINO's label_noise_ratio: a positive's class is resampled with p/2
     kv_pool: tuple[int, ...] = (2, 1, 1)  # key/value pooling per level, finest first
     single_level: int = -1  # pyramid level used by encoder="single" (-1 = coarsest)
     seg_heads: bool = True  # multiscale segmentation auxiliary heads (training only)
@@ -57,6 +92,23 @@ class ModelConfig:
         self.kv_pool = tuple(int(p) for p in self.kv_pool)
         if self.encoder not in ENCODER_KINDS:
             raise ValueError(f"ModelConfig.encoder must be one of {ENCODER_KINDS}, got {self.encoder!r}")
+        if self.class_head not in ("sigmoid", "softmax"):
+            raise ValueError(
+                f"ModelConfig.class_head must be 'sigmoid' or 'softmax', got {self.class_head!r}"
+            )
+        if self.decoder not in DECODER_KINDS:
+            raise ValueError(f"ModelConfig.decoder must be one of {DECODER_KINDS}, got {self.decoder!r}")
+        if self.fine_level and (
+            self.decoder != "deformable" or self.num_levels >= len(self.backbone_channels)
+        ):
+            raise ValueError(
+                "ModelConfig.fine_level needs the deformable decoder and a backbone stage below the "
+                f"{self.num_levels} encoded levels (backbone_channels has {len(self.backbone_channels)})"
+            )
+        if self.queries_per_class < 1 or self.n_points < 1 or self.dn_number < 0:
+            raise ValueError("ModelConfig.queries_per_class and n_points must be >= 1, dn_number >= 0")
+        if not (0.0 <= self.dn_box_noise <= 1.0 and 0.0 <= self.dn_label_noise <= 1.0):
+            raise ValueError("ModelConfig.dn_box_noise and dn_label_noise must be in [0, 1]")
         if not 1 <= self.num_levels <= len(self.backbone_channels):
             raise ValueError(
                 f"ModelConfig.num_levels={self.num_levels} must be in 1..{len(self.backbone_channels)} "
@@ -69,6 +121,12 @@ class ModelConfig:
         if self.num_queries < 1:
             raise ValueError("ModelConfig.num_queries must be >= 1")
 
+    def queries_for(self, num_classes: int) -> int:
+        """Decoder queries the network has for ``num_classes`` organ classes."""
+        if self.decoder == "deformable" and self.two_stage:
+            return self.queries_per_class * num_classes
+        return self.num_queries
+
     @property
     def strides(self) -> tuple[int, ...]:
         """Strides (voxels) of the pyramid levels, finest first."""
@@ -76,7 +134,7 @@ class ModelConfig:
         return tuple(all_strides[-self.num_levels :])
 
 
-# Presets. "tiny": unit tests (< 1 s forward at 32^3). "small": CPU demo at 64^3 (~2 M params).
+# Presets. "tiny": unit tests (< 1 s forward at 32^3). "small": CPU demo at 64^3 (~3 M params).
 # "paper": paper-scale widths/depths (d_model 256, 6 encoder + 6 decoder layers, strides 8/16/32);
 # it is our reading of the paper's scale, not a verified copy of its released configuration.
 _PRESETS: dict[str, dict] = {
@@ -120,10 +178,15 @@ _PRESETS: dict[str, dict] = {
         num_encoder_layers=6,
         num_decoder_layers=6,
         num_queries=100,
+        dn_number=100,
         kv_pool=(2, 1, 1),
         norm_groups=16,
     ),
 }
+# "detr": the small sizes with the original DETR decoder - the baseline the deformable design replaced.
+_PRESETS["detr"] = dict(
+    _PRESETS["small"], decoder="detr", class_head="softmax", two_stage=False, denoising=False
+)
 PRESET_NAMES: tuple[str, ...] = tuple(_PRESETS)
 
 
@@ -138,4 +201,36 @@ def model_preset(name: str, num_classes: int = 0, **overrides) -> ModelConfig:
     return replace(ModelConfig(**_PRESETS[name]), num_classes=num_classes, **overrides)
 
 
-__all__ = ["ENCODER_KINDS", "PRESET_NAMES", "EncoderKind", "ModelConfig", "model_preset"]
+@dataclass
+class Seg2BoxConfig:
+    """The ``seg2box`` baseline: a plain 3D U-Net (MONAI ``BasicUNet``) trained with CE + Dice; boxes are
+    the largest connected component per class (``models.segmentation``).
+
+    ``features``: BasicUNet's six widths (encoder levels 0-4, then the last decoder level). The default is
+    half of MONAI's (32, 32, 64, 128, 256, 32) per level, to train on a CPU at 64^3 (BENCHMARKS.md compares
+    its cost with the detector's); use MONAI's widths on a GPU.
+    """
+
+    features: tuple[int, ...] = (16, 16, 32, 64, 128, 16)
+    dropout: float = 0.0
+    weight: float = 1.0  # multiplier of CE + Dice
+    dice: bool = True
+
+    def __post_init__(self) -> None:
+        self.features = tuple(int(f) for f in self.features)
+        if len(self.features) != 6 or min(self.features) < 1:
+            raise ValueError(f"seg2box.features must be 6 positive widths, got {self.features}")
+        if not 0.0 <= self.dropout < 1.0 or self.weight <= 0:
+            raise ValueError("seg2box.dropout must be in [0, 1) and seg2box.weight > 0")
+
+
+__all__ = [
+    "DECODER_KINDS",
+    "ENCODER_KINDS",
+    "PRESET_NAMES",
+    "DecoderKind",
+    "EncoderKind",
+    "ModelConfig",
+    "Seg2BoxConfig",
+    "model_preset",
+]

@@ -1,4 +1,4 @@
-"""Feature-pyramid encoders: Organ-DETR MultiScale Attention (MSA), plain FPN, single-scale transformer.
+"""Feature-pyramid encoders: Organ-DETR MultiScale Attention (MSA), deformable, plain FPN, single-scale.
 
 All encoders map projected pyramid features ``list[Tensor [B, D, i_l, j_l, k_l]]`` (finest first) plus
 their positional encodings (same shapes, batch 1) to encoded features of the same shapes. ``levels``
@@ -12,12 +12,15 @@ by ``kv_pool[l]`` per axis (spatial-reduction attention), so the finest level co
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import FeedForward, MultiHeadAttention
 from .backbone import group_norm
+from .deformable_attention import MSDeformAttn3d, token_centres
 
 
 def flatten_tokens(x: Tensor) -> Tensor:
@@ -121,6 +124,61 @@ class MSAEncoder(nn.Module):
         return [
             unflatten_tokens(norm(flatten_tokens(f)), f) for norm, f in zip(self.norms, feats, strict=True)
         ]
+
+
+class DeformableEncoderLayer(nn.Module):
+    """Deformable DETR encoder layer (post-norm): multi-scale deformable self-attention around each token's
+    own position, then FFN. ``forward(tokens [B, S, D], pos [1|B, S, D], centres [1|B, S, 3], shapes)``."""
+
+    def __init__(
+        self, d_model: int, nhead: int, dim_feedforward: int, dropout: float, levels: int, points: int
+    ):
+        super().__init__()
+        self.attn = MSDeformAttn3d(d_model, levels, nhead, points)
+        self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
+        self.ffn = FeedForward(d_model, dim_feedforward, dropout)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, tokens: Tensor, pos: Tensor, centres: Tensor, shapes) -> Tensor:
+        query = tokens + pos
+        tokens = self.norm1(
+            tokens + self.drop(self.attn(query, centres.expand(len(tokens), -1, -1), tokens, shapes))
+        )
+        return self.norm2(tokens + self.drop(self.ffn(tokens)))
+
+
+class DeformableEncoder(nn.Module):
+    """Deformable DETR's encoder over all pyramid levels: every token is a query whose reference point is
+    its own centre; it samples ``points`` locations per head on every level (cost linear in the tokens).
+    Learned level embeddings are added to the sine positions so a token's query knows its level."""
+
+    def __init__(
+        self,
+        num_levels: int,
+        num_layers: int,
+        d_model: int,
+        nhead: int,
+        dim_feedforward: int,
+        dropout: float,
+        points: int,
+    ):
+        super().__init__()
+        self.levels = tuple(range(num_levels))
+        self.level_embed = nn.Parameter(torch.randn(num_levels, d_model) * 0.02)
+        self.layers = nn.ModuleList(
+            DeformableEncoderLayer(d_model, nhead, dim_feedforward, dropout, num_levels, points)
+            for _ in range(num_layers)
+        )
+
+    def forward(self, feats: list[Tensor], pos: list[Tensor]) -> list[Tensor]:
+        shapes = [tuple(f.shape[2:]) for f in feats]
+        tokens = torch.cat([flatten_tokens(f) for f in feats], dim=1)
+        token_pos = torch.cat([flatten_tokens(p) + self.level_embed[i] for i, p in enumerate(pos)], dim=1)
+        centres = token_centres(shapes, tokens.device, tokens.dtype)[None]
+        for layer in self.layers:
+            tokens = layer(tokens, token_pos, centres, shapes)
+        sizes = [int(math.prod(s)) for s in shapes]
+        return [unflatten_tokens(t, f) for t, f in zip(tokens.split(sizes, dim=1), feats, strict=True)]
 
 
 class FPNEncoder(nn.Module):

@@ -38,3 +38,19 @@ def sine_position_3d(
     if pos.shape[0] < d_model:
         pos = torch.cat([pos, pos.new_zeros(d_model - pos.shape[0], *shape)], dim=0)
     return pos.unsqueeze(0)
+
+
+def sine_embed_coordinates(coords: Tensor, num_feats: int, temperature: float = 10000.0) -> Tensor:
+    """Sine/cosine embedding of normalised coordinates ``[..., C] -> [..., C * num_feats]``.
+
+    Each coordinate in ``[0, 1]`` gets ``num_feats`` channels (alternating sin / cos of ``coord * 2 pi`` at
+    geometric frequencies; DAB-DETR / DINO's ``gen_sineembed_for_position``). For a reference box
+    ``(ci, cj, ck, wi, wj, wk)`` this is the input of the decoder's query-position MLP.
+    """
+    if num_feats < 2 or num_feats % 2:
+        raise ValueError(f"num_feats must be an even number >= 2, got {num_feats}")
+    index = torch.arange(num_feats, device=coords.device, dtype=torch.float32)
+    dim_t = temperature ** (2 * torch.div(index, 2, rounding_mode="floor") / num_feats)
+    angles = coords.float()[..., None] * (2 * math.pi) / dim_t  # [..., C, F]
+    emb = torch.stack([angles[..., 0::2].sin(), angles[..., 1::2].cos()], dim=-1).flatten(-2)
+    return emb.flatten(-2).to(coords.dtype)

@@ -1,0 +1,122 @@
+"""The extra outputs of one ``organdetr predict`` run: sister-toolkit formats and the HTML viewer.
+
+``predict`` calls :meth:`RunOutputs.add_scan` for every scan it finishes (before that scan's JSON, which
+is written last) and :meth:`RunOutputs.finish` once at the end:
+
+=================  ==============================================  ========
+``--format``       files                                           when
+=================  ==============================================  ========
+``slicer``         ``<case>_boxes.mrk.json``, ``<case>.seg.nrrd``  per scan
+``nndetection``    ``<case>_boxes.pkl``                            per scan
+``monai``          ``monai_datalist.json``                         per run
+``--html``         ``viewer.html``                                 per run
+=================  ==============================================  ========
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from organdetr.errors import InputError
+from organdetr.io import Volume
+
+PREDICTION_FORMATS = {
+    "slicer": "3D Slicer: <case>_boxes.mrk.json (ROI per organ) + <case>.seg.nrrd",
+    "monai": "MONAI detection datalist: monai_datalist.json",
+    "nndetection": "nnDetection: <case>_boxes.pkl",
+}
+MONAI_FILE = "monai_datalist.json"
+VIEWER_FILE = "viewer.html"
+
+
+@dataclass
+class RunOutputs:
+    """Writers for the formats chosen; holds only small per-scan results between scans."""
+
+    out_dir: Path
+    formats: Sequence[str] = ()
+    html: bool = False
+    monai_box_mode: str = "cccwhd"
+    monai_coordinates: str = "world"
+    title: str = "organdetr predictions"
+    classes: Mapping[int, str] | None = None  # the model's label id -> organ name (set by predict)
+    _predictions: list[dict] = field(default_factory=list, repr=False)
+    _viewer: object = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.out_dir = Path(self.out_dir)
+        self.formats = tuple(dict.fromkeys(self.formats))
+        unknown = [f for f in self.formats if f not in PREDICTION_FORMATS]
+        if unknown:
+            raise InputError(None, f"--format {unknown[0]!r} is not one of {', '.join(PREDICTION_FORMATS)}")
+        if "monai" in self.formats:
+            from organdetr.formats.monai_datalist import check_options, require_monai
+
+            check_options(self.monai_box_mode, self.monai_coordinates)
+            require_monai()  # MONAI installed? say so now, not after the whole run
+        if "slicer" in self.formats:
+            from organdetr.formats.slicer import require_slicerio
+
+            require_slicerio()
+        if self.html:
+            from organdetr.formats.html_viewer import RunViewer
+
+            self._viewer = RunViewer(title=self.title)
+
+    @property
+    def needs_volume(self) -> bool:
+        """Whether :meth:`add_scan` needs the scan itself (the viewer shows it)."""
+        return self.html
+
+    @property
+    def active(self) -> bool:
+        """Whether anything is to be written."""
+        return bool(self.formats) or self.html
+
+    def add_scan(
+        self, prediction: Mapping, volume: Volume | None, *, seg: np.ndarray | None = None
+    ) -> list[Path]:
+        """Write the per-scan files of one prediction JSON; keep what the run-level files need."""
+        written: list[Path] = []
+        if "slicer" in self.formats:
+            from organdetr.formats.slicer import write_slicer_files
+
+            written += write_slicer_files(prediction, self.out_dir, seg=seg, classes=self.classes)
+        if "nndetection" in self.formats:
+            from organdetr.formats.nndetection import write_prediction
+
+            written.append(write_prediction(prediction, self.out_dir))
+        if "monai" in self.formats:
+            self._predictions.append(
+                {k: prediction[k] for k in ("case_id", "image", "detections") if k in prediction}
+            )
+        if self._viewer is not None:
+            if volume is None:
+                raise InputError(prediction.get("image"), "the HTML viewer needs the scan")
+            self._viewer.add(prediction, volume, seg=seg)
+        return written
+
+    def finish(self) -> list[Path]:
+        """Write the run-level files (``monai_datalist.json``, ``viewer.html``); returns their paths."""
+        written: list[Path] = []
+        if "monai" in self.formats:
+            from organdetr.formats.monai_datalist import write_datalist
+
+            written.append(
+                write_datalist(
+                    self.out_dir / MONAI_FILE,
+                    self._predictions,
+                    box_mode=self.monai_box_mode,
+                    coordinates=self.monai_coordinates,
+                )
+            )
+        if self._viewer is not None:
+            written.append(self._viewer.write(self.out_dir / VIEWER_FILE))
+        return written
+
+
+__all__ = ["MONAI_FILE", "PREDICTION_FORMATS", "VIEWER_FILE", "RunOutputs"]

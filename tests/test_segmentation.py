@@ -1,0 +1,128 @@
+"""Tests for the segmentation Detector protocol (models.segmentation) and the seg2box baseline."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from _cache_factory import save_random_checkpoint
+from organdetr.cli import app
+from organdetr.config import load_config
+from organdetr.geometry import Geometry, grid_labels_to_original
+from organdetr.io import read_image, read_label_map, write_image
+from organdetr.models import detector_from_config
+from organdetr.models.segmentation import SegmentationDetector, largest_component_boxes
+
+K = 3
+
+
+def test_largest_component_gives_the_box_and_mean_probability_the_score():
+    labels = np.zeros((10, 10, 10), np.int64)
+    labels[1:4, 1:4, 1:4] = 1  # class 0: 27 voxels ...
+    labels[6:8, 6:8, 6:8] = 1  # ... and a smaller stray component (8 voxels): ignored
+    labels[2:9, 5, 0:3] = 3  # class 2: one bar
+    probs = np.full((K + 1, 10, 10, 10), 0.1, np.float32)
+    probs[1][1:4, 1:4, 1:4] = 0.9
+    probs[1][6:8, 6:8, 6:8] = 0.2
+    probs[3][2:9, 5, 0:3] = 0.6
+    found = largest_component_boxes(labels, probs, K)
+    assert found["labels"].tolist() == [0, 2]  # class 1 has no voxel: no detection; sorted by score
+    np.testing.assert_array_equal(found["boxes"][0], [1, 1, 1, 4, 4, 4])  # half-open voxel box
+    np.testing.assert_array_equal(found["boxes"][1], [2, 5, 0, 9, 6, 3])
+    np.testing.assert_allclose(found["scores"], [0.9, 0.6], rtol=1e-6)
+
+
+class _Perfect(torch.nn.Module):
+    """Logits that reproduce a fixed label map (and a learnable scale, so the loss has a gradient)."""
+
+    def __init__(self, labels: torch.Tensor):
+        super().__init__()
+        self.register_buffer("onehot", torch.nn.functional.one_hot(labels, K + 1).movedim(-1, 0).float())
+        self.scale = torch.nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, images):
+        return (self.onehot * 20 * self.scale).expand(len(images), -1, -1, -1, -1)
+
+
+def test_segmentation_detector_protocol():
+    labels = torch.zeros(8, 8, 8, dtype=torch.int64)
+    labels[2:5, 1:6, 3:7] = 2
+    labels[6:8, 6:8, 0:2] = 1
+    labels[0, 7, 7] = 3
+    detector = SegmentationDetector(_Perfect(labels), K)
+    images = torch.zeros(2, 1, 8, 8, 8)
+    losses = detector.loss(images, [{"seg": labels}, {"seg": labels}])
+    assert set(losses) == {"loss", "loss_seg"} and losses["loss"].item() < 1e-3
+    losses = detector.loss(images, [{"seg": torch.zeros_like(labels)}] * 2)
+    assert losses["loss"].item() > 1.0
+    losses["loss"].backward()
+    assert detector.network.scale.grad.abs() > 0
+    assert torch.equal(detector.segment(images)[1], labels)
+    (result, _) = detector.detect(images)
+    assert sorted(result["labels"].tolist()) == [0, 1, 2]
+    box = result["boxes"][result["labels"].tolist().index(1)]
+    torch.testing.assert_close(box, torch.tensor([2.0, 1, 3, 5, 6, 7]))
+    assert (result["scores"] > 0.99).all()
+
+
+def test_seg2box_builds_from_its_preset_and_trains():
+    cfg = load_config("seg2box", ["seg2box.features=[4, 4, 8, 8, 16, 4]"])
+    detector = detector_from_config(cfg, K, (32, 32, 32))
+    assert isinstance(detector, SegmentationDetector)
+    assert detector(torch.zeros(1, 1, 32, 32, 32)).shape == (1, K + 1, 32, 32, 32)
+    seg = torch.zeros(32, 32, 32, dtype=torch.int64)
+    seg[4:12, 4:12, 4:12] = 1
+    loss = detector.loss(torch.randn(1, 1, 32, 32, 32), [{"seg": seg}])["loss"]
+    loss.backward()
+    assert all(p.grad is not None for p in detector.parameters())
+    with pytest.raises(ValueError, match="features"):
+        load_config("seg2box", ["seg2box.features=[4, 4]"]).seg2box  # noqa: B018
+
+
+def test_grid_labels_back_to_an_oblique_original_grid():
+    """Nearest-neighbour mapping of a model-grid label map onto a RAS scan's own grid: geometry exact."""
+    from organdetr.io import Volume
+    from organdetr.preprocess import PreprocessConfig, preprocess_volume
+
+    size = (20, 16, 12)
+    geometry = Geometry(size, (1.5, 1.2, 3.0), (30.0, 20.0, -50.0), (-1.0, 0, 0, 0, -1.0, 0, 0, 0, 1.0))
+    labels = np.zeros(size, np.uint8)
+    labels[4:12, 3:9, 2:8] = 5
+    image = np.where(labels > 0, 100, -100).astype(np.int16)
+    cfg = PreprocessConfig(input_size=(20, 16, 12), fit="resize")
+    _, grid_labels, record = preprocess_volume(
+        Volume(image, geometry), cfg, Volume(labels, geometry), {5: "x"}
+    )
+    back = grid_labels_to_original(grid_labels, record)
+    assert back.shape == size and back.dtype == grid_labels.dtype
+    np.testing.assert_array_equal(back, labels)  # same extent and voxel count: exact round trip
+
+
+def test_predict_writes_the_label_map_of_a_segmenting_model(tmp_path):
+    classes = {1: "liver", 7: "spleen"}
+    run = save_random_checkpoint(
+        tmp_path / "run", classes, (32, 32, 32), "arch=seg2box", "seg2box.features=[4, 4, 8, 8, 16, 4]"
+    )
+    size = (40, 36, 30)
+    geometry = Geometry(size, (1.5, 1.2, 3.0), (30.0, 20.0, -50.0), (-1.0, 0, 0, 0, -1.0, 0, 0, 0, 1.0))
+    scan = tmp_path / "scan.nii.gz"
+    write_image(scan, np.random.default_rng(0).normal(0, 100, size).astype(np.int16), geometry)
+    result = CliRunner().invoke(
+        app, ["predict", str(run), str(scan), "-o", str(tmp_path / "out"), "--no-overlay"]
+    )
+    assert result.exit_code == 0, result.output
+    seg_path = tmp_path / "out" / "scan_seg.nii.gz"
+    seg = read_label_map(seg_path)
+    original = read_image(scan).geometry
+    assert seg.geometry.size == original.size
+    np.testing.assert_allclose(seg.geometry.spacing, original.spacing, atol=1e-6)
+    np.testing.assert_allclose(seg.geometry.origin, original.origin, atol=1e-6)
+    np.testing.assert_allclose(seg.geometry.direction, original.direction, atol=1e-6)
+    assert set(np.unique(seg.array).tolist()) <= {0, 1, 7}  # the dataset's label ids
+    import json
+
+    prediction = json.loads((tmp_path / "out" / "scan.json").read_text())
+    assert prediction["segmentation"] == "scan_seg.nii.gz"
+    assert all(d["label_id"] in classes for d in prediction["detections"])
