@@ -20,13 +20,8 @@ def _free_port() -> int:
 
 
 def _worker(rank: int, world_size: int, port: int, cache: str, out: str) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(world_size),
-        LOCAL_RANK=str(rank),
-    )
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     from torch.nn.parallel import DistributedDataParallel
 
@@ -36,15 +31,8 @@ def _worker(rank: int, world_size: int, port: int, cache: str, out: str) -> None
     from organdetr.engine import LossModule, StepContext, build_optimizer, fit, train_one_epoch
     from organdetr.models import build_detector
 
-    overrides = [
-        f"data.cache_dir={cache}",
-        "data.val_fraction=0",
-        "data.batch_size=1",
-        "train.epochs=2",
-        "train.progress=false",
-        "train.log_every=1",
-        "augment.p_spatial=1.0",
-    ]
+    overrides = [f"data.cache_dir={cache}", "data.val_fraction=0", "data.batch_size=1", "train.epochs=2",
+                 "train.progress=false", "train.log_every=1", "augment.p_spatial=1.0"]
     cfg = load_config("tiny", overrides)
     info = distributed.init_distributed("cpu")
     assert info.world_size == world_size and info.rank == rank
@@ -52,20 +40,13 @@ def _worker(rank: int, world_size: int, port: int, cache: str, out: str) -> None
         # 1) the engine's pieces: each rank trains on its own shard; DDP must keep the weights identical
         torch.manual_seed(rank)  # different init per rank: DDP broadcasts rank 0's weights
         dataset = CacheDataset(cache, augment=cfg.augment)
-        detector = build_detector(
-            cfg.arch, cfg.model, cfg.matcher, cfg.loss, dataset.num_classes, dataset.input_size
-        )
+        detector = build_detector(cfg.arch, cfg.model, cfg.matcher, cfg.loss, dataset.num_classes,
+                                  dataset.input_size)
         model = DistributedDataParallel(LossModule(detector))
         torch.save({k: v.clone() for k, v in detector.state_dict().items()}, f"{out}/init{rank}.pt")
         optimizer = build_optimizer(detector, cfg.optim)
-        ctx = StepContext(
-            optimizer=optimizer,
-            optim_cfg=cfg.optim,
-            total_steps=4,
-            device=torch.device("cpu"),
-            progress=False,
-            log_every=1,
-        )
+        ctx = StepContext(optimizer=optimizer, optim_cfg=cfg.optim, total_steps=4, device=torch.device("cpu"),
+                          progress=False, log_every=1)
         for epoch in range(2):
             sampler = EpochSampler(len(dataset), seed=0, epoch=epoch, rank=rank, world_size=world_size)
             loader = torch.utils.data.DataLoader(dataset, batch_size=1, sampler=sampler, collate_fn=collate)
@@ -107,13 +88,8 @@ def test_single_process_helpers_are_no_ops():
 
 
 def _pairs_worker(rank: int, world_size: int, port: int, out: str) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(world_size),
-        LOCAL_RANK=str(rank),
-    )
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
     from organdetr import distributed
     from organdetr.criterion import LossConfig, build_criterion
     from organdetr.matcher import MatcherConfig, build_matcher

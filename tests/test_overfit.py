@@ -19,18 +19,9 @@ def test_tiny_model_overfits_two_volumes(tmp_path):
     cache = make_cache(tmp_path / "cache", num_cases=2, size=32)
     cfg = load_config(
         "tiny",
-        [
-            f"data.cache_dir={cache}",
-            "data.val_fraction=0",
-            "data.batch_size=2",
-            "train.epochs=500",
-            "augment.enabled=false",
-            "optim.lr=1e-3",
-            "optim.warmup_steps=20",
-            "optim.grad_clip=1.0",
-            "train.progress=false",
-            "train.log_every=50",
-        ],
+        [f"data.cache_dir={cache}", "data.val_fraction=0", "data.batch_size=2", "train.epochs=500",
+         "augment.enabled=false", "optim.lr=1e-3", "optim.warmup_steps=20", "optim.grad_clip=1.0",
+         "train.progress=false", "train.log_every=50"],
     )
     run = fit(cfg, tmp_path / "run")
     detector, _, plans = load_detector(run)  # end to end through the checkpoint
@@ -39,9 +30,8 @@ def test_tiny_model_overfits_two_volumes(tmp_path):
     results = detector.detect(images)
     for result, target in zip(results, targets, strict=True):
         assert len(target["labels"]) == 4
-        for label, gt_box in zip(
-            target["labels"].tolist(), box_cxcyczwhd_to_xyzxyz(target["boxes"]) * size, strict=True
-        ):
+        for label, gt_box in zip(target["labels"].tolist(), box_cxcyczwhd_to_xyzxyz(target["boxes"]) * size,
+                                 strict=True):
             k = int((result["labels"] == label).nonzero()[0, 0])
             iou = float(box_iou_3d(result["boxes"][k : k + 1], gt_box[None])[0][0, 0])
             assert iou > 0.8, f"{target['case_id']} class {label}: IoU {iou:.3f}"

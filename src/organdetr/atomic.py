@@ -1,11 +1,11 @@
 """Atomic file writes: a crash never leaves a half-written file that a later run trusts.
 
 Every writer goes to a temporary file in the destination folder, flushes and fsyncs it, then
-``os.replace``-s it onto the final name (atomic on POSIX and Windows for same-volume renames) and fsyncs
-the folder. Temporary names start with ``.`` and hold ``.tmp`` (:func:`is_temp_name`), so that a later run
-that owns the folder (it holds the folder's lock, ``organdetr.locking``) can remove what a killed writer left
-(:func:`remove_stale_temps`). A write that fails because the disk is full raises
-:class:`~organdetr.errors.DiskFullError` naming the file.
+``os.replace``-s it onto the final name (atomic on POSIX and Windows for same-volume renames); folder
+swaps (checkpoints) also fsync the parent folder (:func:`fsync_folder`). Temporary names start with ``.``
+and hold ``.tmp`` (:func:`is_temp_name`), so that a later run that owns the folder (it holds the folder's
+lock, ``organdetr.locking``) can remove what a killed writer left (:func:`remove_stale_temps`). A write
+that fails because the disk is full raises :class:`~organdetr.errors.DiskFullError` naming the file.
 """
 
 from __future__ import annotations
@@ -56,7 +56,6 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)
-        fsync_folder(path.parent)
     except OSError as err:
         tmp_path.unlink(missing_ok=True)
         full = _disk_full(path, err)
