@@ -67,7 +67,8 @@ def test_two_preprocess_runs_into_one_cache_never_mix(tmp_path):
             [*CLI, "preprocess", str(root), str(cache), "--size", size, size, "8"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            text=True,
+            encoding="utf-8",
+            errors="replace",
         )
         for size in ("16", "24")
     ]
@@ -88,14 +89,16 @@ def test_kill_mid_preprocess_then_rerun_completes_and_cleans(tmp_path):
     root = make_dataset(tmp_path / "raw", n_good=8)
     cache = tmp_path / "cache"
     args = [*CLI, "preprocess", str(root), str(cache), "--size", "16", "16", "8"]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8", errors="replace"
+    )
     cases = cache / "cases"
     _wait_for(lambda: cases.is_dir() and any(cases.iterdir()), 120, "the first cache file", proc)
     time.sleep(random.uniform(0.0, 0.05))
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     (cases / ".case_05_label.k1ll3d.tmp.npy").write_bytes(b"half")  # what a killed writer leaves
-    rerun = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    rerun = subprocess.run(args, capture_output=True, encoding="utf-8", errors="replace", timeout=120)
     assert rerun.returncode == 0, rerun.stderr
     plans = load_plans(cache)
     assert list_cases(cache) == [f"case_{i:02d}" for i in range(8)]
@@ -117,7 +120,9 @@ def test_preprocess_workers_die_with_their_parent(tmp_path):
         "--workers",
         "2",
     ]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, encoding="utf-8", errors="replace"
+    )
     _wait_for(lambda: len(_children(proc.pid)) >= 2, 120, "two worker processes", proc)
     children = _children(proc.pid)
     proc.send_signal(signal.SIGKILL)
@@ -158,7 +163,8 @@ def test_kill_mid_checkpoint_then_resume_finds_a_verified_checkpoint(tmp_path):
         [sys.executable, "-c", _TRAIN_FOREVER, str(run), *overrides, "train.epochs=100000"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        text=True,
+        encoding="utf-8",
+        errors="replace",
         env=env,
     )
     # a checkpoint every step (2 cases, batch 2): kill while one is being written, at a random moment

@@ -56,9 +56,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)
-    except OSError as err:
+    except Exception as err:
         tmp_path.unlink(missing_ok=True)
-        full = _disk_full(path, err)
+        full = None if isinstance(err, DiskFullError) else _disk_full(path, err)
         if full is not None:
             raise full from None
         raise
@@ -67,14 +67,20 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
-def _disk_full(path: Path, err: OSError) -> DiskFullError | None:
+_FULL_MESSAGES = ("No space left on device", "StorageFull", "Disk quota exceeded", "requested and")
+
+
+def _disk_full(path: Path, err: Exception) -> DiskFullError | None:
     """A :class:`DiskFullError` for ``path`` when ``err`` means the disk is full, else ``None``.
 
-    numpy's ``tofile`` reports a short write as ``"N requested and M written"`` without an errno; then the
-    free space of the folder decides.
+    Writers report a full disk differently: ``OSError`` with ``ENOSPC``, numpy's short write ``"N requested
+    and M written"`` (no errno), safetensors' ``IoError(... StorageFull ...)``, torch's ``file write
+    failed``. An errno says so outright; otherwise a telling message or any write error while the folder
+    has under 1 MiB free does.
     """
-    if err.errno not in _FULL_ERRNOS:
-        if "requested and" not in str(err):
+    if getattr(err, "errno", None) not in _FULL_ERRNOS:
+        message = str(err)
+        if not isinstance(err, OSError | RuntimeError) and not any(m in message for m in _FULL_MESSAGES):
             return None
         try:
             if shutil.disk_usage(path.parent).free > 1 << 20:
