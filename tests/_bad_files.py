@@ -30,31 +30,28 @@ def write_nifti(path: Path, shape, **kwargs) -> Path:
     return path
 
 
-def write_metaimage(path: Path, shape=(6, 7, 8), **fields: str) -> Path:
-    """A small ``.mha`` whose header fields (``TransformMatrix``, ``ElementSpacing``, ``DimSize``) are
-    replaced by ``fields`` after writing; the voxel data stay those of ``shape``."""
-    sitk.WriteImage(sitk.GetImageFromArray(np.zeros(shape[::-1], np.int16)), str(path))
-    head, sep, data = path.read_bytes().partition(b"ElementDataFile = LOCAL\n")
-    lines = head.decode().splitlines()
+def _write_edited(path: Path, shape, end: bytes, separator: str, fields: dict[str, str]) -> Path:
+    """A small zero image written by SimpleITK (uncompressed), then the header lines (up to ``end``) whose
+    key is in ``fields`` replaced by ``key<separator> value``; the voxel data stay those of ``shape``."""
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros(shape[::-1], np.int16)), str(path), useCompression=False)
+    head, sep, data = path.read_bytes().partition(end)
+    lines = head.decode().split("\n")
     for i, line in enumerate(lines):
-        key = line.split("=")[0].strip()
+        key = line.split(separator)[0].strip()
         if key in fields:
-            lines[i] = f"{key} = {fields[key]}"
-    path.write_bytes(("\n".join(lines) + "\n").encode() + sep + data)
+            lines[i] = f"{key}{separator} {fields[key]}"
+    path.write_bytes("\n".join(lines).encode() + sep + data)
     return path
+
+
+def write_metaimage(path: Path, shape=(6, 7, 8), **fields: str) -> Path:
+    """A small ``.mha`` with header fields (``TransformMatrix``, ``ElementSpacing``, ``DimSize``) replaced."""
+    return _write_edited(path, shape, b"ElementDataFile = LOCAL\n", " =", fields)
 
 
 def write_nrrd(path: Path, shape=(6, 7, 8), **fields: str) -> Path:
     """A small raw ``.nrrd`` with header fields (``sizes``, ``space directions``) replaced."""
-    sitk.WriteImage(sitk.GetImageFromArray(np.zeros(shape[::-1], np.int16)), str(path), useCompression=False)
-    head, sep, data = path.read_bytes().partition(b"\n\n")
-    lines = head.decode().splitlines()
-    for i, line in enumerate(lines):
-        key = line.split(":")[0].strip()
-        if key in fields:
-            lines[i] = f"{key}: {fields[key]}"
-    path.write_bytes("\n".join(lines).encode() + sep + data)
-    return path
+    return _write_edited(path, shape, b"\n\n", ":", fields)
 
 
 def write_header_bomb(path: Path) -> Path:
