@@ -65,30 +65,42 @@ def rows(result: EvaluationResult) -> list[tuple[str, dict]]:
 
 def print_table(result: EvaluationResult, console=None) -> None:
     """Print the per-organ table (rich) with the protocol in its title."""
-    from rich.console import Console
-    from rich.table import Table
-
-    console = console or Console()
-    table = Table(title=describe(result), title_justify="left")
-    table.add_column("organ")
-    for _, title in COLUMNS:
-        table.add_column(title, justify="right")
-    body = rows(result)
-    for i, (name, values) in enumerate(body):
-        table.add_row(name, *(_fmt(k, values.get(k)) for k, _ in COLUMNS), end_section=i == len(body) - 2)
-    console.print(table)
+    print_rows(describe(result), COLUMNS, rows(result), console)
 
 
 def to_markdown(result: EvaluationResult) -> str:
     """Markdown table of :func:`rows`, headed by :func:`describe`."""
+    return markdown_rows(describe(result), COLUMNS, rows(result))
+
+
+def print_rows(
+    title: str, columns: list[tuple[str, str]], body: list[tuple[str, dict]], console=None
+) -> None:
+    """Print ``body`` (``[(organ, {key: value})]``, a ``mean`` row last) as a rich table titled ``title``;
+    ``columns``: ``[(key, header)]``, values formatted by key (``num_*`` ints, ``*_mm`` 0.1)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    table = Table(title=title, title_justify="left")
+    table.add_column("organ")
+    for _, header in columns:
+        table.add_column(header, justify="right")
+    for i, (name, values) in enumerate(body):
+        table.add_row(name, *(_fmt(k, values.get(k)) for k, _ in columns), end_section=i == len(body) - 2)
+    console.print(table)
+
+
+def markdown_rows(title: str, columns: list[tuple[str, str]], body: list[tuple[str, dict]]) -> str:
+    """The markdown version of :func:`print_rows` (the ``mean`` row in bold)."""
     lines = [
-        f"**{describe(result)}**",
+        f"**{title}**",
         "",
-        "| organ | " + " | ".join(t for _, t in COLUMNS) + " |",
-        "|---|" + "---:|" * len(COLUMNS),
+        "| organ | " + " | ".join(t for _, t in columns) + " |",
+        "|---|" + "---:|" * len(columns),
     ]
-    for name, values in rows(result):
-        cells = [_fmt(k, values.get(k)) for k, _ in COLUMNS]
+    for name, values in body:
+        cells = [_fmt(k, values.get(k)) for k, _ in columns]
         if name == "mean":
             name, cells = "**mean**", [f"**{c}**" for c in cells]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")

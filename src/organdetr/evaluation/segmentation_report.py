@@ -12,7 +12,7 @@ import numpy as np
 
 from organdetr.atomic import atomic_path, write_json, write_text
 
-from .report import _csv_value, _fmt
+from .report import _csv_value, markdown_rows, print_rows
 from .segmentation import SegmentationResult
 
 COLUMNS = [
@@ -47,34 +47,12 @@ def rows(result: SegmentationResult) -> list[tuple[str, dict]]:
 
 def print_seg_table(result: SegmentationResult, console=None) -> None:
     """Print the per-organ table (rich) with the protocol in its title."""
-    from rich.console import Console
-    from rich.table import Table
-
-    console = console or Console()
-    table = Table(title=describe_seg(result), title_justify="left")
-    table.add_column("organ")
-    for _, title in COLUMNS:
-        table.add_column(title, justify="right")
-    body = rows(result)
-    for i, (name, values) in enumerate(body):
-        table.add_row(name, *(_fmt(k, values.get(k)) for k, _ in COLUMNS), end_section=i == len(body) - 2)
-    console.print(table)
+    print_rows(describe_seg(result), COLUMNS, rows(result), console)
 
 
 def to_markdown(result: SegmentationResult) -> str:
     """Markdown table of :func:`rows`, headed by :func:`describe_seg`."""
-    lines = [
-        f"**{describe_seg(result)}**",
-        "",
-        "| organ | " + " | ".join(t for _, t in COLUMNS) + " |",
-        "|---|" + "---:|" * len(COLUMNS),
-    ]
-    for name, values in rows(result):
-        cells = [_fmt(k, values.get(k)) for k, _ in COLUMNS]
-        if name == "mean":
-            name, cells = "**mean**", [f"**{c}**" for c in cells]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return markdown_rows(describe_seg(result), COLUMNS, rows(result))
 
 
 def to_csv(result: SegmentationResult) -> str:
