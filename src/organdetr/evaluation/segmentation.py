@@ -75,6 +75,15 @@ def _union_box(pred: np.ndarray, gt: np.ndarray) -> tuple[slice, ...] | None:
     return found[0] if found else None
 
 
+def _mask_pair(pred, gt, spacing) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[slice, ...] | None]:
+    """Two masks as boolean arrays of one shape (else ``ValueError``), the spacing per axis and the
+    bounding box of their union (``None``: both empty)."""
+    pred, gt = np.asarray(pred, dtype=bool), np.asarray(gt, dtype=bool)
+    if pred.shape != gt.shape:
+        raise ValueError(f"pred and gt masks differ in shape: {pred.shape} vs {gt.shape}")
+    return pred, gt, _as_spacing(spacing, pred.ndim), _union_box(pred, gt)
+
+
 def surface_distances(
     pred: np.ndarray, gt: np.ndarray, spacing: float | Sequence[float] = 1.0
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -83,11 +92,7 @@ def surface_distances(
 
     ``pred``, ``gt``: boolean ``[I, J, K]`` on one grid; ``spacing``: mm per axis (i, j, k) or a scalar.
     """
-    pred, gt = np.asarray(pred, dtype=bool), np.asarray(gt, dtype=bool)
-    if pred.shape != gt.shape:
-        raise ValueError(f"pred and gt masks differ in shape: {pred.shape} vs {gt.shape}")
-    sampling = _as_spacing(spacing, pred.ndim)
-    box = _union_box(pred, gt)
+    pred, gt, sampling, box = _mask_pair(pred, gt, spacing)
     if box is None:
         return np.zeros(0), np.zeros(0)
     return _cropped_distances(pred[box], gt[box], sampling)
@@ -144,11 +149,7 @@ def organ_scores(
 
     Both empty: ``(nan, nan, nan)``; one empty: ``(0, 0, volume diagonal in mm)``.
     """
-    pred, gt = np.asarray(pred, dtype=bool), np.asarray(gt, dtype=bool)
-    if pred.shape != gt.shape:
-        raise ValueError(f"pred and gt masks differ in shape: {pred.shape} vs {gt.shape}")
-    sampling = _as_spacing(spacing, pred.ndim)
-    box = _union_box(pred, gt)
+    pred, gt, sampling, box = _mask_pair(pred, gt, spacing)
     if box is None:
         return math.nan, math.nan, math.nan
     worst = volume_diagonal_mm(pred.shape, sampling)
