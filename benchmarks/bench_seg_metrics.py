@@ -15,6 +15,7 @@ both are finite (MONAI's empty-mask conventions differ: docs/metrics.md).
 from __future__ import annotations
 
 import argparse
+import resource
 import time
 import warnings
 
@@ -101,21 +102,22 @@ def main() -> None:
         f"data: {args.cases} cases x {args.organs} organs at {args.size}^3, {time.perf_counter() - t0:.0f} s"
     )
     classes = {i: f"organ_{i}" for i in range(1, args.organs + 1)}
-    timings = {}
+    timings, cpu = {}, {}  # wall s; CPU s of this process and its finished workers (fair on a shared box)
     result = None
     for workers in (int(w) for w in args.workers.split(",")):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _cpu_seconds()
         result = evaluate_segmentation(
             (p for p, _ in cases), (g for _, g in cases), classes, SPACING, 2.0, workers=workers
         )
-        timings[workers] = time.perf_counter() - t0
+        timings[workers], cpu[workers] = time.perf_counter() - t0, _cpu_seconds() - c0
         print(
-            f"organdetr, {workers} process(es): {timings[workers]:.2f} s, Dice {result.summary['dice']:.4f}"
+            f"organdetr, {workers} process(es): {timings[workers]:.2f} s wall, {cpu[workers]:.2f} s CPU, "
+            f"Dice {result.summary['dice']:.4f}"
         )
     n_monai = args.cases if args.monai_cases is None else min(args.monai_cases, args.cases)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu_seconds()
     reference = run_monai(cases[:n_monai], args.organs, 2.0)
-    t_monai = time.perf_counter() - t0
+    t_monai, cpu_monai = time.perf_counter() - t0, _cpu_seconds() - c0
     ours = result.scores[:n_monai]
     both = np.isfinite(ours) & np.isfinite(reference)
     gt_present = np.stack([[(g == c).any() for c in classes] for _, g in cases[:n_monai]])
@@ -124,7 +126,8 @@ def main() -> None:
     diff = np.abs(ours - reference)
     rel_hd = (diff[..., 2] / np.maximum(reference[..., 2], 1e-9))[scored & both[..., 2]]
     print(
-        f"MONAI on {n_monai} cases: {t_monai:.2f} s ({t_monai / n_monai * args.cases:.1f} s per {args.cases})"
+        f"MONAI on {n_monai} cases: {t_monai:.2f} s wall ({t_monai / n_monai * args.cases:.1f} s per "
+        f"{args.cases}), {cpu_monai:.2f} s CPU ({cpu_monai / n_monai * args.cases:.1f} s per {args.cases})"
     )
     print(
         f"max |diff| where both organs present: Dice {diff[..., 0][scored].max():.2e}, "
@@ -138,6 +141,17 @@ def main() -> None:
         + " | ".join(f"{t:.1f} s" for t in timings.values())
         + f" | {monai_total:.0f} s{subset} | {monai_total / timings[min(timings)]:.0f}x | {per_case} |"
     )
+    monai_cpu_total = cpu_monai / n_monai * args.cases
+    print(
+        f"CPU seconds: organdetr {cpu[min(cpu)]:.1f} s, MONAI {monai_cpu_total:.0f} s{subset}, "
+        f"{monai_cpu_total / cpu[min(cpu)]:.0f}x"
+    )
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its waited-for children."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 if __name__ == "__main__":
