@@ -25,7 +25,7 @@ from .criterion import LossConfig
 from .data.augment import AugmentConfig
 from .errors import InputError
 from .matcher import MatcherConfig
-from .models.config import ModelConfig, Seg2BoxConfig
+from .models.config import ModelConfig, MTMed3DConfig, Seg2BoxConfig
 
 ScheduleKind = Literal["cosine", "step", "constant"]
 AmpMode = Literal["auto", "off", "bf16", "fp16"]
@@ -103,6 +103,7 @@ class LoopConfig:
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower on GPU)
     log_every: int = 10  # optimizer steps between CSV / TensorBoard rows
     max_detections: int = 1  # per class, for validation mAP
+    best_metric: str = "mAP"  # validation metric that picks best/ (higher is better): mAP, Dice, cls_AUC, ...
     progress: bool = True  # progress bar (rank 0 only)
 
     def __post_init__(self) -> None:
@@ -118,9 +119,10 @@ class LoopConfig:
 class TrainConfig:
     """Everything a training run needs; dumped as ``config.yaml`` into the run folder."""
 
-    arch: str = "organdetr"  # organdetr | retinanet | seg2box
+    arch: str = "organdetr"  # organdetr | retinanet | seg2box | mtmed3d
     model: ModelConfig = field(default_factory=ModelConfig)
     seg2box: Seg2BoxConfig = field(default_factory=Seg2BoxConfig)
+    mtmed3d: MTMed3DConfig = field(default_factory=MTMed3DConfig)
     matcher: MatcherConfig = field(default_factory=MatcherConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -129,7 +131,9 @@ class TrainConfig:
     train: LoopConfig = field(default_factory=LoopConfig)
 
 
-PRESETS: tuple[str, ...] = ("tiny", "small", "demo", "paper", "detr", "seg2box")
+PRESETS: tuple[str, ...] = (
+    "tiny", "small", "demo", "paper", "detr", "seg2box", "mtmed3d", "mtmed3d_small", "mtmed3d_tiny",
+)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------

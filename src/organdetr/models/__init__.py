@@ -6,7 +6,8 @@ Architectures: ``"organdetr"`` (encoder / decoder / matcher set by the configs: 
 two-stage decoder with denoising and DQM by default; the ``detr`` preset, deformable / FPN / single-scale
 encoders and one-to-one matching are the ablations); ``"retinanet"`` (MONAI's dense anchor detector with
 NMS on the same backbone); ``"seg2box"`` (MONAI BasicUNet segmentation, boxes = largest component per
-class: the baseline a detector must beat).
+class: the baseline a detector must beat); ``"mtmed3d"`` (MTMed3D: one Swin encoder, detection /
+segmentation / case classification heads, any subset of the three).
 
 Module layout: one module per architecture (``organdetr.py``, ``retinanet.py``) over shared blocks
 (``backbone``, ``attention``, ``deformable_attention``, ``position``, ``heads``, ``encoder``, ``decoder``,
@@ -22,11 +23,19 @@ from torch import nn
 
 from ..criterion import LossConfig, build_criterion
 from ..matcher import MatcherConfig, build_matcher
-from .config import DECODER_KINDS, ENCODER_KINDS, PRESET_NAMES, ModelConfig, Seg2BoxConfig, model_preset
+from .config import (
+    DECODER_KINDS,
+    ENCODER_KINDS,
+    PRESET_NAMES,
+    ModelConfig,
+    MTMed3DConfig,
+    Seg2BoxConfig,
+    model_preset,
+)
 from .detector import DETRDetector
 from .organdetr import OrganDETR
 
-ARCHITECTURES: tuple[str, ...] = ("organdetr", "retinanet", "seg2box")
+ARCHITECTURES: tuple[str, ...] = ("organdetr", "retinanet", "seg2box", "mtmed3d")
 
 
 def build_model(cfg: ModelConfig) -> OrganDETR:
@@ -43,14 +52,24 @@ def build_detector(
     input_size: tuple[int, int, int],
     *,
     arch_cfg: Any = None,
+    data: Any = None,
 ) -> nn.Module:
     """Detector for ``arch`` with ``num_classes`` organ classes on an ``input_size`` (I, J, K) voxel grid.
 
     ``arch_cfg``: the architecture's own config section where it has one (``Seg2BoxConfig`` for
-    ``seg2box``; defaults when ``None``).
+    ``seg2box``, ``MTMed3DConfig`` for ``mtmed3d``; defaults when ``None``). ``data``: the
+    :class:`~organdetr.data.properties.DataProperties` of the cache (its channel count overrides
+    ``model.in_channels``; regions and case classes feed ``mtmed3d``); ``None`` = one channel, no regions,
+    no case labels.
     """
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if data is not None and data.in_channels != model_cfg.in_channels:
+        model_cfg = replace(model_cfg, in_channels=data.in_channels)
+    if arch == "mtmed3d":  # its own encoder and strides (models/mtmed3d.py)
+        from .mtmed3d import build_mtmed3d
+
+        return build_mtmed3d(model_cfg, arch_cfg or MTMed3DConfig(), num_classes, input_size, data)
     coarsest = model_cfg.strides[-1]
     if any(int(s) % coarsest for s in input_size):
         raise ValueError(
@@ -77,8 +96,11 @@ def build_detector(
     raise ValueError(f"unknown architecture {arch!r}; choose one of {ARCHITECTURES}")
 
 
-def detector_from_config(cfg: Any, num_classes: int, input_size: tuple[int, int, int]) -> nn.Module:
-    """:func:`build_detector` from a whole ``TrainConfig`` (its ``arch`` and that architecture's section)."""
+def detector_from_config(
+    cfg: Any, num_classes: int, input_size: tuple[int, int, int], data: Any = None
+) -> nn.Module:
+    """:func:`build_detector` from a whole ``TrainConfig`` (its ``arch`` and that architecture's section);
+    ``data``: the cache's ``DataProperties`` (channels, regions, case classes)."""
     return build_detector(
         cfg.arch,
         cfg.model,
@@ -87,6 +109,7 @@ def detector_from_config(cfg: Any, num_classes: int, input_size: tuple[int, int,
         num_classes,
         input_size,
         arch_cfg=getattr(cfg, cfg.arch, None),
+        data=data,
     )
 
 
@@ -98,6 +121,7 @@ __all__ = [
     "DETRDetector",
     "LossConfig",
     "MatcherConfig",
+    "MTMed3DConfig",
     "ModelConfig",
     "OrganDETR",
     "Seg2BoxConfig",
