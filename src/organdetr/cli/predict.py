@@ -66,7 +66,7 @@ def predict(
     import torch
 
     from organdetr.formats.run_outputs import RunOutputs
-    from organdetr.predict import Predictor, find_scans, predict_scans
+    from organdetr.predict import Predictor, find_scans, group_channels, predict_scans
 
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 8)))
     outputs = RunOutputs(
@@ -79,6 +79,8 @@ def predict(
     )
     scans = find_scans(inputs)
     predictor = Predictor.from_checkpoint(checkpoint, device)
+    if predictor.in_channels > 1:  # nnU-Net channel files <case>_0000 .. side by side make one scan
+        scans = group_channels(scans, predictor.in_channels)
     typer.echo(
         f"{len(scans)} scan(s), {len(predictor.classes)} organ classes, model grid "
         f"{'x'.join(str(s) for s in predictor.preprocess_config.input_size)}, device {predictor.device}"
