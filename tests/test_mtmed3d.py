@@ -167,7 +167,8 @@ def test_gradnorm_in_the_model_reports_weights():
     model = build(balancing="gradnorm")
     images, targets = batch(1)
     losses = model.loss(images, targets)
-    assert {"weight_det", "weight_seg", "weight_cls"} <= set(losses) and float(losses["loss_balance"].detach()) > 0
+    assert {"weight_det", "weight_seg", "weight_cls"} <= set(losses)
+    assert float(losses["loss_balance"].detach()) > 0
     losses["loss"].backward()
     assert model.balancer.task_weight.grad is not None
 
