@@ -260,8 +260,10 @@ def evaluate(
     amp_dtype: torch.dtype | None = None,
     max_detections: int = 1,
     progress: bool = False,
+    mode: str = "coco",
 ) -> dict[str, float]:
-    """Detect on the validation cases and score them in mm (COCO-style, ``evaluate_detections``).
+    """Detect on the validation cases and score them in mm (COCO-style, ``evaluate_detections``; ``mode``
+    ``"monai"`` reproduces MONAI's ``COCOMetric`` numbers).
 
     Detections (voxel boxes on the cache grid) are mapped to LPS mm with
     ``geometry.grid_box_to_original`` and compared with the cached ground-truth ``box_mm``. Under DDP every
@@ -314,7 +316,7 @@ def evaluate(
         for i in range(len(dataset))
         for box in dataset.record(i)["boxes"]
     ]
-    result = evaluate_detections(detections, ground_truth, names, max_detections=max_detections, mode="coco")
+    result = evaluate_detections(detections, ground_truth, names, max_detections=max_detections, mode=mode)
     detector.train(was_training)
     summary = {
         k: float(v) for k, v in result.summary.items() if isinstance(v, int | float) and math.isfinite(v)
