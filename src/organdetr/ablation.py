@@ -173,6 +173,7 @@ class BenchmarkConfig:
     threads: int = 2
     workers: int = 1  # processes for phantom synthesis / preprocessing
     device: str = "cpu"
+    hu_window: tuple[float, float] = (-200.0, 300.0)  # the demo's abdominal window (demo.ABDOMEN_WINDOW)
     extra_overrides: list[str] = field(default_factory=list)  # applied to every variant, after the suite
 
     def __post_init__(self) -> None:
@@ -221,7 +222,7 @@ def prepare_data(out_dir: Path, cfg: BenchmarkConfig) -> tuple[Path, dict[str, l
         summary = preprocess_dataset(
             raw,
             cache,
-            PreprocessConfig(input_size=expected, fit="resize"),
+            PreprocessConfig(input_size=expected, fit="resize", hu_window=cfg.hu_window),
             workers=cfg.workers,
             progress=False,
         )

@@ -14,11 +14,14 @@ Outputs in ``OUT/`` (schema in docs/conventions.md, "Predictions")::
     <case>_boxes.nii.gz    label volume of the boxes on the original scan's grid        (save_box_mask=True)
     <case>_seg.nii.gz      the model's organ label map on the original scan's grid      (segmenting models)
     3D Slicer / MONAI / nnDetection files, viewer.html           (outputs, organdetr.formats.run_outputs)
+    <case>_seg.dcm         DICOM SEG of the organ masks, <case>_sr.dcm DICOM SR (TID 1500)
+                           of the boxes, for DICOM input                                   (dicom_out=True)
 
 A segmenting model (one whose detector has ``segment``: ``seg2box``, MaskMed, ...) also writes its label map
-(label ids of the dataset, nearest-neighbour back from the model grid); its boxes come from the masks. A
-classifying model (one whose detector has ``classify``: MTMed3D with ``cls``) adds the case label with its
-probability to the JSON (``"case_label": {"label", "probability", "probabilities"}``).
+(label ids of the dataset, nearest-neighbour back from the model grid); its boxes come from the masks. With
+``dicom_out`` that label map (else the box masks) goes into the DICOM SEG. A classifying model (one whose
+detector has ``classify``: MTMed3D with ``cls``) adds the case label with its probability to the JSON
+(``"case_label": {"label", "probability", "probabilities"}``).
 
 A model trained on several channels (``plans.json`` ``channels``, e.g. T1 / T1ce / T2 / FLAIR) reads each
 scan as the nnU-Net channel files ``<case>_0000`` .. ``<case>_000{C-1}`` side by side: name the ``_0000``
@@ -423,15 +426,16 @@ def write_outputs(
     save_box_mask: bool,
     seg: np.ndarray | None = None,
     outputs: RunOutputs | None = None,
+    dicom_out: bool = False,
     window: tuple[float, float] | None = None,
 ) -> list[Path]:
     """Write ``<case>.json`` (+ ``<case>.png``, ``<case>_boxes.nii.gz``, ``<case>_seg.nii.gz``, the
-    ``outputs`` formats' files).
+    ``outputs`` formats' files, ``<case>_seg.dcm`` / ``<case>_sr.dcm``).
 
     ``seg``: the model's label map on the original scan's grid (label ids), for segmenting models; the
-    ``outputs`` writers use it too (3D Slicer segments, mask outlines in the viewer). ``window``:
-    (width, level) of the picture (default W400/L40, CT soft tissue).
-    Returns the paths written.
+    ``outputs`` writers use it too (3D Slicer segments, mask outlines in the viewer), and with ``dicom_out``
+    the DICOM SEG holds it (else the box masks). ``window``: (width, level) of the picture (default
+    W400/L40, CT soft tissue). Returns the paths written.
     """
     from organdetr.overlay import render_overlay
 
@@ -442,7 +446,7 @@ def write_outputs(
         write_image(path, seg, Geometry.from_dict(prediction["original"]))
         prediction = {**prediction, "segmentation": path.name}
         written.append(path)
-    needs_volume = overlay or save_box_mask or (outputs is not None and outputs.needs_volume)
+    needs_volume = overlay or save_box_mask or dicom_out or (outputs is not None and outputs.needs_volume)
     if needs_volume and volume is None:
         volume = read_image(prediction["image"])
     if overlay:
@@ -464,6 +468,14 @@ def write_outputs(
         written.append(path)
     if outputs is not None:
         written += outputs.add_scan(prediction, volume, seg=seg)
+    if dicom_out:
+        from organdetr.formats.dicom_out import write_dicom_outputs
+
+        mask = seg if seg is not None else box_mask(prediction["detections"], volume.geometry.size)
+        prediction["dicom"] = write_dicom_outputs(
+            prediction, mask, volume.geometry, out_dir, segmentation=seg is not None
+        )
+        written += [out_dir / entry["file"] for entry in prediction["dicom"].values()]
     json_path = out_dir / f"{case_id}.json"
     write_json(json_path, prediction)  # last: a JSON present means the case is complete
     return [json_path, *written]
@@ -518,6 +530,7 @@ def predict_scans(
     score_threshold: float = 0.0,
     overlay: bool = True,
     save_box_mask: bool = False,
+    dicom_out: bool = False,
     progress: bool = True,
     outputs: RunOutputs | None = None,
 ) -> PredictSummary:
@@ -527,6 +540,7 @@ def predict_scans(
     drop unlikely organs. With ``batch_size`` 1 the original scan is kept in memory for the picture /
     box mask; with larger batches it is read again when needed, so memory holds one full scan at a time.
     ``outputs`` adds the files of other formats (3D Slicer, MONAI, nnDetection, the HTML viewer).
+    ``dicom_out`` (DICOM series inputs only, checked before the model runs) adds the DICOM SEG and SR.
     """
     from tqdm.auto import tqdm
 
@@ -537,6 +551,13 @@ def predict_scans(
         scans = find_scans(inputs)  # type: ignore[arg-type]
     if predictor.in_channels > 1:
         scans = group_channels(scans, predictor.in_channels)
+    if dicom_out:
+        from organdetr.formats.dicom_source import check_dicom_source
+        from organdetr.formats.optional import require
+
+        require("highdicom", "--dicom-out")
+        for scan in scans:
+            check_dicom_source(scan.path)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = PredictSummary()
@@ -545,7 +566,7 @@ def predict_scans(
     if outputs is not None and outputs.classes is None:
         outputs.classes = predictor.classes
     keep_volume = (batch_size == 1 or predictor.in_channels > 1) and (
-        overlay or save_box_mask or (outputs is not None and outputs.needs_volume)
+        overlay or save_box_mask or dicom_out or (outputs is not None and outputs.needs_volume)
     )  # a multi-channel scan keeps its display channel: the picture cannot reread it by name
     with tqdm(total=len(scans), desc="predict", unit="scan", disable=not progress, dynamic_ncols=True) as bar:
         for batch in _prepared_batches(predictor, scans, batch_size, keep_volume, summary, bar):
@@ -572,6 +593,7 @@ def predict_scans(
                         save_box_mask=save_box_mask,
                         seg=seg_original,
                         outputs=outputs,
+                        dicom_out=dicom_out,
                         window=None if prepared.volume is None else predictor.display_window(prepared.volume),
                     )
                     summary.done.append(prepared.scan.case_id)

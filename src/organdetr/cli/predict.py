@@ -1,4 +1,8 @@
-"""`organdetr predict CHECKPOINT INPUT... -o OUT`: organ boxes for new scans (JSON + pictures)."""
+"""`organdetr predict CHECKPOINT INPUT... -o OUT`: organ boxes for new scans (JSON + pictures).
+
+`organdetr predict CHECKPOINT --dicomweb URL --study UID -o OUT`: the same for a CT series on a PACS, with
+the DICOM SEG and SR stored back (STOW-RS).
+"""
 
 from __future__ import annotations
 
@@ -17,16 +21,18 @@ def predict(
             metavar="CHECKPOINT", help="Run folder (uses best/, else last/) or checkpoint folder."
         ),
     ],
-    inputs: Annotated[
-        list[Path],
-        typer.Argument(
-            metavar="INPUT",
-            help="Scans: image files (NIfTI/NRRD/MHA/MHD), DICOM series folders, or folders of them.",
-        ),
-    ],
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Output folder (one <case>.json [+ .png] per scan).")
     ],
+    inputs: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            metavar="INPUT",
+            help="Scans: image files (NIfTI/NRRD/MHA/MHD), DICOM series folders, or folders of them "
+            "(none with --dicomweb).",
+            show_default=False,
+        ),
+    ] = None,
     score_threshold: Annotated[
         float,
         typer.Option(help="Drop detections below this score. 0 keeps the best query of every organ (paper)."),
@@ -54,6 +60,46 @@ def predict(
     monai_coordinates: Annotated[
         str, typer.Option(help="--format monai: world (LPS mm), world-ras (RAS mm) or image (voxels).")
     ] = "world",
+    dicom_out: Annotated[
+        bool,
+        typer.Option(
+            help="For DICOM series inputs also write <case>_seg.dcm (DICOM SEG of the organ masks) and "
+            "<case>_sr.dcm (DICOM SR TID 1500: box, volume, score per organ)."
+        ),
+    ] = False,
+    dicomweb: Annotated[
+        str | None,
+        typer.Option(
+            "--dicomweb",
+            metavar="URL",
+            help="DICOMweb root of a PACS (e.g. http://pacs:8042/dicom-web): fetch --study's CT series, "
+            "predict, store SEG + SR back. Credentials: env ORGANDETR_DICOMWEB_TOKEN, or "
+            "ORGANDETR_DICOMWEB_USER + ORGANDETR_DICOMWEB_PASSWORD.",
+            rich_help_panel="PACS (DICOMweb)",
+        ),
+    ] = None,
+    study: Annotated[
+        str | None,
+        typer.Option(
+            metavar="UID",
+            help="StudyInstanceUID to fetch (with --dicomweb).",
+            rich_help_panel="PACS (DICOMweb)",
+        ),
+    ] = None,
+    series: Annotated[
+        str | None,
+        typer.Option(
+            metavar="UID",
+            help="SeriesInstanceUID (default: the study's CT series with the most instances).",
+            rich_help_panel="PACS (DICOMweb)",
+        ),
+    ] = None,
+    dicomweb_timeout: Annotated[
+        float,
+        typer.Option(
+            help="Seconds to wait for the server (connect and each read).", rich_help_panel="PACS (DICOMweb)"
+        ),
+    ] = 60.0,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Detect organs in CT scans with a trained checkpoint.
@@ -61,14 +107,37 @@ def predict(
     Per scan: OUT/<case>.json (organ, score, box in voxels of the original scan and in LPS mm, centre and
     size in mm), OUT/<case>.png (W400/L40 views with boxes) and optionally OUT/<case>_boxes.nii.gz,
     files for 3D Slicer, MONAI or nnDetection (--format) and one offline HTML viewer (--html).
+    With --dicom-out also OUT/<case>_seg.dcm and OUT/<case>_sr.dcm; with --dicomweb URL --study UID the
+    series comes from a PACS and the SEG and SR go back to it.
     A bad scan is reported and skipped; the exit code is 1 if any scan failed.
     """
     import torch
 
+    from organdetr.errors import InputError
     from organdetr.formats.run_outputs import RunOutputs
     from organdetr.predict import Predictor, find_scans, group_channels, predict_scans
 
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 8)))
+    if dicomweb is not None or study is not None or series is not None:
+        if inputs:
+            raise InputError(None, "give either INPUT scans or --dicomweb URL --study UID, not both")
+        if dicomweb is None or study is None:
+            raise InputError(None, "--dicomweb URL and --study UID go together (--series UID is optional)")
+        _predict_dicomweb(
+            checkpoint,
+            dicomweb,
+            study,
+            series,
+            out,
+            device,
+            dicomweb_timeout,
+            score_threshold=score_threshold,
+            overlay=overlay,
+            progress=progress,
+        )
+        return
+    if not inputs:
+        raise InputError(None, "no INPUT scans given (or use --dicomweb URL --study UID)")
     outputs = RunOutputs(
         out,
         formats or (),
@@ -93,8 +162,26 @@ def predict(
         score_threshold=score_threshold,
         overlay=overlay,
         save_box_mask=save_box_mask,
+        dicom_out=dicom_out,
         progress=progress,
         outputs=outputs,
     )
     typer.echo(f"predicted {len(summary.done)} of {len(scans)} scan(s) -> {out}")
     exit_if_failed(summary.failed, "scan(s)")
+
+
+def _predict_dicomweb(checkpoint, url, study, series, out, device, timeout, **options) -> None:
+    from organdetr.formats.dicomweb import connect, find_series, predict_dicomweb
+    from organdetr.predict import Predictor
+
+    client = connect(url, timeout)
+    remote = find_series(client, url, study, series)  # fail fast, before loading the model
+    predictor = Predictor.from_checkpoint(checkpoint, device)
+    typer.echo(
+        f"{url}: study {study}, CT series {remote.series_uid} ({remote.instances or '?'} instances"
+        f"{', ' + remote.description if remote.description else ''}), device {predictor.device}"
+    )
+    result = predict_dicomweb(predictor, client, remote, out, **options)
+    if result.stored:
+        typer.echo(f"stored {len(result.stored)} instance(s) (DICOM SEG + SR) into study {study} -> {url}")
+    exit_if_failed(result.summary.failed, "series")
