@@ -24,16 +24,13 @@ head centred at world (0, 0, 0).
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
-from organdetr.data.phantom import case_seeds
+from organdetr.data.phantom import case_seeds, write_cases
 from organdetr.data.phantom_shapes import Grid, Superquadric, random_rotation, smooth_field
 from organdetr.errors import InputError
 from organdetr.geometry import Geometry
@@ -285,8 +282,6 @@ def write_brain_dataset(
     ``regions``, ``case_classes``, the seed, config and each case's seed and grade). ``out_dir`` must be new,
     empty or an earlier brain phantom dataset.
     """
-    from tqdm.auto import tqdm
-
     from organdetr.datasets.nnunet import write_case_labels, write_dataset_json
 
     cfg = cfg or BrainPhantomConfig()
@@ -295,21 +290,7 @@ def write_brain_dataset(
         raise InputError(root, f"number of cases must be >= 1, got {num_cases}")
     _check_target(root)
     seeds = case_seeds(seed, num_cases)
-    cases: list[dict] = []
-    bar = tqdm(total=num_cases, desc="synth brain", unit="case", disable=not progress)
-    if workers <= 1 or num_cases == 1:
-        for index, case_seed in enumerate(seeds):
-            cases.append(write_brain_case(root, index, case_seed, cfg))
-            bar.update()
-    else:
-        workers = min(workers, num_cases, os.cpu_count() or 1)
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(write_brain_case, root, i, s, cfg) for i, s in enumerate(seeds)]
-            for future in as_completed(futures):
-                cases.append(future.result())
-                bar.update()
-    bar.close()
-    cases.sort(key=lambda c: c["case_id"])
+    cases = write_cases(write_brain_case, root, seeds, cfg, workers, progress=progress, desc="synth brain")
     classes, regions = brats_classes()
     write_case_labels(root, {c["case_id"]: c["grade"] for c in cases})
     write_dataset_json(

@@ -534,7 +534,7 @@ class MTMed3D(nn.Module):
         return result
 
     def _boxes_from_heads(self, images: Tensor, head: dict[str, list[Tensor]]) -> list[dict[str, Tensor]]:
-        from .retinanet import rank_within_class
+        from .retinanet import best_per_class
 
         retina = self._retina
         head = {k: [v.float() for v in maps] for k, maps in head.items()}
@@ -542,16 +542,8 @@ class MTMed3D(nn.Module):
         locations = [x.shape[2:].numel() for x in head["classification"]]
         flat = {k: retina._reshape_maps(v) for k, v in head.items()}
         sizes = [list(images.shape[2:])] * len(images)
-        results = []
-        for det in retina.postprocess_detections(flat, retina.anchors, sizes, locations):
-            boxes, scores, labels = det["boxes"], det["labels_scores"], det["labels"].long()
-            order = scores.argsort(descending=True)
-            boxes, scores, labels = boxes[order], scores[order], labels[order]
-            if self.cfg.detections_per_class is not None:
-                keep = rank_within_class(labels) < self.cfg.detections_per_class
-                boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-            results.append({"labels": labels, "scores": scores.float(), "boxes": boxes.float()})
-        return results
+        found = retina.postprocess_detections(flat, retina.anchors, sizes, locations)
+        return best_per_class(found, self.cfg.detections_per_class)
 
     def _boxes_from_labels(self, images: Tensor, labels: Tensor, logits: Tensor) -> list[dict[str, Tensor]]:
         if self.region_names:  # class "probability" = the mean probability of the class's regions
