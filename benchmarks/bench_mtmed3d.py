@@ -7,8 +7,8 @@ Usage (the BENCHMARKS.md section; CPU, one torch thread)::
         --seeds 0 1 2 --threads 1
 
 Data: ``--cases`` brain phantom cases (``organdetr synth --kind brain-tumour``: 64^3 at 3 mm, four MR
-channels, seed ``--data-seed``), preprocessed to a 32^3 grid (z-score per channel); a fixed random quarter
-are test cases, the rest train (no validation: the final weights are scored).
+channels, seed ``--data-seed``), preprocessed to a 32^3 grid (z-score per channel); a fixed random third of
+each grade are test cases, the rest train (no validation: the final weights are scored).
 
 Runs: the ``mtmed3d_small`` preset, variants ``multi-fixed`` / ``multi-uncertainty`` / ``multi-gradnorm``
 (``tasks: [det, seg, cls]``) and ``det-only`` / ``seg-only`` / ``cls-only``, each trained ``--steps``
@@ -71,9 +71,13 @@ def prepare_data(out: Path, cases: int, data_seed: int) -> tuple[Path, dict[str,
         if summary.failed:
             raise SystemExit(f"preprocessing failed: {summary.failed[:2]}")
     ids = list_cases(cache)
-    order = np.random.default_rng(data_seed).permutation(len(ids))
-    n_test = max(1, round(0.25 * len(ids)))
-    test = sorted(ids[i] for i in order[:n_test])
+    grades = json.loads((raw / "case_labels.json").read_text(encoding="utf-8"))
+    rng = np.random.default_rng(data_seed)
+    test = []
+    for grade in ("LGG", "HGG"):  # stratified: a third of each grade is held out
+        mine = [c for c in ids if grades[c] == grade]
+        test += [mine[i] for i in rng.permutation(len(mine))[: max(1, round(len(mine) / 3))]]
+    test = sorted(test)
     return cache, {"train": [c for c in ids if c not in test], "test": test}
 
 
@@ -169,15 +173,14 @@ def score(detector, cache: Path, case_ids: list[str]) -> dict[str, float]:
         metrics["Dice_mean"] = statistics.fmean(metrics[f"Dice_{n}"] for n in names)
     if truth:
         result = evaluate_classification(truth, probs, dataset.case_classes)
+        hgg = {k: math.nan if v is None else v for k, v in result.per_class["HGG"].items()}
         metrics.update(
             {
                 "accuracy": result.accuracy,
                 "balanced_accuracy": result.balanced_accuracy,
-                "AUC": result.per_class["HGG"]["auc"]
-                if result.per_class["HGG"]["auc"] is not None
-                else math.nan,
-                "HGG_sensitivity": result.per_class["HGG"]["sensitivity"] or math.nan,
-                "HGG_specificity": result.per_class["HGG"]["specificity"] or math.nan,
+                "AUC": hgg["auc"],
+                "HGG_sensitivity": hgg["sensitivity"],
+                "HGG_specificity": hgg["specificity"],
             }
         )
     return metrics
