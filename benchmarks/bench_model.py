@@ -2,12 +2,15 @@
 
 Usage::
 
-    .venv/bin/python benchmarks/bench_model.py --preset small --size 64 --batch 2 --steps 3 --threads 2
+    .venv/bin/python benchmarks/bench_model.py --preset demo --size 64 --batch 2 --steps 3 --threads 1
     .venv/bin/python benchmarks/bench_model.py --preset paper --size 160 --batch 1 --steps 1 --threads 2
+    .venv/bin/python benchmarks/bench_model.py --preset demo --set model.encoder=fpn --set model.n_points=2
 
 One training step = ``detector.loss(images, targets)`` (forward, DQM matching, all losses incl. auxiliary
 decoder and multiscale segmentation losses) + ``backward()``; no optimiser step. Time is the median over
-``--steps`` after one warm-up step. Peak memory on CPU is the growth of the process's peak resident set
+``--steps`` after one warm-up step, as wall clock and as this process's CPU time (``time.process_time``:
+on a shared machine the CPU time, divided by the threads, is the better guide to an idle machine's wall
+time). Peak memory on CPU is the growth of the process's peak resident set
 size (``resource.getrusage(...).ru_maxrss``) across the warm-up and timed steps, above the RSS after the
 model, input and targets were built: it contains activations, gradients, the autograd graph and allocator
 slack (an upper bound of activation memory). On CUDA it is ``torch.cuda.max_memory_allocated`` above the
@@ -26,9 +29,8 @@ import time
 
 import torch
 
-from organdetr.criterion import LossConfig
-from organdetr.matcher import MatcherConfig
-from organdetr.models import build_detector, model_preset
+from organdetr.config import load_config
+from organdetr.models import detector_from_config
 
 
 def _synthetic_targets(batch: int, size: int, num_classes: int, device: torch.device) -> list[dict]:
@@ -53,8 +55,10 @@ def _rss_mib() -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="small", choices=["tiny", "small", "paper"])
-    parser.add_argument("--encoder", default="msa", choices=["msa", "fpn", "single"])
+    parser.add_argument(
+        "--preset", default="small", help="config preset (tiny, small, demo, paper, detr, seg2box)"
+    )
+    parser.add_argument("--set", action="append", default=[], help="config override KEY=VALUE (repeatable)")
     parser.add_argument("--size", type=int, default=64, help="cubic input size (voxels)")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--classes", type=int, default=10)
@@ -67,8 +71,8 @@ def main() -> None:
     torch.manual_seed(0)
     device = torch.device(args.device)
     size = (args.size,) * 3
-    cfg = model_preset(args.preset, args.classes, encoder=args.encoder)
-    detector = build_detector("organdetr", cfg, MatcherConfig(), LossConfig(), args.classes, size).to(device)
+    cfg = load_config(args.preset, args.set)
+    detector = detector_from_config(cfg, args.classes, size).to(device)
     detector.train()
     images = torch.randn(args.batch, 1, *size, device=device)
     targets = _synthetic_targets(args.batch, args.size, args.classes, device)
@@ -79,15 +83,16 @@ def main() -> None:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base_cuda = torch.cuda.memory_allocated()
-    times = []
+    times, cpu_times = [], []
     for step in range(args.steps + 1):
         detector.zero_grad(set_to_none=True)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         detector.loss(images, targets)["loss"].backward()
         if device.type == "cuda":
             torch.cuda.synchronize()
         if step > 0:  # first step is warm-up
             times.append(time.perf_counter() - start)
+            cpu_times.append(time.process_time() - cpu_start)
     if device.type == "cuda":
         peak_mib = (torch.cuda.max_memory_allocated() - base_cuda) / 2**20
         peak_kind = "cuda max_memory_allocated"
@@ -96,13 +101,14 @@ def main() -> None:
         peak_kind = "ru_maxrss growth"
     result = {
         "preset": args.preset,
-        "encoder": args.encoder,
+        "set": args.set,
         "input": list(size),
         "batch": args.batch,
         "classes": args.classes,
         "params_M": round(params / 1e6, 3),
         "step_s_median": round(statistics.median(times), 3),
         "step_s_all": [round(t, 3) for t in times],
+        "cpu_s_median": round(statistics.median(cpu_times), 3),
         "peak_MiB": round(peak_mib, 1),
         "peak_kind": peak_kind,
         "threads": args.threads,

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from organdetr.atomic import write_json, write_npy
+from organdetr.atomic import write_json
 from organdetr.geometry import Geometry
 from organdetr.io import Volume
-from organdetr.preprocess import PreprocessConfig, make_plans, preprocess_volume
+from organdetr.preprocess import PreprocessConfig, make_plans, preprocess_volume, write_case
 
 CLASSES = {1: "liver", 2: "kidney_left", 3: "kidney_right", 4: "spleen"}
 # (label id, HU, centre fraction (i, j, k), half size fraction) - cuboids / ellipsoids of distinct intensity
@@ -49,16 +49,7 @@ def make_cache(root: Path, num_cases: int = 2, size: int = 32, seed: int = 0) ->
         grid_image, grid_label, record = preprocess_volume(
             Volume(image, geom), cfg, Volume(labels, geom), CLASSES
         )
-        case_id = f"case_{n:03d}"
-        write_npy(cache / "cases" / f"{case_id}_image.npy", grid_image)
-        write_npy(cache / "cases" / f"{case_id}_label.npy", grid_label)
-        record = {
-            "case_id": case_id,
-            **record,
-            "image_file": f"{case_id}_image.npy",
-            "label_file": f"{case_id}_label.npy",
-        }
-        write_json(cache / "cases" / f"{case_id}.json", record)
+        write_case(cache, f"case_{n:03d}", grid_image, grid_label, record)
     return cache
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +17,7 @@ from organdetr import checkpoint
 from organdetr.checkpoint import (
     load_checkpoint,
     load_detector,
+    read_state,
     resolve_checkpoint_dir,
     rng_state,
     save_checkpoint,
@@ -119,3 +123,44 @@ def test_load_detector_from_run_folder(tmp_path):
     det.eval()
     torch.testing.assert_close(loaded.detect(x)[0]["boxes"], det.detect(x)[0]["boxes"])
     assert load_detector(run / "last" / "model.safetensors")[2] == plans  # a checkpoint file works too
+
+
+def test_corrupt_checkpoint_is_named_and_the_previous_one_is_used(tmp_path):
+    from organdetr.checkpoint import verify_checkpoint
+
+    save_checkpoint(tmp_path / "last", _model(), {"step": 1})
+    shutil.copytree(tmp_path / "last", tmp_path / "previous")
+    save_checkpoint(tmp_path / "last", _model(seed=5), {"step": 2})
+    (tmp_path / "previous").rename(tmp_path / ".last.old")  # as a swap leaves it until its clean-up
+    weights = tmp_path / "last" / "model.safetensors"
+    blob = bytearray(weights.read_bytes())
+    blob[-1] ^= 0xFF  # same size, one bit pattern changed: only the checksum sees it
+    weights.write_bytes(bytes(blob))
+    with pytest.raises(InputError, match="model.safetensors: checkpoint file does not match the SHA-256"):
+        verify_checkpoint(tmp_path / "last")
+    with pytest.warns(UserWarning, match="skipped a broken checkpoint"):
+        assert resolve_checkpoint_dir(tmp_path, names=("last", ".last.old")) == tmp_path / ".last.old"
+    (tmp_path / ".last.old" / "training_state.pt").unlink(missing_ok=True)
+    (tmp_path / ".last.old" / "model.safetensors").unlink()
+    with pytest.raises(InputError, match="last/model.safetensors: checkpoint file does not match"):
+        resolve_checkpoint_dir(tmp_path, names=("last", ".last.old"))
+
+
+def test_save_after_an_interrupted_swap_never_loses_the_last_checkpoint(tmp_path, monkeypatch):
+    save_checkpoint(tmp_path / "last", _model(), {"step": 3})
+    (tmp_path / "last").rename(tmp_path / ".last.old")  # killed between the two renames
+    real_replace = os.replace
+
+    def dies_at_the_final_rename(src, dst):
+        if Path(src).name.startswith(".last.tmp-"):
+            raise OSError("killed")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(checkpoint.os, "replace", dies_at_the_final_rename)
+    with pytest.raises(OSError, match="killed"):
+        save_checkpoint(tmp_path / "last", _model(seed=5), {"step": 4})
+    assert read_state(resolve_checkpoint_dir(tmp_path))["step"] == 3  # still there, and verified
+    monkeypatch.setattr(checkpoint.os, "replace", real_replace)
+    save_checkpoint(tmp_path / "last", _model(seed=5), {"step": 4})
+    assert read_state(resolve_checkpoint_dir(tmp_path))["step"] == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]

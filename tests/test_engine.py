@@ -80,7 +80,7 @@ def test_fit_writes_run_folder(cache, tmp_path):
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
     assert {"loss", "loss_class", "loss_bbox", "loss_giou", "loss_seg", "lr"} <= set(rows[0])
     assert load_config(run / "config.yaml") == _cfg(cache, "train.epochs=2")
-    assert not list(run.glob(".*"))  # no temporary folders left behind
+    assert [p.name for p in run.glob(".*")] == [".organdetr.lock"]  # no temporary folders left behind
 
 
 def test_resume_is_exact(cache, tmp_path):

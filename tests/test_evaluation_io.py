@@ -14,12 +14,14 @@ from organdetr.evaluation.io import load_ground_truth, load_predictions
 
 runner = CliRunner(env={"COLUMNS": "220"})
 CLASSES = {"1": "liver", "2": "spleen"}
+LABEL_IDS = {name: int(i) for i, name in CLASSES.items()}
 
 
 def write_prediction(folder, case_id, detections, **extra):
     folder.mkdir(parents=True, exist_ok=True)
     dets = [
-        {"label": lab, "label_id": 1, "score": s, "box_mm": list(map(float, b))} for lab, s, b in detections
+        {"label": lab, "label_id": LABEL_IDS.get(lab, 99), "score": s, "box_mm": list(map(float, b))}
+        for lab, s, b in detections
     ]
     (folder / f"{case_id}.json").write_text(
         json.dumps({"case_id": case_id, "world_frame": "LPS", "detections": dets, **extra})

@@ -221,3 +221,119 @@ def test_totalsegmentator_label_table(shared_data):
     assert table is not None and len(table) == 117
     assert table[1] == "spleen" and table[117] == "costal_cartilages"
     assert read_label_table(shared_data / "totalsegmentator" / "example_ct.nii.gz") is None
+
+
+# ----------------------------------------------------------------------------- headers that lie
+
+
+@pytest.mark.parametrize("name", ["bomb.nii.gz", "bomb.nii", "bomb.mha", "bomb.nrrd"])
+def test_header_bomb_is_refused_before_reading(tmp_path, name):
+    from _bad_files import write_header_bomb
+
+    path = write_header_bomb(tmp_path / name)
+    assert path.stat().st_size < 2000
+    with pytest.raises(InputError, match="header claims") as info:
+        read_image(path)
+    assert str(info.value).startswith(str(path)) and "3906250000" in str(info.value)  # both numbers named
+    assert "\n" not in str(info.value)
+
+
+def test_memory_cap_is_configurable(tmp_path, monkeypatch):
+    path = tmp_path / "ok.nii.gz"
+    write_image(path, volume_array(), GEOMETRY)  # 120 int16 voxels = 240 bytes
+    assert read_image(path, max_bytes=240).array.shape == GEOMETRY.size
+    with pytest.raises(InputError, match=r"240 bytes\), more than the memory cap of 239 bytes"):
+        read_image(path, max_bytes=239)
+    monkeypatch.setenv("ORGANDETR_MAX_IMAGE_BYTES", "200")
+    with pytest.raises(InputError, match="ORGANDETR_MAX_IMAGE_BYTES"):
+        read_image(path)
+    monkeypatch.setenv("ORGANDETR_MAX_IMAGE_BYTES", "lots")
+    with pytest.raises(InputError, match="not a byte count"):
+        read_image(path)
+
+
+def test_default_memory_cap_is_a_fraction_of_ram():
+    from organdetr.image_headers import max_image_bytes, parse_bytes
+
+    assert 2**28 <= max_image_bytes() <= 2**42
+    assert parse_bytes("16G") == 16 * 2**30 and parse_bytes("512MiB") == 2**29 and parse_bytes("3e9") == 3e9
+
+
+@pytest.mark.parametrize(
+    "pixdim, problem", [((0.0, 1.0, 1.0), r"\[0, 1, 1\]"), ((np.nan, 1, 1), "nan"), ((-2, 1, 1), "-2")]
+)
+def test_nifti_pixdim_must_be_positive(tmp_path, pixdim, problem):
+    from _bad_files import write_nifti
+
+    path = write_nifti(tmp_path / "scan.nii.gz", (8, 7, 6), pixdim=pixdim)
+    with pytest.raises(InputError, match=f"scan.nii.gz: NIfTI pixdim .*{problem}"):
+        read_image(path)
+    assert (
+        read_image(write_nifti(tmp_path / "fine.nii.gz", (8, 7, 6), pixdim=(2, 1, 1))).geometry.spacing[0]
+        == 2
+    )
+
+
+@pytest.mark.parametrize(
+    "fields, problem",
+    [
+        ({"TransformMatrix": "1 0 0 0.5 1 0 0 0 1"}, "not orthonormal"),
+        ({"TransformMatrix": "2 0 0 0 1 0 0 0 1"}, "not orthonormal"),
+        ({"ElementSpacing": "0 1 1"}, "spacing"),
+        ({"ElementSpacing": "-1 1 1"}, "spacing"),
+    ],
+)
+def test_metaimage_geometry_must_be_sane(tmp_path, fields, problem):
+    from _bad_files import write_metaimage
+
+    with pytest.raises(InputError, match=f"scan.mha: .*{problem}"):
+        read_image(write_metaimage(tmp_path / "scan.mha", **fields))
+
+
+def test_nrrd_shear_is_refused(tmp_path):
+    from _bad_files import write_nrrd
+
+    path = write_nrrd(tmp_path / "scan.nrrd", **{"space directions": "(1,0,0) (0.5,1,0) (0,0,1)"})
+    with pytest.raises(InputError, match="scan.nrrd: direction matrix .* not orthonormal"):
+        read_image(path)
+
+
+@pytest.mark.parametrize(
+    "how, problem",
+    [
+        ("gap", r"1 slice\(s\) missing, e.g. between slice_003.dcm"),
+        ("duplicate", "duplicate slice position"),
+        ("uneven", "uneven slice steps"),
+        ("tilt", "not stacked along the slice normal"),
+    ],
+)
+def test_broken_dicom_series_is_refused(tmp_path, how, problem):
+    from _bad_files import break_dicom_series
+
+    geometry = Geometry(
+        (6, 5, 8), (0.75, 0.75, 2.0), (-30.0, 12.0, -400.0), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0)
+    )
+    write_dicom_series(tmp_path / "dicom", np.zeros(geometry.size, np.int16), geometry)
+    folder = break_dicom_series(tmp_path / "dicom", how)
+    with pytest.raises(InputError, match=problem) as info:
+        read_image(folder)
+    assert str(info.value).startswith(str(folder)) and "\n" not in str(info.value)
+    files = sorted(folder.glob("*.dcm"))
+    with pytest.raises(InputError, match=problem):  # the pydicom reader checks the same
+        read_dicom_series_pydicom(folder, files)
+
+
+def test_dicom_gap_is_resampled_only_when_asked(tmp_path):
+    from _bad_files import break_dicom_series
+
+    geometry = Geometry(
+        (6, 5, 8), (0.75, 0.75, 2.0), (-30.0, 12.0, -400.0), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0)
+    )
+    ramp = np.broadcast_to(np.arange(8, dtype=np.int16) * 10, geometry.size).copy()  # HU = 10 * k
+    write_dicom_series(tmp_path / "dicom", ramp, geometry)
+    folder = break_dicom_series(tmp_path / "dicom", "gap")  # slice k = 4 removed
+    volume = read_image(folder, uneven_slices="resample")
+    assert volume.array.shape == geometry.size and volume.geometry.is_close(geometry, mm_tol=1e-4)
+    assert np.array_equal(volume.array, ramp)  # linear in k: the missing slice is recovered exactly
+    assert len(volume.warnings) == 1 and "1 slice(s) missing" in volume.warnings[0]
+    assert "resampled linearly onto 8 slices at 2.000 mm" in volume.warnings[0]

@@ -116,7 +116,7 @@ def test_retinanet_checkpoint_predicts_through_the_same_verb(tmp_path):
 
 def test_score_threshold_drops_detections(tmp_path, predictor):
     scan = ras_scan(tmp_path / "a.nii.gz")
-    predict_scans(predictor, [scan], tmp_path / "out", score_threshold=1.01, overlay=False, progress=False)
+    predict_scans(predictor, [scan], tmp_path / "out", score_threshold=1.0, overlay=False, progress=False)
     assert json.loads((tmp_path / "out" / "a.json").read_text())["detections"] == []
 
 

@@ -159,7 +159,29 @@ def test_preprocess_dataset_cache_failures_resume_and_plans(tmp_path):
     redone = preprocess_dataset(root, cache, other, overwrite=True, progress=False)
     assert redone.done == ["case_00", "case_01"] and redone.skipped == []
     assert json.loads((cache / "plans.json").read_text())["input_size"] == [8, 8, 8]
-    assert not [p for p in cache.rglob(".*")]  # no temporary files left behind
+    assert [p.name for p in cache.rglob(".*")] == [".organdetr.lock"]  # no temporary files left behind
+
+
+def test_foreground_window_is_the_labelled_voxels_percentiles(tmp_path):
+    from organdetr.io import read_image, read_label_map
+    from organdetr.preprocess import foreground_window
+
+    root = make_dataset(tmp_path / "raw", n_good=3)
+    rng = np.random.default_rng(0)
+    values = []
+    for i in range(3):  # organs of varied soft-tissue intensity in air
+        labels = read_label_map(label_path(root, f"case_{i:02d}")).array
+        image = np.where(labels > 0, rng.normal(50, 30, labels.shape), -1000).astype(np.int16)
+        write_image(image_path(root, f"case_{i:02d}"), image, GEOMETRY)
+        values.append(read_image(image_path(root, f"case_{i:02d}")).array[labels > 0])
+    expected = np.percentile(np.concatenate(values), (0.5, 99.5))
+    lo, hi = foreground_window(root, samples_per_case=10**7)  # every labelled voxel
+    assert (lo, hi) == (np.floor(expected[0]), np.ceil(expected[1]))
+    assert lo > -1000 and hi < 1000  # soft tissue, not the air and bone of a -1000..1000 window
+    empty = tmp_path / "empty"
+    make_dataset(empty, n_good=0, bad={"case_empty": "empty"})
+    with pytest.raises(InputError, match="no labelled voxel"):
+        foreground_window(empty)
 
 
 @pytest.mark.slow

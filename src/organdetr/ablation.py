@@ -255,7 +255,7 @@ def write_perturbed_cache(cache: Path, out: Path, case_ids: list[str], kind: str
     """
     from .data.augment import augment_pair
     from .geometry import grid_box_to_original
-    from .preprocess import list_cases, load_case, load_plans
+    from .preprocess import list_cases, load_case, load_plans, write_case
 
     if (out / "plans.json").is_file() and list_cases(out) == sorted(case_ids):
         return out
@@ -288,10 +288,8 @@ def write_perturbed_cache(cache: Path, out: Path, case_ids: list[str], kind: str
                     "voxels": voxels,
                 }
             )
-        cases = out / "cases"
-        atomic.write_npy(cases / record["image_file"], new_image.numpy().astype(image.dtype))
-        atomic.write_npy(cases / record["label_file"], new_label_np)
-        atomic.write_json(cases / f"{case_id}.json", {**record, "boxes": boxes, "perturbation": kind})
+        new_record = {**record, "boxes": boxes, "perturbation": kind}
+        write_case(out, case_id, new_image.numpy().astype(image.dtype), new_label_np, new_record)
     atomic.write_json(out / "plans.json", plans)
     return out
 

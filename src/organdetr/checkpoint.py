@@ -9,9 +9,12 @@ A checkpoint is a folder (``RUN/last/`` or ``RUN/best/``)::
                           plain containers only; read back with torch.load(weights_only=True))
     config.yaml, plans.json   copies, so a checkpoint folder alone is enough to predict
 
-Every file goes through ``organdetr.atomic``; the folder itself is written beside the old one and swapped
-in with renames, so an interrupted save leaves the previous checkpoint intact (``.<name>.old`` is picked up
-if the crash happened between the two renames).
+Every file goes through ``organdetr.atomic``; the folder itself is written beside the old one
+(``.<name>.tmp-<pid>/``) and swapped in with renames, so an interrupted save (even ``kill -9``) leaves the
+previous checkpoint intact: ``.<name>.old`` is picked up (and renamed back by the next save) if the crash
+happened between the two renames, and the next run removes the temporary folder. ``state.json`` lists
+every other file with its byte size and SHA-256 (``"files"``); :func:`verify_checkpoint` checks them, and
+:func:`resolve_checkpoint_dir` only returns a checkpoint that passes (falling back to the previous one).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import json
 import os
 import random
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -78,11 +82,26 @@ def set_rng_state(state: dict) -> None:
 def _swap_in(tmp_dir: Path, final: Path) -> None:
     old = final.parent / f".{final.name}.old"
     if old.exists():
-        shutil.rmtree(old)
+        if final.exists():  # an earlier swap finished; its clean-up did not
+            shutil.rmtree(old)
+        else:  # an earlier swap died between its renames: .old is the newest checkpoint
+            os.replace(old, final)
     if final.exists():
         os.replace(final, old)
     os.replace(tmp_dir, final)
+    atomic.fsync_folder(final.parent)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _manifest(folder: Path) -> dict[str, dict]:
+    """``{file name: {"bytes", "sha256"}}`` of the files in a checkpoint folder being written."""
+    from .preprocess import file_sha256
+
+    return {
+        f.name: {"bytes": f.stat().st_size, "sha256": file_sha256(f)}
+        for f in sorted(folder.iterdir())
+        if f.is_file() and f.name != STATE_FILE
+    }
 
 
 def save_checkpoint(
@@ -133,6 +152,7 @@ def save_checkpoint(
             atomic.write_text(tmp_dir / CONFIG_FILE, config_yaml)
         if plans is not None:
             atomic.write_json(tmp_dir / PLANS_FILE, plans)
+        state["files"] = _manifest(tmp_dir)
         atomic.write_json(tmp_dir / STATE_FILE, state)
         _swap_in(tmp_dir, final)
     except BaseException:
@@ -141,19 +161,70 @@ def save_checkpoint(
     return final
 
 
-def resolve_checkpoint_dir(path: str | Path) -> Path:
-    """A checkpoint folder from a run folder (``best`` if present, else ``last``) or a checkpoint folder."""
+CHECKPOINT_NAMES = ("best", "last", ".last.old", ".best.old")
+
+
+def verify_checkpoint(ckpt_dir: str | Path, *, checksum: bool = True) -> dict:
+    """``state.json`` of a complete checkpoint; :class:`InputError` naming the missing, truncated or
+    corrupt file (sizes and, with ``checksum``, SHA-256 against the ``"files"`` list in ``state.json``).
+
+    Checkpoints written before the list existed pass when their weights and state are there.
+    """
+    ckpt_dir = Path(ckpt_dir)
+    state = read_state(ckpt_dir)
+    files = state.get("files")
+    if not isinstance(files, dict):
+        if not (ckpt_dir / MODEL_FILE).is_file():
+            raise InputError(ckpt_dir / MODEL_FILE, "checkpoint weights are missing")
+        return state
+    from .preprocess import file_sha256
+
+    for name, entry in files.items():
+        path = ckpt_dir / name
+        if not path.is_file():
+            raise InputError(path, "checkpoint file is missing (incomplete checkpoint)")
+        size = path.stat().st_size
+        if size != entry.get("bytes"):
+            raise InputError(path, f"checkpoint file has {size} bytes, state.json says {entry.get('bytes')}")
+        if checksum and file_sha256(path) != entry.get("sha256"):
+            raise InputError(path, "checkpoint file does not match the SHA-256 in state.json (corrupt)")
+    return state
+
+
+def _is_checkpoint(folder: Path) -> bool:
+    return (folder / STATE_FILE).is_file()
+
+
+def resolve_checkpoint_dir(path: str | Path, names: tuple[str, ...] = CHECKPOINT_NAMES) -> Path:
+    """A verified checkpoint folder from a run folder or a checkpoint folder (or its model.safetensors).
+
+    In a run folder the first of ``names`` (``best``, ``last``, then the ``.old`` copies an interrupted
+    save keeps) that passes :func:`verify_checkpoint` wins; skipping a broken one is warned about. A
+    checkpoint folder given directly must pass itself.
+    """
     path = Path(path)
     if path.is_file() and path.name == MODEL_FILE:
         path = path.parent
     if not path.exists():
         raise InputError(path, "no such run or checkpoint folder")
-    if (path / STATE_FILE).is_file() and (path / MODEL_FILE).is_file():
+    if _is_checkpoint(path):
+        verify_checkpoint(path)
         return path
-    for name in ("best", "last", ".last.old", ".best.old"):
+    broken: list[InputError] = []
+    for name in names:
         candidate = path / name
-        if (candidate / STATE_FILE).is_file() and (candidate / MODEL_FILE).is_file():
-            return candidate
+        if not _is_checkpoint(candidate):
+            continue
+        try:
+            verify_checkpoint(candidate)
+        except InputError as err:
+            broken.append(err)
+            continue
+        if broken:
+            warnings.warn(f"skipped a broken checkpoint ({broken[0]}); using {candidate}", stacklevel=2)
+        return candidate
+    if broken:
+        raise broken[0]
     raise InputError(path, f"not a checkpoint: no {MODEL_FILE} + {STATE_FILE} here or in best/ or last/")
 
 
@@ -161,9 +232,12 @@ def read_state(ckpt_dir: str | Path) -> dict:
     """The ``state.json`` scalars of a checkpoint folder."""
     path = Path(ckpt_dir) / STATE_FILE
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise InputError(path, f"unreadable checkpoint state ({err})") from None
+    if not isinstance(state, dict):
+        raise InputError(path, "checkpoint state is not a JSON object")
+    return state
 
 
 def load_weights(module: nn.Module, path: str | Path, device: str | torch.device = "cpu") -> None:
@@ -194,7 +268,7 @@ def load_checkpoint(
     ``torch.load(weights_only=True)``.
     """
     ckpt = resolve_checkpoint_dir(ckpt_dir)
-    state = read_state(ckpt)
+    state = {k: v for k, v in read_state(ckpt).items() if k != "files"}
     load_weights(detector, ckpt / MODEL_FILE, device)
     if ema is not None:
         if (ckpt / EMA_FILE).is_file():
@@ -206,10 +280,11 @@ def load_checkpoint(
         path = ckpt / TRAINING_STATE_FILE
         try:
             blob = torch.load(path, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError) as err:
-            raise InputError(
-                path, f"unreadable training state ({' '.join(str(err).split())[:300]})"
-            ) from None
+        except Exception as err:  # weights_only refusals are pickle.UnpicklingError; bad files RuntimeError
+            first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+            raise InputError(path, f"unreadable or unsafe training state, refused ({first[:300]})") from None
+        if not isinstance(blob, dict):
+            raise InputError(path, "training state is not a dict of optimizer / scaler / RNG states")
         if optimizer is not None:
             if "optimizer" not in blob:
                 raise InputError(path, "checkpoint holds no optimizer state (a weights-only checkpoint?)")
@@ -253,6 +328,7 @@ def load_detector(
 
 
 __all__ = [
+    "CHECKPOINT_NAMES",
     "load_checkpoint",
     "load_detector",
     "load_weights",
@@ -261,4 +337,5 @@ __all__ = [
     "rng_state",
     "save_checkpoint",
     "set_rng_state",
+    "verify_checkpoint",
 ]

@@ -119,10 +119,20 @@ class DemoResult:
 
 def find_shared_data(explicit: Path | None = None) -> Path | None:
     """The real-data pack: ``explicit``, ``$ORGANDETR_SHARED_DATA``, ``./../shared/data``, ``./shared/data``,
-    or ``shared/data`` beside the source checkout; ``None`` when none holds a real CT."""
+    or ``shared/data`` beside the source checkout; ``None`` when none holds a real CT.
+
+    An ``explicit`` folder is the only one looked at: InputError when it is missing or holds no real CT.
+    """
     import organdetr
 
-    candidates = [explicit] if explicit is not None else []
+    if explicit is not None:
+        explicit = Path(explicit)
+        if not explicit.is_dir():
+            raise InputError(explicit, "--shared-data folder not found")
+        if not any((explicit / rel).exists() for rel in REAL_CT_CANDIDATES):
+            raise InputError(explicit, f"--shared-data folder holds none of {', '.join(REAL_CT_CANDIDATES)}")
+        return explicit.resolve()
+    candidates = []
     if os.environ.get(SHARED_DATA_ENV):
         candidates.append(Path(os.environ[SHARED_DATA_ENV]))
     cwd = Path.cwd()

@@ -46,6 +46,11 @@ def init_distributed(device_type: str = "cpu") -> DistInfo:
     return info
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun job (from ``RANK``, before or after the process group exists), or no job."""
+    return current().is_main and int(os.environ.get("RANK", "0")) == 0
+
+
 def current() -> DistInfo:
     """Rank / world size of an initialised process group (single process when none)."""
     if dist.is_available() and dist.is_initialized():

@@ -11,10 +11,12 @@ position)``, and weights, optimizer, grad scaler, EMA and RNG states come back f
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,11 +26,14 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from . import atomic, distributed
+from .atomic import remove_stale_temps
 from .checkpoint import load_checkpoint, read_state, resolve_checkpoint_dir, save_checkpoint
 from .config import OptimConfig, TrainConfig, dump_config, replace_section
 from .data.cache_dataset import CacheDataset, EpochSampler, collate, split_cases
 from .errors import InputError
-from .preprocess import list_cases, load_plans
+from .locking import LOCK_NAME, folder_lock
+from .outputs import check_output_folder
+from .preprocess import list_cases, load_plans, verify_cases
 from .train_log import TrainLogger
 
 # ----------------------------------------------------------------------------------------------------
@@ -381,14 +386,33 @@ def _make_loader(dataset, sampler, batch_size: int, num_workers: int, seed: int,
 
 
 def _resume_state(run_dir: Path) -> Path | None:
-    try:
-        return (
-            resolve_checkpoint_dir(run_dir / "last")
-            if (run_dir / "last").exists()
-            else (resolve_checkpoint_dir(run_dir / ".last.old") if (run_dir / ".last.old").exists() else None)
-        )
-    except InputError:
+    """The verified ``last`` checkpoint (or the ``.last.old`` an interrupted save kept); ``None`` if there is
+    none; InputError naming the broken file when every one there is broken."""
+    if not any((run_dir / name / "state.json").is_file() for name in ("last", ".last.old")):
         return None
+    return resolve_checkpoint_dir(run_dir, names=("last", ".last.old"))
+
+
+@contextlib.contextmanager
+def _run_folder(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir``'s exclusive lock (main rank only), created if needed; remove killed writers' temps.
+
+    A run folder this call created is removed again when the run fails before writing anything into it.
+    """
+    if not distributed.is_main_process():
+        yield
+        return
+    check_output_folder(run_dir, "run folder")
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with folder_lock(run_dir, exclusive=True, purpose="organdetr train"):
+        remove_stale_temps(run_dir)
+        try:
+            yield
+        except BaseException:
+            if created and all(p.name == LOCK_NAME for p in run_dir.iterdir()):
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
 
 
 def fit(
@@ -404,6 +428,10 @@ def fit(
     ``best/`` checkpoints (best by validation mAP), ``train_log.csv``, ``val_log.csv``, ``tensorboard/`` and
     ``curves.png``. ``resume`` continues from ``run_dir/last`` exactly where it stopped. ``stop_at_step``
     ends the run early after that many optimizer steps (saving ``last``), as an interruption would.
+
+    The run holds ``run_dir``'s exclusive lock and a shared lock on the cache (a second run into the same
+    folder, or a ``preprocess`` rewriting the cache, is refused), and every case is verified before the
+    first step (checksums, shapes, NaN/inf: :func:`organdetr.preprocess.verify_cases`).
     """
     run_dir = Path(run_dir)
     if not cfg.data.cache_dir:
@@ -411,6 +439,12 @@ def fit(
             None, "data.cache_dir is not set (use --set data.cache_dir=CACHE or the config file)"
         )
     cache_dir = Path(cfg.data.cache_dir)
+    load_plans(cache_dir)  # a missing cache is named before anything is created
+    with folder_lock(cache_dir, exclusive=False, purpose="organdetr train"), _run_folder(run_dir):
+        return _fit(cfg, run_dir, cache_dir, resume=resume, stop_at_step=stop_at_step)
+
+
+def _fit(cfg: TrainConfig, run_dir: Path, cache_dir: Path, *, resume: bool, stop_at_step: int | None) -> Path:
     plans = load_plans(cache_dir)
     dist_info = distributed.init_distributed(
         "cuda"
@@ -430,6 +464,7 @@ def fit(
     )
     if not train_ids:
         raise InputError(cache_dir, "no complete training cases in the cache (run `organdetr preprocess`)")
+    verify_cases(cache_dir, [*train_ids, *val_ids], plans, progress=cfg.train.progress and dist_info.is_main)
     train_ds = CacheDataset(cache_dir, train_ids, cfg.augment)
     val_ds = CacheDataset(cache_dir, val_ids, None) if val_ids else None
 

@@ -22,3 +22,10 @@ class InputError(ValueError):
     def __reduce__(self):
         # picklable (multiprocessing workers send errors back to the parent)
         return (type(self), (self.path, self.problem))
+
+
+class DiskFullError(InputError):
+    """Writing ``path`` failed because its file system is full (or the user's quota is spent).
+
+    A batch stops on it (every later case would fail the same way) instead of listing each case.
+    """

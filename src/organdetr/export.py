@@ -27,6 +27,29 @@ OUTPUT_NAMES = ("pred_logits", "pred_boxes")
 PLANS_METADATA_KEY = "organdetr.plans"
 ACTIVATION_METADATA_KEY = "organdetr.class_activation"
 DEFAULT_OPSET = 20
+MIN_OPSET = 14
+"""Oldest opset any detector exports to: ``scaled_dot_product_attention`` needs 14 (measured: 7-13 fail);
+the deformable decoder needs 20 (its export then fails in one line naming the opset)."""
+
+
+def max_opset() -> int:
+    """Newest opset this torch's ONNX exporter writes."""
+    try:
+        from torch.onnx import _constants
+
+        return int(_constants.ONNX_MAX_OPSET)
+    except (ImportError, AttributeError):
+        return 20
+
+
+def check_opset(opset: int) -> int:
+    """``opset`` if the detector can be exported to it, else InputError with the supported range."""
+    if not MIN_OPSET <= opset <= max_opset():
+        raise InputError(
+            None,
+            f"--opset {opset} is not supported: the detector exports to opsets {MIN_OPSET}..{max_opset()}",
+        )
+    return opset
 
 
 class RawOutputs(nn.Module):
@@ -56,6 +79,7 @@ def export_network(
     """
     import onnx
 
+    check_opset(opset)
     wrapper = RawOutputs(network).eval()
     example = torch.zeros(batch_size, 1, *(int(s) for s in input_size), dtype=torch.float32)
     out_path = Path(out_path)
@@ -64,7 +88,11 @@ def export_network(
         # but 10x faster than the dynamo one for this graph and gives identical outputs
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
-        _onnx_export(wrapper, example, tmp, opset)
+        try:
+            _onnx_export(wrapper, example, tmp, opset)
+        except Exception as err:  # the exporters raise their own types, with graph dumps as messages
+            first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+            raise InputError(out_path, f"ONNX export at opset {opset} failed ({first[:300]})") from None
         model = onnx.load(str(tmp))
         metadata = {ACTIVATION_METADATA_KEY: getattr(network, "class_activation", "softmax")}
         if plans is not None:
@@ -155,12 +183,15 @@ def onnx_detect(session, images: np.ndarray) -> list[dict[str, torch.Tensor]]:
 __all__ = [
     "ACTIVATION_METADATA_KEY",
     "DEFAULT_OPSET",
+    "MIN_OPSET",
     "OUTPUT_NAMES",
     "PLANS_METADATA_KEY",
     "RawOutputs",
+    "check_opset",
     "export_checkpoint",
     "export_network",
     "load_session",
+    "max_opset",
     "onnx_detect",
     "onnx_plans",
 ]

@@ -2,36 +2,52 @@
 
 Arrays come back in ``(i, j, k)`` order (SimpleITK's ``(k, j, i)`` is transposed here and only here),
 with a :class:`~organdetr.geometry.Geometry` in the LPS world frame. Every reader validates its input
-(readable, 3D, scalar, finite, not absurdly large) and raises :class:`~organdetr.errors.InputError`
-naming the file; a DICOM series that SimpleITK/GDCM cannot decode falls back to pydicom (+pylibjpeg).
+and raises :class:`~organdetr.errors.InputError` naming the file: the header first, before any voxel is
+read (3D, scalar, not more voxels than ``max_voxels``, claimed bytes within the memory cap and within what
+the file holds, spacing > 0, orthonormal direction: ``organdetr.image_headers``), DICOM slice positions
+(``organdetr.dicom_series``), then the voxels (complete, finite). A DICOM series that SimpleITK/GDCM
+cannot decode falls back to pydicom (+pylibjpeg).
 """
 
 from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import SimpleITK as sitk
 
 from organdetr.atomic import atomic_path
+from organdetr.dicom_series import SliceLayout, read_slice_layout, resample_slices
 from organdetr.errors import InputError
 from organdetr.geometry import Geometry
+from organdetr.image_headers import (
+    check_claimed_bytes,
+    check_file_holds,
+    check_geometry,
+    check_nifti_pixdim,
+    max_image_bytes,
+    pixel_bytes,
+)
 
 MAX_VOXELS = 2_000_000_000
 """Largest volume :func:`read_image` accepts (2e9 voxels = 4 GB as int16): beyond this is a wrong file."""
 
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
 
+UnevenSlices = Literal["refuse", "resample"]
+
 
 @dataclass
 class Volume:
-    """A 3D array ``[I, J, K]`` and its geometry."""
+    """A 3D array ``[I, J, K]`` and its geometry; ``warnings`` says what reading had to repair."""
 
     array: np.ndarray
     geometry: Geometry
+    warnings: list[str] = field(default_factory=list)
 
 
 def geometry_of(image: sitk.Image) -> Geometry:
@@ -68,38 +84,47 @@ def from_sitk(image: sitk.Image) -> Volume:
 # ----------------------------------------------------------------------------- reading
 
 
-def read_image(path: str | Path, *, max_voxels: int = MAX_VOXELS) -> Volume:
+def read_image(
+    path: str | Path,
+    *,
+    max_voxels: int = MAX_VOXELS,
+    max_bytes: int | None = None,
+    uneven_slices: UnevenSlices = "refuse",
+) -> Volume:
     """Read a 3D image file (NIfTI, NRRD, MHA/MHD, single DICOM) or a DICOM series folder.
 
     Returns a :class:`Volume` with the array in ``(i, j, k)`` order and the geometry in LPS mm.
-    Raises :class:`InputError` naming ``path`` if it is missing, unreadable/corrupt, not 3D (a 4D
-    file with one volume is accepted), multi-component, larger than ``max_voxels``, or holds NaN/Inf.
+    Raises :class:`InputError` naming ``path`` if it is missing, unreadable/corrupt/truncated, not 3D (a
+    4D file with one volume is accepted), multi-component, larger than ``max_voxels``, claims more voxel
+    bytes than ``max_bytes`` (default :func:`~organdetr.image_headers.max_image_bytes`) or than the file
+    holds, has a zero/negative/NaN spacing or a non-orthonormal direction, holds NaN/Inf, or (DICOM) has
+    duplicate, shifted or unevenly spaced slices. ``uneven_slices="resample"`` accepts uneven slice steps
+    and interpolates them onto a regular grid; ``Volume.warnings`` then says so.
     """
     path = Path(path)
+    max_bytes = max_image_bytes() if max_bytes is None else max_bytes
+    warnings: list[str] = []
     if path.is_dir():
-        image = _read_dicom_series(path, max_voxels)
+        image, warnings = _read_dicom_series(path, max_voxels, max_bytes, uneven_slices)
     elif path.is_file():
-        image = _read_file(path, max_voxels)
+        image = _read_file(path, max_voxels, max_bytes)
     else:
         raise InputError(path, "file not found")
     volume = from_sitk(image)
+    volume.warnings = warnings
     _check_finite(path, volume.array)
-    if path.name.endswith(".nii.gz"):
-        _check_gzip_complete(path)
-    elif path.name.endswith(".nii"):
-        _check_file_complete(path)
     if volume.array.dtype.kind == "f" and path.name.endswith((".nii", ".nii.gz")):
         _check_finite_nifti(path)
     return volume
 
 
-def read_label_map(path: str | Path, *, max_voxels: int = MAX_VOXELS) -> Volume:
+def read_label_map(path: str | Path, *, max_voxels: int = MAX_VOXELS, max_bytes: int | None = None) -> Volume:
     """Read a label map: like :func:`read_image`, then checked to hold non-negative integer ids.
 
     Float files holding whole numbers (common in public datasets) are cast; the array comes back as
     the smallest unsigned type that holds the largest id (uint8/uint16/uint32).
     """
-    volume = read_image(path, max_voxels=max_voxels)
+    volume = read_image(path, max_voxels=max_voxels, max_bytes=max_bytes)
     volume.array = integer_labels(path, volume.array)
     return volume
 
@@ -122,14 +147,25 @@ def integer_labels(path: str | Path, array: np.ndarray) -> np.ndarray:
     raise InputError(path, f"label id {high} is too large")
 
 
-def _read_file(path: Path, max_voxels: int) -> sitk.Image:
+def _read_file(path: Path, max_voxels: int, max_bytes: int) -> sitk.Image:
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        check_nifti_pixdim(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
         reader.ReadImageInformation()
     except RuntimeError as err:
         raise InputError(path, f"cannot read image ({_itk_reason(err)})") from None
-    _check_header(path, tuple(reader.GetSize()), reader.GetNumberOfComponents(), max_voxels)
+    size = tuple(reader.GetSize())
+    components = reader.GetNumberOfComponents()
+    _check_header(path, size, components, max_voxels)
+    claimed = int(np.prod(size, dtype=np.int64)) * components
+    claimed *= pixel_bytes(sitk.GetPixelIDValueAsString(reader.GetPixelID()))
+    check_claimed_bytes(path, claimed, max_bytes)
+    n = len(size)
+    direction = np.asarray(reader.GetDirection(), dtype=np.float64).reshape(n, n)[:3, :3]
+    check_geometry(path, reader.GetSpacing()[:3], reader.GetOrigin()[:3], direction.ravel())
+    check_file_holds(path, claimed)
     try:
         image = reader.Execute()
     except RuntimeError as err:
@@ -171,50 +207,6 @@ def _check_finite(path: Path, array: np.ndarray) -> None:
         raise InputError(path, f"image holds {bad} NaN or infinite voxels")
 
 
-def _nifti_bytes(path: Path) -> int:
-    """Bytes a NIfTI file must hold (header + extensions + voxel data), from its header."""
-    import nibabel as nib
-
-    try:
-        header = nib.load(str(path)).header
-        voxels = int(np.prod(header.get_data_shape(), dtype=np.int64))
-        return int(header.get_data_offset()) + voxels * header.get_data_dtype().itemsize
-    except Exception as err:
-        raise InputError(path, f"cannot read NIfTI header ({' '.join(str(err).split())})") from None
-
-
-def _check_file_complete(path: Path) -> None:
-    """ITK may read a truncated ``.nii`` without complaint: compare the file size with the header."""
-    expected = _nifti_bytes(path)
-    if path.stat().st_size < expected:
-        raise InputError(path, f"file is truncated ({path.stat().st_size} of {expected} bytes)")
-
-
-def _check_gzip_complete(path: Path) -> None:
-    """ITK reads a truncated ``.nii.gz`` without complaint; check the gzip size trailer (cheap).
-
-    Only when the trailer disagrees with the header's data size is the stream decompressed to tell a
-    truncated file from one with trailing bytes.
-    """
-    import gzip
-    import zlib
-
-    expected = _nifti_bytes(path)
-    with open(path, "rb") as fh:
-        fh.seek(-4, 2)
-        if int.from_bytes(fh.read(4), "little") == expected % 2**32:
-            return
-    total = 0
-    try:
-        with gzip.open(path, "rb") as fh:
-            while chunk := fh.read(1 << 24):
-                total += len(chunk)
-    except (EOFError, OSError, zlib.error):
-        raise InputError(path, "file is truncated or corrupt (the gzip stream ends early)") from None
-    if total < expected:
-        raise InputError(path, f"file is truncated ({total} of {expected} bytes)")
-
-
 def _check_finite_nifti(path: Path) -> None:
     """ITK's NIfTI reader turns NaN into 0, so float NIfTIs are checked on disk with nibabel."""
     import nibabel as nib
@@ -238,8 +230,14 @@ def _itk_reason(err: RuntimeError) -> str:
 # ----------------------------------------------------------------------------- DICOM series
 
 
-def _read_dicom_series(folder: Path, max_voxels: int) -> sitk.Image:
-    """The largest DICOM series in ``folder`` (SimpleITK/GDCM; pydicom fallback for undecodable pixels)."""
+def _read_dicom_series(
+    folder: Path, max_voxels: int, max_bytes: int, uneven_slices: UnevenSlices
+) -> tuple[sitk.Image, list[str]]:
+    """The largest DICOM series in ``folder`` and the warnings of reading it.
+
+    Slice positions are checked first (``organdetr.dicom_series``); pixels come from SimpleITK/GDCM in
+    the checked order, or from pydicom when GDCM cannot decode them.
+    """
     series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     if not series_ids:
         raise InputError(folder, "folder holds no DICOM series (and is not an image file)")
@@ -248,69 +246,88 @@ def _read_dicom_series(folder: Path, max_voxels: int) -> sitk.Image:
     )
     if len(files) < 2:
         raise InputError(folder, "DICOM series has a single slice; expected a 3D series")
+    layout, warnings = _checked_layout(folder, [Path(f) for f in files], max_voxels, max_bytes, uneven_slices)
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
+    reader.SetFileNames([str(f) for f in layout.files])
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK's "non uniform sampling" warning: checked above
     try:
         image = reader.Execute()
     except RuntimeError:
         image = None
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
     if image is None or image.GetNumberOfComponentsPerPixel() != 1:
-        return read_dicom_series_pydicom(folder, [Path(f) for f in files], max_voxels)
-    _check_header(folder, tuple(image.GetSize()), image.GetNumberOfComponentsPerPixel(), max_voxels)
+        stack = _pydicom_pixels(layout)
+    else:
+        _check_header(folder, tuple(image.GetSize()), image.GetNumberOfComponentsPerPixel(), max_voxels)
+        stack = sitk.GetArrayFromImage(image)
+    return _series_image(stack, layout), warnings
+
+
+def _checked_layout(
+    folder: Path, files: list[Path], max_voxels: int, max_bytes: int, uneven_slices: UnevenSlices
+) -> tuple[SliceLayout, list[str]]:
+    layout = read_slice_layout(folder, files)
+    _check_header(folder, layout.size, layout.samples, max_voxels)
+    check_claimed_bytes(folder, layout.claimed_bytes, max_bytes)
+    return layout, layout.check(folder, resample=uneven_slices == "resample")
+
+
+def _series_image(stack: np.ndarray, layout: SliceLayout) -> sitk.Image:
+    """A ``(k, j, i)`` stack in layout order -> SimpleITK image with the layout's geometry (resampled to a
+    regular grid when the slice steps are uneven)."""
+    step = layout.median_step
+    if layout.is_uneven():
+        stack, step = resample_slices(stack, layout.offsets, step)
+    image = sitk.GetImageFromArray(stack)
+    # PixelSpacing is (row spacing = between rows, column spacing = between columns): i steps columns
+    image.SetSpacing((*layout.pixel_spacing, float(step)))
+    image.SetOrigin(tuple(float(v) for v in layout.positions[0]))
+    direction = np.stack([layout.row, layout.col, layout.normal], axis=1)
+    image.SetDirection(tuple(float(v) for v in direction.ravel()))
     return image
 
 
-def read_dicom_series_pydicom(folder: Path, files: list[Path], max_voxels: int = MAX_VOXELS) -> sitk.Image:
-    """Read one DICOM series with pydicom (+pylibjpeg for JPEG/JPEG2000) and build its geometry.
-
-    Slices are sorted along the slice normal (ImageOrientationPatient row x column); spacing from
-    PixelSpacing and the slice positions; HU = stored * RescaleSlope + RescaleIntercept.
-    """
+def _pydicom_pixels(layout: SliceLayout) -> np.ndarray:
+    """Pixels of the layout's slices as a ``(k, j, i)`` HU stack (int16 when exact, else float32)."""
     import pydicom
 
-    slices = []
-    for file in files:
+    pixels = np.empty((len(layout.files), layout.rows, layout.columns), dtype=np.float32)
+    for k, file in enumerate(layout.files):
         try:
-            slices.append(pydicom.dcmread(file))
-        except Exception as err:
-            raise InputError(file, f"cannot read DICOM ({err})") from None
-    first = slices[0]
-    try:
-        orientation = np.asarray(first.ImageOrientationPatient, dtype=np.float64)
-        row_spacing, col_spacing = (float(v) for v in first.PixelSpacing)
-    except AttributeError as err:
-        raise InputError(files[0], f"DICOM slice lacks geometry tags ({err})") from None
-    row_dir, col_dir = orientation[:3], orientation[3:]
-    normal = np.cross(row_dir, col_dir)
-    positions = np.asarray([s.ImagePositionPatient for s in slices], dtype=np.float64)
-    order = np.argsort(positions @ normal)
-    positions = positions[order]
-    steps = np.diff(positions @ normal)
-    if np.any(steps <= 1e-6):
-        raise InputError(folder, "DICOM series has two slices at the same position")
-    if np.ptp(steps) > 0.01 * float(np.median(steps)) + 1e-3:
-        raise InputError(
-            folder, f"DICOM slices are unevenly spaced ({steps.min():.3f}..{steps.max():.3f} mm)"
-        )
-    size = (int(first.Columns), int(first.Rows), len(slices))
-    _check_header(folder, size, int(getattr(first, "SamplesPerPixel", 1)), max_voxels)
-    pixels = np.empty(size[::-1], dtype=np.float32)  # (k, j, i) = (slice, row, column)
-    for k, index in enumerate(order):
-        ds = slices[index]
-        try:
+            ds = pydicom.dcmread(file)
             stored = ds.pixel_array
         except Exception as err:
-            raise InputError(files[index], f"cannot decode DICOM pixels ({err})") from None
+            raise InputError(
+                file, f"cannot decode DICOM pixels ({' '.join(str(err).split())[:200]})"
+            ) from None
+        if stored.shape != pixels.shape[1:]:
+            raise InputError(file, f"pixel data shape {stored.shape} differs from Rows x Columns")
         slope, intercept = float(getattr(ds, "RescaleSlope", 1)), float(getattr(ds, "RescaleIntercept", 0))
         pixels[k] = stored * slope + intercept
     if np.array_equal(pixels, np.round(pixels)) and pixels.min() >= -32768 and pixels.max() <= 32767:
-        pixels = pixels.astype(np.int16)
-    image = sitk.GetImageFromArray(pixels)
-    # PixelSpacing is (row spacing = between rows, column spacing = between columns): i steps columns
-    image.SetSpacing((col_spacing, row_spacing, float(np.median(steps))))
-    image.SetOrigin(tuple(float(v) for v in positions[0]))
-    image.SetDirection(tuple(float(v) for v in np.stack([row_dir, col_dir, normal], axis=1).ravel()))
-    return image
+        return pixels.astype(np.int16)
+    return pixels
+
+
+def read_dicom_series_pydicom(
+    folder: Path,
+    files: list[Path],
+    max_voxels: int = MAX_VOXELS,
+    *,
+    max_bytes: int | None = None,
+    uneven_slices: UnevenSlices = "refuse",
+) -> sitk.Image:
+    """Read one DICOM series with pydicom (+pylibjpeg for JPEG/JPEG2000) and build its geometry.
+
+    Slices are sorted along the slice normal (ImageOrientationPatient row x column) and checked like
+    :func:`read_image` does; spacing from PixelSpacing and the slice positions; HU = stored *
+    RescaleSlope + RescaleIntercept.
+    """
+    max_bytes = max_image_bytes() if max_bytes is None else max_bytes
+    layout, _ = _checked_layout(Path(folder), [Path(f) for f in files], max_voxels, max_bytes, uneven_slices)
+    return _series_image(_pydicom_pixels(layout), layout)
 
 
 # ----------------------------------------------------------------------------- label tables
@@ -371,7 +388,7 @@ def write_image(path: str | Path, array: np.ndarray, geometry: Geometry, compres
     import tempfile
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{path.stem}.", dir=path.parent) as tmp_dir:
+    with tempfile.TemporaryDirectory(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent) as tmp_dir:
         sitk.WriteImage(image, str(Path(tmp_dir) / path.name), useCompression=compress)
         written = sorted(Path(tmp_dir).iterdir(), key=lambda p: p.name == path.name)  # header last
         for file in written:

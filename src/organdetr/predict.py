@@ -33,6 +33,7 @@ One bad scan does not stop the others: failures are collected in :class:`Predict
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -45,7 +46,7 @@ import torch
 from organdetr.atomic import write_json
 from organdetr.errors import InputError
 from organdetr.geometry import Geometry, grid_box_to_original, grid_labels_to_original
-from organdetr.io import IMAGE_SUFFIXES, Volume, read_image, write_image
+from organdetr.io import IMAGE_SUFFIXES, UnevenSlices, Volume, read_image, write_image
 
 if TYPE_CHECKING:
     from organdetr.formats.run_outputs import RunOutputs
@@ -247,19 +248,27 @@ class Predictor:
         predictor.source = str(checkpoint)
         return predictor
 
-    def prepare(self, scan: ScanInput, *, keep_volume: bool = False) -> PreparedScan:
-        """Read ``scan`` and resample it onto the model grid (InputError for unreadable/bad scans)."""
+    def prepare(
+        self, scan: ScanInput, *, keep_volume: bool = False, uneven_slices: UnevenSlices = "refuse"
+    ) -> PreparedScan:
+        """Read ``scan`` and resample it onto the model grid (InputError for unreadable/bad scans).
+
+        ``uneven_slices="resample"`` accepts DICOM series with uneven slice steps (interpolated; the
+        warning lands in ``record["warnings"]`` and the prediction JSON).
+        """
         from organdetr.preprocess import preprocess_image
 
         if self.preprocess_config.channel_norm:  # a multi-channel (or z-scored) cache: one volume per channel
             paths = list(scan.channels or (scan.path,))
-            volumes = [read_image(p) for p in paths]
+            volumes = [read_image(p, uneven_slices=uneven_slices) for p in paths]
             grid, record = preprocess_image(volumes, self.preprocess_config)
             volume = volumes[self.display_channel]
+            warnings = [w for v in volumes for w in v.warnings]
         else:
-            volume = read_image(scan.path)
+            volume = read_image(scan.path, uneven_slices=uneven_slices)
             grid, record = preprocess_image(volume, self.preprocess_config)
-        record.update({"case_id": scan.case_id, "image": str(scan.path)})
+            warnings = list(volume.warnings)
+        record.update({"case_id": scan.case_id, "image": str(scan.path), "warnings": warnings})
         return PreparedScan(scan, grid, record, volume if keep_volume else None)
 
     @property
@@ -377,6 +386,7 @@ class Predictor:
             "world_frame": "LPS",
             "original": prepared.record["original"],
             "model": {"checkpoint": self.source, "input_size": list(self.preprocess_config.input_size)},
+            "warnings": list(prepared.record.get("warnings", [])),
             "detections": detections,
         }
         if prepared.scan.channels:
@@ -424,6 +434,7 @@ def write_outputs(
     *,
     overlay: bool,
     save_box_mask: bool,
+    uneven_slices: UnevenSlices = "refuse",
     seg: np.ndarray | None = None,
     outputs: RunOutputs | None = None,
     dicom_out: bool = False,
@@ -448,7 +459,7 @@ def write_outputs(
         written.append(path)
     needs_volume = overlay or save_box_mask or dicom_out or (outputs is not None and outputs.needs_volume)
     if needs_volume and volume is None:
-        volume = read_image(prediction["image"])
+        volume = read_image(prediction["image"], uneven_slices=uneven_slices)
     if overlay:
         n = len(prediction["detections"])
         shown = "W400/L40" if window is None else f"W{window[0]:.4g}/L{window[1]:.4g}"
@@ -505,11 +516,12 @@ def _prepared_batches(
     keep_volume: bool,
     summary: PredictSummary,
     bar,
+    uneven_slices: UnevenSlices = "refuse",
 ) -> Iterator[list[PreparedScan]]:
     batch: list[PreparedScan] = []
     for scan in scans:
         try:
-            batch.append(predictor.prepare(scan, keep_volume=keep_volume))
+            batch.append(predictor.prepare(scan, keep_volume=keep_volume, uneven_slices=uneven_slices))
         except (InputError, RuntimeError, ValueError, OSError, MemoryError) as err:
             summary.failed.append((str(scan.path), _one_line(err)))
             bar.update(1)
@@ -530,6 +542,7 @@ def predict_scans(
     score_threshold: float = 0.0,
     overlay: bool = True,
     save_box_mask: bool = False,
+    uneven_slices: UnevenSlices = "refuse",
     dicom_out: bool = False,
     progress: bool = True,
     outputs: RunOutputs | None = None,
@@ -537,7 +550,8 @@ def predict_scans(
     """Predict every scan of ``inputs`` into ``out_dir`` (see the module docstring for the outputs).
 
     ``score_threshold`` 0.0 keeps the best query of every organ (as the paper evaluates); raise it to
-    drop unlikely organs. With ``batch_size`` 1 the original scan is kept in memory for the picture /
+    drop unlikely organs (a number in [0, 1]). ``uneven_slices="resample"``: see :meth:`Predictor.prepare`.
+    With ``batch_size`` 1 the original scan is kept in memory for the picture /
     box mask; with larger batches it is read again when needed, so memory holds one full scan at a time.
     ``outputs`` adds the files of other formats (3D Slicer, MONAI, nnDetection, the HTML viewer).
     ``dicom_out`` (DICOM series inputs only, checked before the model runs) adds the DICOM SEG and SR.
@@ -546,6 +560,8 @@ def predict_scans(
 
     if batch_size < 1:
         raise InputError(None, f"--batch-size must be >= 1, got {batch_size}")
+    if not (math.isfinite(score_threshold) and 0.0 <= score_threshold <= 1.0):
+        raise InputError(None, f"--score-threshold must be a number in [0, 1], got {score_threshold}")
     scans = [s if isinstance(s, ScanInput) else None for s in inputs]
     if any(s is None for s in scans):
         scans = find_scans(inputs)  # type: ignore[arg-type]
@@ -569,7 +585,8 @@ def predict_scans(
         overlay or save_box_mask or dicom_out or (outputs is not None and outputs.needs_volume)
     )  # a multi-channel scan keeps its display channel: the picture cannot reread it by name
     with tqdm(total=len(scans), desc="predict", unit="scan", disable=not progress, dynamic_ncols=True) as bar:
-        for batch in _prepared_batches(predictor, scans, batch_size, keep_volume, summary, bar):
+        batches = _prepared_batches(predictor, scans, batch_size, keep_volume, summary, bar, uneven_slices)
+        for batch in batches:
             results = predictor.detect_grids([p.grid for p in batch])
             segs = (
                 predictor.segment_grids([p.grid for p in batch])
@@ -591,6 +608,7 @@ def predict_scans(
                         prepared.volume,
                         overlay=overlay,
                         save_box_mask=save_box_mask,
+                        uneven_slices=uneven_slices,
                         seg=seg_original,
                         outputs=outputs,
                         dicom_out=dicom_out,

@@ -15,10 +15,18 @@ share channel 0's grid; each is resampled by the same mapping and normalised by 
 MR), and the cached image is ``[C, I, J, K]``. A single-channel dataset keeps the ``[I, J, K]`` HU-window
 cache of earlier versions unless ``channel_norm`` says otherwise. Case-level labels (``case_classes`` /
 ``case_labels.json``) and ``regions`` of the dataset are carried into ``plans.json`` and the case records.
+
+The cache is verified, not trusted because a file exists: each case JSON records every array's shape,
+dtype, byte size and SHA-256 (:func:`write_case`); :func:`verify_case` checks them (a mismatch makes
+``preprocess`` redo the case and ``train`` name the file). One writer at a time: ``preprocess`` holds the
+cache's exclusive lock (``organdetr.locking``; a second writer, or a writer beside a training run, is
+refused), removes what killed writers left, never mixes cases of other plans, and its ``--workers`` die
+with it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -28,8 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from organdetr.atomic import write_json, write_npy
-from organdetr.errors import InputError
+from organdetr.atomic import remove_stale_temps, write_json, write_npy
+from organdetr.errors import DiskFullError, InputError
 from organdetr.geometry import (
     Geometry,
     GridMapping,
@@ -430,15 +438,183 @@ def _case_paths(cache_dir: Path, case_id: str) -> tuple[Path, Path, Path]:
     return cases / f"{case_id}.json", cases / f"{case_id}_image.npy", cases / f"{case_id}_label.npy"
 
 
-def is_complete(cache_dir: str | Path, case_id: str) -> bool:
-    """A case is complete when its JSON exists and every array it names exists."""
-    record_path = Path(cache_dir) / "cases" / f"{case_id}.json"
+def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
+    """Hex SHA-256 of a file, read in 4 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """``(shape, dtype, data offset)`` of a ``.npy`` file from its header alone; InputError if unreadable."""
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+            else:
+                shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+            return tuple(int(s) for s in shape), dtype, fh.tell()
+    except FileNotFoundError:
+        raise InputError(path, "array file is missing") from None
+    except (OSError, ValueError) as err:
+        raise InputError(path, f"not a readable .npy array ({' '.join(str(err).split())[:200]})") from None
+
+
+def _array_entry(path: Path) -> dict:
+    """What the case JSON records of an array file: shape, dtype, byte size, SHA-256."""
+    shape, dtype, _ = _npy_header(path)
+    return {
+        "shape": list(shape),
+        "dtype": dtype.str,
+        "bytes": path.stat().st_size,
+        "sha256": file_sha256(path),
+    }
+
+
+def write_case(
+    cache_dir: str | Path, case_id: str, image: np.ndarray, label: np.ndarray | None, record: dict
+) -> dict:
+    """Write one case into ``cache_dir/cases``: the arrays first, then the case JSON (last, atomically).
+
+    ``record`` is the case record without its file fields; the JSON gets ``case_id``, ``image_file``,
+    ``label_file`` and ``arrays`` (per file: shape, dtype, bytes, sha256). Returns the JSON written.
+    """
+    record_path, image_file, label_file = _case_paths(Path(cache_dir), case_id)
+    write_npy(image_file, image)
+    arrays = {image_file.name: _array_entry(image_file)}
+    if label is not None:
+        write_npy(label_file, label)
+        arrays[label_file.name] = _array_entry(label_file)
+    record = {key: value for key, value in record.items() if key not in ("arrays", "case_id")}
+    record = {"case_id": case_id, **record, "image_file": image_file.name}
+    record["label_file"] = label_file.name if label is not None else None
+    record["arrays"] = arrays
+    write_json(record_path, record)
+    return record
+
+
+def _read_record(record_path: Path, case_id: str) -> dict:
     try:
         record = json.loads(record_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+    except FileNotFoundError:
+        raise InputError(record_path, f"case {case_id!r} is not in the cache") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(
+            record_path, f"unreadable case record ({' '.join(str(err).split())[:200]})"
+        ) from None
+    if not isinstance(record, dict) or not isinstance(record.get("image_file"), str):
+        raise InputError(record_path, "not a case record (needs 'image_file')")
+    return record
+
+
+def _verify_array(path: Path, entry: dict | None, expected_shape, checksum: bool) -> None:
+    """One array file against its record entry (or, for records without one, against its own header)."""
+    shape, dtype, offset = _npy_header(path)
+    size = path.stat().st_size
+    if entry is None:  # a record written without checksums: the header must at least fit the file
+        needed = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if size != needed:
+            raise InputError(path, f"array file has {size} bytes, its header needs {needed} (truncated?)")
+    else:
+        if size != entry.get("bytes"):
+            raise InputError(path, f"array file has {size} bytes, the case record says {entry.get('bytes')}")
+        if list(shape) != entry.get("shape") or dtype.str != entry.get("dtype"):
+            raise InputError(
+                path,
+                f"array is {dtype.str} {list(shape)}, the case record says {entry.get('dtype')} "
+                f"{entry.get('shape')}",
+            )
+        if checksum and file_sha256(path) != entry.get("sha256"):
+            raise InputError(path, "array content does not match the SHA-256 in its case record (corrupt)")
+    if expected_shape is not None and tuple(shape) != tuple(expected_shape):
+        raise InputError(
+            path, f"array shape {list(shape)} differs from plans.json input_size {list(expected_shape)}"
+        )
+
+
+def verify_case(
+    cache_dir: str | Path,
+    case_id: str,
+    *,
+    plans: dict | None = None,
+    checksum: bool = True,
+    finite: bool = False,
+    require_checksums: bool = False,
+) -> dict:
+    """Check a cached case and return its record; :class:`InputError` names the first bad file.
+
+    Checks: the case JSON is readable; each array it names exists with the recorded byte size, shape and
+    dtype (header only) and, with ``checksum``, the recorded SHA-256; with ``plans``, the grid is the
+    plans' ``input_size``; with ``finite``, the image holds no NaN/inf. Records written before checksums
+    existed pass on the header checks unless ``require_checksums``.
+    """
+    cache_dir = Path(cache_dir)
+    record_path, _, _ = _case_paths(cache_dir, case_id)
+    record = _read_record(record_path, case_id)
+    arrays = record.get("arrays")
+    if require_checksums and not isinstance(arrays, dict):
+        raise InputError(record_path, "case record has no array checksums (written by an older organdetr)")
+    expected = None if plans is None else tuple(int(s) for s in plans["input_size"])
+    if expected is not None and tuple(record.get("grid", {}).get("size", ())) != expected:
+        raise InputError(
+            record_path,
+            f"case grid {record.get('grid', {}).get('size')} differs from plans.json "
+            f"input_size {list(expected)}",
+        )
+    for name in (record.get("image_file"), record.get("label_file")):
+        if not name:
+            continue
+        entry = arrays.get(name) if isinstance(arrays, dict) else None
+        if isinstance(arrays, dict) and entry is None:
+            raise InputError(record_path, f"case record has no checksum entry for {name}")
+        shape = expected
+        if expected is not None and name == record.get("image_file") and plans.get("channel_norm"):
+            shape = (num_channels(plans), *expected)  # a multi-channel image is [C, I, J, K]
+        _verify_array(record_path.parent / name, entry, shape, checksum)
+    if finite:
+        image_path = record_path.parent / record["image_file"]
+        image = np.load(image_path, mmap_mode="r", allow_pickle=False)
+        check_finite_array(image_path, image)
+    return record
+
+
+def verify_cases(
+    cache_dir: str | Path, case_ids: list[str], plans: dict, *, progress: bool = False
+) -> list[dict]:
+    """:func:`verify_case` (checksums, shapes against ``plans``, NaN/inf) for every case; returns the records.
+
+    Raises :class:`InputError` naming the first bad file (``train`` runs this before its first step).
+    """
+    from tqdm.auto import tqdm
+
+    records = []
+    with tqdm(case_ids, desc="verify cache", unit="case", disable=not progress, leave=False) as bar:
+        for case_id in bar:  # the context closes (clears) the bar before an error is printed
+            records.append(verify_case(cache_dir, case_id, plans=plans, checksum=True, finite=True))
+    return records
+
+
+def check_finite_array(path: str | Path, array: np.ndarray) -> None:
+    """InputError naming ``path`` when a float ``array`` holds NaN or inf (scanned in slabs of 16 planes)."""
+    if array.dtype.kind != "f":
+        return
+    bad = 0
+    for start in range(0, max(1, array.shape[0]), 16):
+        bad += int(np.count_nonzero(~np.isfinite(array[start : start + 16])))
+    if bad:
+        raise InputError(path, f"cached array holds {bad} NaN/inf values (corrupt cache; rerun preprocess)")
+
+
+def is_complete(cache_dir: str | Path, case_id: str, plans: dict | None = None) -> bool:
+    """A case is complete when its JSON exists and every array it names matches its record (checksums too)."""
+    try:
+        verify_case(cache_dir, case_id, plans=plans, require_checksums=True)
+    except InputError:
         return False
-    files = [record.get("image_file"), record.get("label_file")]
-    return all((record_path.parent / f).is_file() for f in files if f)
+    return True
 
 
 def preprocess_case(
@@ -466,39 +642,34 @@ def preprocess_case(
         image, label, record = preprocess_volume(
             read_image(image_path), cfg, labels, classes, image_path=image_path, label_path=label_path
         )
-    record_path, image_file, label_file = _case_paths(out_dir, case_id)
-    write_npy(image_file, image)
-    if label is not None:
-        write_npy(label_file, label)
-    record = {"case_id": case_id, **record, "image_file": image_file.name}
-    record["label_file"] = label_file.name if label is not None else None
     if case_label is not None:
         record["case_label"] = case_label
-    write_json(record_path, record)
+    write_case(out_dir, case_id, image, label, record)
     return case_id
 
 
-def _prepare_cache(out_dir: Path, plans: dict, overwrite: bool) -> None:
-    """Write plans.json; InputError if an existing one differs (unless ``overwrite``)."""
-    plans_path = out_dir / "plans.json"
-    if plans_path.is_file():
-        existing = load_plans(out_dir)
-        changed = [k for k in _PLAN_KEYS if existing.get(k) != plans.get(k)]
-        if changed and not overwrite:
-            raise InputError(
-                plans_path,
-                f"cache was made with different settings ({', '.join(changed)}); "
-                "use another output folder or --overwrite",
-            )
-        if changed:  # stale cases must never count as complete under the new plans
-            for record_path in (out_dir / "cases").glob("*.json"):
-                record_path.unlink()
-    write_json(plans_path, plans)
+def _changed_plans(out_dir: Path, plans: dict) -> tuple[dict | None, list[str]]:
+    """The cache's current plans (``None`` if none) and the plan keys that differ from ``plans``."""
+    if not (out_dir / "plans.json").is_file():
+        return None, []
+    existing = load_plans(out_dir)
+    return existing, [k for k in _PLAN_KEYS if existing.get(k) != plans.get(k)]
 
 
-def _init_worker() -> None:
+def _refuse_other_plans(out_dir: Path, changed: list[str]) -> None:
+    raise InputError(
+        out_dir / "plans.json",
+        f"cache was made with different settings ({', '.join(changed)}); "
+        "use another output folder or --overwrite",
+    )
+
+
+def _init_worker(parent_pid: int) -> None:
     import SimpleITK as sitk
 
+    from organdetr.workers import die_with_parent
+
+    die_with_parent(parent_pid)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
 
 
@@ -506,6 +677,16 @@ def _one_line(case_id: str, err: BaseException) -> str:
     if isinstance(err, InputError):
         return str(err)
     return f"{case_id}: {type(err).__name__}: {' '.join(str(err).split())}"
+
+
+def _create_folder(out_dir: Path) -> None:
+    from organdetr.outputs import check_output_folder
+
+    check_output_folder(out_dir, "cache folder")
+    try:
+        (out_dir / "cases").mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(out_dir, f"cannot create the cache folder ({err.strerror or err})") from None
 
 
 def preprocess_dataset(
@@ -520,13 +701,18 @@ def preprocess_dataset(
 ) -> PreprocessSummary:
     """Preprocess every training case of an nnU-Net v2 raw dataset into the cache ``out_dir``.
 
-    Resumable: complete cases are skipped (``resume``); a ``plans.json`` made with other settings is an
-    :class:`InputError` unless ``overwrite``. Each case is atomic (arrays first, JSON last). Bad cases do
-    not stop the batch: they are returned in ``PreprocessSummary.failed`` as ``(case_id, message)``.
+    Resumable: cases that pass :func:`verify_case` (checksums included) are skipped (``resume``); any
+    other is redone. A ``plans.json`` made with other settings is an :class:`InputError` unless
+    ``overwrite``; so is a cache another process is writing (or training from), and a cache folder that
+    cannot be written when there is something to write (a complete read-only cache passes). Each case is
+    atomic (arrays first, JSON last). Bad cases do not stop the batch: they are returned in
+    ``PreprocessSummary.failed`` as ``(case_id, message)``; a full disk stops it (``DiskFullError``).
     """
     from tqdm.auto import tqdm
 
     from organdetr.datasets.nnunet import load_dataset
+    from organdetr.locking import folder_lock
+    from organdetr.outputs import probe_writable
 
     dataset = load_dataset(dataset_root)
     out_dir = Path(out_dir)
@@ -546,39 +732,83 @@ def preprocess_dataset(
         regions=dataset.regions,
         case_classes=dataset.case_classes,
     )
-    _prepare_cache(out_dir, plans, overwrite)
+    _, changed = _changed_plans(out_dir, plans) if out_dir.is_dir() else (None, [])
+    if changed and not overwrite:
+        _refuse_other_plans(out_dir, changed)  # before creating or locking anything
+    if not out_dir.is_dir():
+        _create_folder(out_dir)
     summary = PreprocessSummary()
-    todo = []
-    for case in dataset.cases:
-        if resume and is_complete(out_dir, case.case_id):
-            summary.skipped.append(case.case_id)
-        else:
-            todo.append(case)
-    jobs = [
-        (c.case_id, c.image, c.label, out_dir, cfg, dataset.classes, c.channels, c.case_label) for c in todo
-    ]
-    bar = tqdm(total=len(jobs), desc="preprocess", unit="case", disable=not progress or not jobs)
-    if workers <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            try:
-                summary.done.append(preprocess_case(*job))
-            except Exception as err:
-                summary.failed.append((job[0], _one_line(job[0], err)))
-            bar.update()
-    else:
+    with folder_lock(out_dir, exclusive=True, purpose="organdetr preprocess") as locked:
+        existing, changed = _changed_plans(out_dir, plans)  # again: another writer may just have finished
+        if changed and not overwrite:
+            _refuse_other_plans(out_dir, changed)
+        problem = probe_writable(out_dir / "cases") if locked else f"{out_dir} is read-only"
+        if problem is None:
+            remove_stale_temps(out_dir)
+            remove_stale_temps(out_dir / "cases")
+        if changed:  # --overwrite: stale cases must never count as complete under the new plans
+            if problem is not None:
+                raise InputError(out_dir, f"cannot replace the cache: {problem}")
+            for record_path in (out_dir / "cases").glob("*.json"):
+                record_path.unlink()
+        todo = []
+        for case in dataset.cases:
+            if resume and is_complete(out_dir, case.case_id, plans):
+                summary.skipped.append(case.case_id)
+            else:
+                todo.append(case)
+        plans_stale = existing is None or {**existing, "source": None} != {**plans, "source": None}
+        if problem is not None and (todo or plans_stale):
+            raise InputError(
+                out_dir, f"cannot write the cache: {problem} ({len(todo)} case(s) to preprocess)"
+            )
+        if problem is None and existing != plans:
+            write_json(out_dir / "plans.json", plans)
+        jobs = [
+            (c.case_id, c.image, c.label, out_dir, cfg, dataset.classes, c.channels, c.case_label)
+            for c in todo
+        ]
+        _run_jobs(jobs, workers, summary, progress and bool(jobs), tqdm)
+    summary.done.sort()
+    summary.failed.sort()
+    return summary
+
+
+def _run_jobs(jobs: list[tuple], workers: int, summary: PreprocessSummary, progress: bool, tqdm) -> None:
+    """Run :func:`preprocess_case` over ``jobs`` (in ``workers`` processes); a full disk stops the batch."""
+    bar = tqdm(total=len(jobs), desc="preprocess", unit="case", disable=not progress)
+    try:
+        if workers <= 1 or len(jobs) <= 1:
+            for job in jobs:
+                try:
+                    summary.done.append(preprocess_case(*job))
+                except DiskFullError:
+                    raise
+                except Exception as err:
+                    summary.failed.append((job[0], _one_line(job[0], err)))
+                bar.update()
+            return
         workers = min(workers, len(jobs), os.cpu_count() or 1)
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker) as pool:
+        pool = ProcessPoolExecutor(
+            workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(os.getpid(),)
+        )
+        try:
             futures = {pool.submit(preprocess_case, *job): job[0] for job in jobs}
             for future in as_completed(futures):
                 try:
                     summary.done.append(future.result())
+                except DiskFullError:
+                    raise
                 except Exception as err:
                     summary.failed.append((futures[future], _one_line(futures[future], err)))
                 bar.update()
-    bar.close()
-    summary.done.sort()
-    summary.failed.sort()
-    return summary
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+    except BaseException:
+        bar.leave = False  # the error line replaces the bar
+        raise
+    finally:
+        bar.close()
 
 
 FOREGROUND_PERCENTILES = (0.5, 99.5)
@@ -642,12 +872,15 @@ def load_plans(cache_dir: str | Path) -> dict:
 
 
 def list_cases(cache_dir: str | Path) -> list[str]:
-    """Ids of the complete cases in the cache, sorted."""
+    """Ids of the cases the cache holds a record for (``cases/<id>.json``), sorted.
+
+    A record whose arrays are broken is listed (and named by :func:`verify_case` / :func:`load_case`),
+    never silently dropped; a case whose JSON was never written (an interrupted run) is not.
+    """
     cases = Path(cache_dir) / "cases"
     if not cases.is_dir():
         return []
-    ids = sorted(p.stem for p in cases.glob("*.json") if not p.name.startswith("."))
-    return [case_id for case_id in ids if is_complete(cache_dir, case_id)]
+    return sorted(p.stem for p in cases.glob("*.json") if not p.name.startswith("."))
 
 
 def load_case(
@@ -655,15 +888,36 @@ def load_case(
 ) -> tuple[np.ndarray, np.ndarray | None, dict]:
     """``(image [I, J, K], label [I, J, K] | None, record)`` of a cached case.
 
-    Arrays are memory-mapped read-only when ``mmap``; InputError if the case is missing or incomplete.
+    Arrays are memory-mapped read-only when ``mmap``. InputError naming the file if the case is missing,
+    an array is missing or truncated, or its shape/dtype differ from the record (cheap header checks;
+    :func:`verify_case` also checks the content).
     """
     record_path, _, _ = _case_paths(Path(cache_dir), case_id)
-    if not is_complete(cache_dir, case_id):
-        raise InputError(record_path, f"case {case_id!r} is missing or incomplete in the cache")
-    record = json.loads(record_path.read_text(encoding="utf-8"))
+    record = _read_record(record_path, case_id)
+    arrays = record.get("arrays") if isinstance(record.get("arrays"), dict) else {}
     mode = "r" if mmap else None
-    image = np.load(record_path.parent / record["image_file"], mmap_mode=mode, allow_pickle=False)
-    label = None
-    if record.get("label_file"):
-        label = np.load(record_path.parent / record["label_file"], mmap_mode=mode, allow_pickle=False)
-    return image, label, record
+    loaded = []
+    for name in (record["image_file"], record.get("label_file")):
+        if not name:
+            loaded.append(None)
+            continue
+        path = record_path.parent / name
+        try:
+            array = np.load(path, mmap_mode=mode, allow_pickle=False)
+        except FileNotFoundError:
+            raise InputError(path, f"array of case {case_id!r} is missing") from None
+        except (OSError, ValueError, EOFError) as err:
+            raise InputError(
+                path, f"unreadable or truncated array ({' '.join(str(err).split())[:200]})"
+            ) from None
+        entry = arrays.get(name)
+        if entry is not None and (
+            list(array.shape) != entry.get("shape") or array.dtype.str != entry.get("dtype")
+        ):
+            raise InputError(
+                path,
+                f"array is {array.dtype.str} {list(array.shape)}, the case record says "
+                f"{entry.get('dtype')} {entry.get('shape')}",
+            )
+        loaded.append(array)
+    return loaded[0], loaded[1], record

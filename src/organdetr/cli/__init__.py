@@ -38,12 +38,28 @@ for _verb in VERBS:
     app.command(name=_verb)(getattr(_module, _verb))
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {' '.join(str(message).split())}\n"
+
+
 def main() -> None:
-    """Console-script entry point: bad input ends in one line naming the file, not a traceback."""
+    """Console-script entry point: bad input ends in one line naming the file, not a traceback.
+
+    ``InputError`` (and ``OSError`` naming a file: permissions, read-only file systems) -> ``error: ...``
+    on stderr, exit code 2; warnings are printed as one line each.
+    """
+    import warnings
+
     from organdetr.errors import InputError
 
+    warnings.formatwarning = _one_line_warning
     try:
         app()
     except InputError as err:
         typer.echo(f"error: {err}", err=True)
+        raise SystemExit(2) from None
+    except OSError as err:
+        if err.filename is None:
+            raise
+        typer.echo(f"error: {err.filename}: {err.strerror or err}", err=True)
         raise SystemExit(2) from None

@@ -32,8 +32,10 @@ def benchmark(
         "-o",
         help="Results folder (default: benchmarks/results/<suite>). Reruns reuse finished runs.",
     ),
-    iterations: int = typer.Option(200, help="Optimizer steps per variant and seed (same budget for all)."),
-    cases: int = typer.Option(16, help="Synthetic phantom cases in all (split train / val / test)."),
+    iterations: int = typer.Option(
+        200, min=1, help="Optimizer steps per variant and seed (same budget for all)."
+    ),
+    cases: int = typer.Option(16, min=3, help="Synthetic phantom cases in all (split train / val / test)."),
     size: int = typer.Option(32, help="Model input grid: SIZE^3 voxels."),
     seeds: list[str] = typer.Option(
         None, "--seeds", help="Training seeds, e.g. --seeds 0,1,2 (mean ± std in the table). Default 0."
@@ -41,8 +43,8 @@ def benchmark(
     batch_size: int = typer.Option(2, help="Training batch size."),
     val_points: int = typer.Option(8, help="Validations per run (points of the convergence plot)."),
     latency_repeats: int = typer.Option(5, help="Interleaved timed runs per variant for the latency column."),
-    threads: int = typer.Option(2, help="torch CPU threads."),
-    workers: int = typer.Option(1, help="Processes for phantom synthesis and preprocessing."),
+    threads: int = typer.Option(2, min=1, help="torch CPU threads."),
+    workers: int = typer.Option(1, min=1, help="Processes for phantom synthesis and preprocessing."),
     device: str = typer.Option("cpu", help="cpu | cuda | cuda:N (training, evaluation and profiling)."),
     set_: list[str] = typer.Option(
         None, "--set", help="Extra config override for every variant, e.g. --set optim.lr=5e-4 (repeatable)."
@@ -78,6 +80,8 @@ def benchmark(
         )
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
-    out = output or Path("benchmarks") / "results" / Path(suite).stem
+    from organdetr.outputs import check_output_folder
+
+    out = check_output_folder(output or Path("benchmarks") / "results" / Path(suite).stem, "results folder")
     command = "organdetr " + " ".join(sys.argv[1:]) if sys.argv and "benchmark" in sys.argv else ""
     run_suite(suite, out, cfg, command=command, progress=True)

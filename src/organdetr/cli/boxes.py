@@ -49,8 +49,11 @@ def boxes(
     """
     from organdetr.io import read_image, read_label_map
     from organdetr.label_boxes import boxes_from_labels
+    from organdetr.outputs import check_output_file
 
     fmt = fmt or _format_from_suffix(output)
+    if output is not None:
+        check_output_file(output)
     labels = read_label_map(scan_label)
     class_map = _resolve_classes(classes, scan_label)
     found = boxes_from_labels(

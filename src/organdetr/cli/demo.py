@@ -25,7 +25,7 @@ def demo(
     quick: Annotated[
         bool, typer.Option("--quick", help="Tiny models, 32^3 grid, ~1 minute (a smoke test, not a result).")
     ] = False,
-    threads: Annotated[int, typer.Option(help="CPU threads for torch.")] = 2,
+    threads: Annotated[int, typer.Option(min=1, help="CPU threads for torch.")] = 2,
     shared_data: Annotated[
         Path, typer.Option(help="Real-data pack (default: ../shared/data or $ORGANDETR_SHARED_DATA).")
     ] = None,
@@ -39,8 +39,12 @@ def demo(
     first), scores held-out phantoms (3D mAP in mm) beside two image-blind priors, predicts a real CT when
     the shared data pack is present, and writes metrics, PR and loss curves and pictures into OUT/report/.
     """
-    from organdetr.demo import DemoConfig, run_demo
+    from organdetr.demo import DemoConfig, find_shared_data, run_demo
+    from organdetr.outputs import check_output_folder
 
+    check_output_folder(out, "demo folder")
+    if shared_data is not None:
+        find_shared_data(shared_data)  # InputError now (not after minutes of training) when it is unusable
     changes = {
         "out_dir": out,
         "threads": threads,

@@ -52,10 +52,12 @@ def evaluate(
     from organdetr.evaluation import evaluate_detections
     from organdetr.evaluation.io import load_ground_truth, load_predictions
     from organdetr.evaluation.report import print_table, write_report
+    from organdetr.outputs import check_output_folder
 
     console = Console()
+    out_dir = check_output_folder(output or pred_dir / "evaluation", "report folder")
     truth = load_ground_truth(gt, split=split.value)
-    preds = load_predictions(pred_dir, truth.classes)
+    preds = load_predictions(pred_dir, truth.classes, truth.class_ids)
     known = set(truth.case_ids)
     missing = [c for c in truth.case_ids if c not in preds.files]
     extra = [c for c in preds.case_ids if c not in known]
@@ -85,7 +87,6 @@ def evaluate(
         case_ids=truth.case_ids,
     )
     print_table(result, console)
-    out_dir = output or pred_dir / "evaluation"
     paths = write_report(
         result,
         out_dir,

@@ -16,7 +16,9 @@ def export(
         ),
     ],
     out: Annotated[Path, typer.Argument(metavar="OUT.onnx", help="ONNX file to write, e.g. model.onnx.")],
-    opset: Annotated[int, typer.Option(help="ONNX opset version (>= 20 for the deformable decoder).")] = 20,
+    opset: Annotated[
+        int, typer.Option(help="ONNX opset version (14 or newer; >= 20 for the deformable decoder).")
+    ] = 20,
     check: Annotated[
         bool, typer.Option(help="Compare ONNX Runtime boxes with PyTorch on a random input.")
     ] = True,
@@ -29,8 +31,11 @@ def export(
     import numpy as np
     import torch
 
-    from organdetr.export import export_network, load_exportable, load_session, onnx_detect
+    from organdetr.export import check_opset, export_network, load_exportable, load_session, onnx_detect
+    from organdetr.outputs import check_output_file
 
+    check_opset(opset)
+    check_output_file(out, "ONNX file")
     detector, plans = load_exportable(checkpoint)
     input_size = tuple(int(s) for s in plans["input_size"])
     export_network(detector.network, input_size, out, plans=plans, opset=opset)

@@ -35,13 +35,23 @@ def predict(
     ] = None,
     score_threshold: Annotated[
         float,
-        typer.Option(help="Drop detections below this score. 0 keeps the best query of every organ (paper)."),
+        typer.Option(
+            help="Drop detections below this score, in [0, 1]. 0 keeps the best query of every organ (paper)."
+        ),
     ] = 0.0,
-    batch_size: Annotated[int, typer.Option(help="Scans per forward pass.")] = 1,
+    batch_size: Annotated[int, typer.Option(min=1, help="Scans per forward pass.")] = 1,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N (bf16 autocast on GPU).")] = "auto",
     overlay: Annotated[bool, typer.Option(help="Write <case>.png: three views with the boxes.")] = True,
     save_box_mask: Annotated[
         bool, typer.Option(help="Write <case>_boxes.nii.gz: the boxes as a label volume on the scan's grid.")
+    ] = False,
+    resample_uneven_slices: Annotated[
+        bool,
+        typer.Option(
+            "--resample-uneven-slices",
+            help="DICOM series with a missing slice or uneven slice steps: interpolate onto the median step "
+            "(and say so under 'warnings' in the JSON) instead of refusing the scan.",
+        ),
     ] = False,
     formats: Annotated[
         list[str] | None,
@@ -111,12 +121,20 @@ def predict(
     series comes from a PACS and the SEG and SR go back to it.
     A bad scan is reported and skipped; the exit code is 1 if any scan failed.
     """
+    import math
+
     import torch
 
     from organdetr.errors import InputError
     from organdetr.formats.run_outputs import RunOutputs
+    from organdetr.outputs import check_output_folder
     from organdetr.predict import Predictor, find_scans, group_channels, predict_scans
 
+    if not (math.isfinite(score_threshold) and 0.0 <= score_threshold <= 1.0):
+        raise typer.BadParameter(
+            f"must be a number in [0, 1], got {score_threshold}", param_hint="--score-threshold"
+        )
+    check_output_folder(out, "output folder")
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 8)))
     if dicomweb is not None or study is not None or series is not None:
         if inputs:
@@ -162,6 +180,7 @@ def predict(
         score_threshold=score_threshold,
         overlay=overlay,
         save_box_mask=save_box_mask,
+        uneven_slices="resample" if resample_uneven_slices else "refuse",
         dicom_out=dicom_out,
         progress=progress,
         outputs=outputs,

@@ -184,6 +184,12 @@ class CacheDataset(Dataset):
                 f"shape {tuple(image_np.shape)} differs from plans.json ({expected}: channels, input_size)",
             )
         image = torch.from_numpy(np.array(image_np, dtype=np.float32))
+        if not bool(torch.isfinite(image).all()):
+            bad = int((~torch.isfinite(image)).sum())
+            raise InputError(
+                self.cache_dir / "cases" / record["image_file"],
+                f"cached image holds {bad} NaN/inf values (corrupt cache; rerun organdetr preprocess)",
+            )
         if label_np is None:
             raise InputError(self.cache_dir / "cases" / f"{case_id}.json", "case has no label array")
         seg = self._dense_seg(label_np, case_id)

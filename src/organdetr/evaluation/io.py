@@ -42,16 +42,20 @@ class GroundTruthSet:
     case_ids: list[str]
     classes: list[str]
     source: str
+    class_ids: dict[str, int] = field(default_factory=dict)  # organ name -> label id
     case_classes: list[str] = field(default_factory=list)  # case-level class names (empty: none)
     case_labels: dict[str, str | None] = field(default_factory=dict)  # case id -> its class name
 
 
-def load_predictions(pred_dir: str | Path, classes: list[str] | None = None) -> PredictionSet:
+def load_predictions(
+    pred_dir: str | Path, classes: list[str] | None = None, class_ids: dict[str, int] | None = None
+) -> PredictionSet:
     """Read ``pred_dir/*.json``. JSON objects without ``detections`` are skipped (and listed).
 
     Raises :class:`InputError` naming the file for unreadable JSON, a duplicate ``case_id``, an organ
-    not in ``classes`` (when given), a non-finite score, or a ``box_mm`` that is not 6 finite numbers
-    with min <= max.
+    not in ``classes`` (when given), a score that is not a number in [0, 1], a ``label_id`` that is not
+    the id of its ``label`` in ``class_ids`` (organ name -> label id, when given), or a ``box_mm`` that is
+    not 6 finite numbers with min <= max.
     """
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
@@ -76,7 +80,7 @@ def load_predictions(pred_dir: str | Path, classes: list[str] | None = None) -> 
         result.files[case_id] = path
         result.case_ids.append(case_id)
         for i, det in enumerate(data["detections"]):
-            result.detections.append(_detection(path, case_id, i, det, known))
+            result.detections.append(_detection(path, case_id, i, det, known, class_ids))
         if "case_label" in data:
             result.case_probabilities[case_id] = _case_probabilities(path, data["case_label"])
     return result
@@ -95,7 +99,9 @@ def _case_probabilities(path: Path, entry) -> dict[str, float]:
     return {str(k): float(v) for k, v in probs.items()}
 
 
-def _detection(path: Path, case_id: str, i: int, det, known: set[str] | None) -> Detection:
+def _detection(
+    path: Path, case_id: str, i: int, det, known: set[str] | None, class_ids: dict[str, int] | None
+) -> Detection:
     where = f"detection #{i}"
     if not isinstance(det, dict):
         raise InputError(path, f"{where} is not an object")
@@ -104,9 +110,28 @@ def _detection(path: Path, case_id: str, i: int, det, known: set[str] | None) ->
         raise InputError(path, f"{where} needs a string 'label' (organ name)")
     if known is not None and label not in known:
         raise InputError(path, f"{where} has unknown organ {label!r} (not in the ground-truth classes)")
+    if "label_id" in det:
+        label_id = det["label_id"]
+        if isinstance(label_id, bool) or not isinstance(label_id, int):
+            raise InputError(path, f"{where} ({label}) has a non-integer label_id {label_id!r}")
+        if class_ids and label in class_ids and class_ids[label] != label_id:
+            owner = next((name for name, i in class_ids.items() if i == label_id), None)
+            also = f" (that id is {owner!r})" if owner else ""
+            raise InputError(
+                path,
+                f"{where}: label {label!r} is label id {class_ids[label]} in the class map, "
+                f"but the detection says label_id {label_id}{also}",
+            )
     score = det.get("score")
-    if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score):
-        raise InputError(path, f"{where} ({label}) has an invalid score {score!r}; expected a finite number")
+    if (
+        isinstance(score, bool)
+        or not isinstance(score, int | float)
+        or not math.isfinite(score)
+        or not 0.0 <= score <= 1.0
+    ):
+        raise InputError(
+            path, f"{where} ({label}) has an invalid score {score!r}; expected a number in [0, 1]"
+        )
     box = _box(path, f"{where} ({label})", det.get("box_mm"))
     return Detection(case_id, label, float(score), box)
 
@@ -149,9 +174,10 @@ def load_ground_truth(path: str | Path, *, split: Split = "all", progress: bool 
 def _from_cache(cache_dir: Path) -> GroundTruthSet:
     plans = _read_json(cache_dir / "plans.json")
     try:
-        classes = [str(name) for _, name in sorted((int(k), v) for k, v in plans["classes"].items())]
+        id_names = sorted((int(k), str(v)) for k, v in plans["classes"].items())
     except (KeyError, TypeError, ValueError, AttributeError):
         raise InputError(cache_dir / "plans.json", "needs 'classes' as {label id: name}") from None
+    classes = [name for _, name in id_names]
     boxes, case_ids = [], []
     case_labels: dict[str, str | None] = {}
     for record_path in sorted((cache_dir / "cases").glob("*.json")):
@@ -175,7 +201,15 @@ def _from_cache(cache_dir: Path) -> GroundTruthSet:
     case_classes = [str(plans["case_classes"][k]) for k in sorted(plans.get("case_classes") or {}, key=int)]
     if not case_classes:
         case_labels = {}
-    return GroundTruthSet(boxes, case_ids, classes, f"cache {cache_dir}", case_classes, case_labels)
+    return GroundTruthSet(
+        boxes,
+        case_ids,
+        classes,
+        f"cache {cache_dir}",
+        {name: i for i, name in id_names},
+        case_classes=case_classes,
+        case_labels=case_labels,
+    )
 
 
 def _from_dataset(root: Path, split: Split, progress: bool) -> GroundTruthSet:
@@ -209,6 +243,7 @@ def _from_dataset(root: Path, split: Split, progress: bool) -> GroundTruthSet:
         case_ids,
         list(dataset.classes.values()),
         f"nnU-Net dataset {root}",
-        dataset.case_classes,
-        case_labels,
+        {name: i for i, name in dataset.classes.items()},
+        case_classes=dataset.case_classes,
+        case_labels=case_labels,
     )

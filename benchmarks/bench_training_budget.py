@@ -1,0 +1,135 @@
+"""Held-out accuracy after a fixed number of optimizer steps, beside the image-blind priors.
+
+The harness behind the design experiments of BENCHMARKS.md ("Issue 10"): the demo's phantoms (``--cases``
+varied-field-of-view scans, data seed ``--seed``), preprocessed onto a ``--size``^3 grid with the HU window
+``--hu``, split 80 / 20 by the same seed; the mean-box priors (mm and field-of-view) are scored on the
+held-out scans, then every ``--run`` is trained for exactly ``--steps`` optimizer steps (batch ``--batch``)
+and validated on the held-out scans ``--val-points`` times (COCO-style in mm, 1 detection per organ).
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_training_budget.py --out /tmp/budget --steps 600 --threads 1 \\
+        --run demo --run "demo|model.encoder=fpn" --run "seg2box|seg2box.features=[8, 8, 16, 32, 64, 8]"
+
+A run is ``PRESET`` or ``PRESET|KEY=VALUE|KEY=VALUE...``. Every run gets the demo's optimiser (lr 1e-3,
+grad clip 1.0, 50 warm-up steps) unless its overrides say otherwise. Prints one JSON line for the priors and
+one per run; the validation curve of each run is in ``OUT/runs/<name>/val_log.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from organdetr.config import load_config
+from organdetr.data.phantom import write_synthetic_dataset
+from organdetr.engine import fit
+from organdetr.evaluation import GroundTruth, evaluate_detections
+from organdetr.preprocess import PreprocessConfig, list_cases, load_case, preprocess_dataset
+from organdetr.prior import fit_box_prior, prior_detections
+
+METRICS = ("mAP", "AP50", "AP75", "mAR", "mAP_10_50")
+
+
+def prepare(out: Path, cases: int, size: int, hu: tuple[float, float], seed: int) -> tuple[Path, list, list]:
+    """Phantoms + cache (reused when complete) and the seeded 80 / 20 split (train ids, held-out ids)."""
+    raw, cache = out / "raw", out / f"cache{size}_hu{hu[0]:g}_{hu[1]:g}"
+    if not (raw / "dataset.json").is_file():
+        write_synthetic_dataset(raw, cases, seed=seed, workers=1)
+    if len(list_cases(cache)) < cases:
+        pre = PreprocessConfig(input_size=(size,) * 3, fit="resize", hu_window=hu)
+        preprocess_dataset(raw, cache, pre, workers=1, progress=False)
+    ids = sorted(list_cases(cache))
+    order = np.random.default_rng(seed).permutation(len(ids))
+    test = sorted(ids[i] for i in order[: round(0.2 * len(ids))])
+    return cache, [c for c in ids if c not in test], test
+
+
+def score_priors(cache: Path, train: list, test: list) -> dict:
+    """Held-out metrics of the mean training box per organ (kinds ``mm`` and ``fov``)."""
+    records = {c: load_case(cache, c, mmap=True)[2] for c in train + test}
+    prior = fit_box_prior(records[c] for c in train)
+    names = sorted({b["name"] for c in train for b in records[c]["boxes"]})
+    gts = [GroundTruth(c, b["name"], np.asarray(b["box_mm"])) for c in test for b in records[c]["boxes"]]
+    out = {}
+    for kind in ("mm", "fov"):
+        dets = prior_detections(prior, [records[c] for c in test], kind)
+        summary = evaluate_detections(dets, gts, names, max_detections=1).summary
+        out[kind] = {k: round(float(summary[k]), 3) for k in METRICS}
+    return out
+
+
+def train_run(spec: str, out: Path, cache: Path, train: list, test: list, args) -> dict:
+    """Train ``PRESET|overrides`` for ``args.steps`` steps; returns the held-out validation curve."""
+    preset, *overrides = spec.split("|")
+    name = "_".join([preset] + [o.replace(" ", "").replace("/", "-") for o in overrides])[:120]
+    epochs_per_val = max(1, args.steps // (args.val_points * max(1, len(train) // args.batch)))
+    cfg = load_config(
+        preset,
+        [
+            f"data.cache_dir={cache}",
+            f"data.batch_size={args.batch}",
+            "data.num_workers=0",
+            f"train.steps={args.steps}",
+            "train.device=cpu",
+            "train.progress=false",
+            "train.log_every=20",
+            f"train.val_every={epochs_per_val}",
+            f"train.checkpoint_every={10**6}",
+            f"train.seed={args.train_seed}",
+            "optim.lr=1e-3",
+            "optim.grad_clip=1.0",
+            "optim.warmup_steps=50",
+            *overrides,
+        ],
+    )
+    cfg.data.train_cases, cfg.data.val_cases = train, test
+    run_dir = out / "runs" / name
+    start, cpu = time.perf_counter(), time.process_time()
+    fit(cfg, run_dir)
+    with open(run_dir / "val_log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {
+        "run": spec,
+        "steps": args.steps,
+        "threads": torch.get_num_threads(),
+        "wall_s": round(time.perf_counter() - start),
+        "cpu_s": round(time.process_time() - cpu),
+        "val": [{"step": int(float(r["step"])), **{k: round(float(r[k]), 3) for k in METRICS}} for r in rows],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--run", action="append", default=[], help="PRESET or PRESET|KEY=VALUE|... (repeatable)"
+    )
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--cases", type=int, default=40)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--hu", type=float, nargs=2, default=(-200.0, 300.0))
+    parser.add_argument("--seed", type=int, default=0, help="phantom data and split seed")
+    parser.add_argument("--train-seed", type=int, default=0)
+    parser.add_argument("--val-points", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    cache, train, test = prepare(args.out, args.cases, args.size, tuple(args.hu), args.seed)
+    print(
+        json.dumps({"priors": score_priors(cache, train, test), "train": len(train), "test": len(test)}),
+        flush=True,
+    )
+    for spec in args.run:
+        print(json.dumps(train_run(spec, args.out, cache, train, test, args)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
