@@ -61,6 +61,10 @@ def test_every_channel_reaches_the_model_in_order(tmp_path):
         raw, tmp_path / "cache", PreprocessConfig(input_size=(SIZE,) * 3), progress=False
     )
     assert summary.done == ["a", "b"]
+    again = preprocess_dataset(
+        raw, tmp_path / "cache", PreprocessConfig(input_size=(SIZE,) * 3), progress=False
+    )
+    assert again.skipped == ["a", "b"] and not again.done  # [C, I, J, K] cases verify against the plans
     plans = json.loads((tmp_path / "cache" / "plans.json").read_text())
     assert plans["channels"] == ["T1", "T1ce", "T2", "FLAIR"] and plans["channel_norm"] == ["zscore"] * 4
     image, _, record = load_case(tmp_path / "cache", "a")

@@ -169,14 +169,11 @@ def parse_case_classes(path: Path, case_classes: Any) -> list[str]:
 def read_case_labels(root: Path, case_classes: list[str], case_ids: list[str]) -> dict[str, str]:
     """``root/case_labels.json`` checked against ``case_classes``; cases not in ``case_ids`` are errors."""
     path = root / CASE_LABELS_FILE
-    if not path.is_file():
-        raise InputError(path, "dataset.json declares 'case_classes' but this file is missing")
-    try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InputError(path, f"not valid JSON ({err})") from None
-    if not isinstance(content, dict):
-        raise InputError(path, "expected a JSON object {case_id: class name}")
+    content = _read_json_object(
+        path,
+        missing="dataset.json declares 'case_classes' but this file is missing",
+        not_object="expected a JSON object {case_id: class name}",
+    )
     known = set(case_ids)
     for case_id, name in content.items():
         if case_id not in known:
@@ -199,15 +196,23 @@ def _check_classes(path: Path, classes: dict[int, str]) -> None:
 
 def read_dataset_json(root: str | Path) -> dict:
     """Parse ``root/dataset.json``; InputError if missing or not a JSON object."""
-    path = Path(root) / "dataset.json"
+    return _read_json_object(
+        Path(root) / "dataset.json",
+        missing="dataset.json not found (is this an nnU-Net v2 raw dataset folder?)",
+        not_object="expected a JSON object at the top level",
+    )
+
+
+def _read_json_object(path: Path, *, missing: str, not_object: str) -> dict:
+    """The JSON object in ``path``; InputError(``missing``) if absent, (``not_object``) if not an object."""
     if not path.is_file():
-        raise InputError(path, "dataset.json not found (is this an nnU-Net v2 raw dataset folder?)")
+        raise InputError(path, missing)
     try:
         content = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise InputError(path, f"not valid JSON ({err})") from None
     if not isinstance(content, dict):
-        raise InputError(path, "expected a JSON object at the top level")
+        raise InputError(path, not_object)
     return content
 
 
