@@ -46,26 +46,11 @@ from .proposals import ProposalHead, inverse_sigmoid, select_per_class, token_an
 
 def build_encoder(cfg: ModelConfig) -> nn.Module:
     """The encoder ``cfg.encoder`` names (see :class:`ModelConfig`)."""
+    sizes = cfg.num_levels, cfg.num_encoder_layers, cfg.d_model, cfg.nhead, cfg.dim_feedforward, cfg.dropout
     if cfg.encoder == "msa":
-        return MSAEncoder(
-            cfg.num_levels,
-            cfg.num_encoder_layers,
-            cfg.d_model,
-            cfg.nhead,
-            cfg.dim_feedforward,
-            cfg.dropout,
-            cfg.kv_pool,
-        )
+        return MSAEncoder(*sizes, cfg.kv_pool)
     if cfg.encoder == "deformable":
-        return DeformableEncoder(
-            cfg.num_levels,
-            cfg.num_encoder_layers,
-            cfg.d_model,
-            cfg.nhead,
-            cfg.dim_feedforward,
-            cfg.dropout,
-            cfg.n_points,
-        )
+        return DeformableEncoder(*sizes, cfg.n_points)
     if cfg.encoder == "fpn":
         return FPNEncoder(cfg.num_levels, cfg.d_model, cfg.norm_groups)
     level = cfg.single_level % cfg.num_levels
