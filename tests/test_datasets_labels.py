@@ -13,6 +13,7 @@ from organdetr.datasets.labels import (
     class_map_description,
     class_map_source,
     load_class_map,
+    load_regions,
     official_names,
     snake_case,
 )
@@ -27,14 +28,17 @@ EXPECTED_SIZES = {
     "totalsegmentator": 117,
     "totalsegmentator_v1": 104,
     "totalsegmentator_mr": 50,
+    "brats": 3,
+    "brats2023": 3,
 }
+SPARSE_OFFICIAL_IDS = {"brats": [1, 2, 4]}  # published ids with a gap (the converter makes them dense)
 
 
 @pytest.mark.parametrize("dataset", CLASS_MAP_NAMES)
 def test_class_map_is_dense_unique_and_cited(dataset):
     classes = load_class_map(dataset)
     assert len(classes) == EXPECTED_SIZES[dataset]
-    assert list(classes) == list(range(1, len(classes) + 1))
+    assert list(classes) == SPARSE_OFFICIAL_IDS.get(dataset, list(range(1, len(classes) + 1)))
     assert len(set(classes.values())) == len(classes)
     assert all(re.fullmatch(r"[a-z][A-Za-z0-9_]*", name) for name in classes.values())
     assert len(class_map_source(dataset)) > 20
@@ -62,6 +66,9 @@ def test_known_ids():
         "vertebrae_C1", "vertebrae_T1", "vertebrae_L1", "vertebrae_L6", "sacrum", "coccyx", "vertebrae_T13",
     )  # fmt: skip
     assert official_names("verse")[27] == "cocc"
+    assert load_regions("brats") == {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)}
+    assert load_regions("brats2023") == {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}
+    assert load_regions("word") == {}
     assert official_names("amos")[9] == "postcava"
 
 

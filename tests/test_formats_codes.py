@@ -24,6 +24,7 @@ TABLE = json.loads(CODES_FILE.read_text(encoding="utf-8"))
 EXPECTED_FALLBACKS = [
     "autochthon_left",
     "autochthon_right",
+    "enhancing_tumor",
     "gluteus_maximus_left",
     "gluteus_maximus_right",
     "gluteus_medius_left",

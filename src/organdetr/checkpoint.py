@@ -306,6 +306,7 @@ def load_detector(
     """
     from .config import load_config
     from .data.cache_dataset import class_map_from_plans
+    from .data.properties import DataProperties
     from .models import detector_from_config
 
     ckpt = resolve_checkpoint_dir(run_dir_or_ckpt)
@@ -320,7 +321,7 @@ def load_detector(
         raise InputError(plans_path, f"unreadable plans ({err})") from None
     classes = class_map_from_plans(plans, plans_path)
     input_size = tuple(int(s) for s in plans["input_size"])
-    detector = detector_from_config(cfg, len(classes), input_size)
+    detector = detector_from_config(cfg, len(classes), input_size, DataProperties.from_plans(plans))
     weights = ckpt / EMA_FILE if use_ema and (ckpt / EMA_FILE).is_file() else ckpt / MODEL_FILE
     load_weights(detector, weights, "cpu")
     return detector.to(device).eval(), cfg, plans

@@ -26,7 +26,7 @@ from .criterion import LossConfig
 from .data.augment import AugmentConfig
 from .errors import InputError
 from .matcher import MatcherConfig
-from .models.config import MaskMedConfig, ModelConfig, Seg2BoxConfig
+from .models.config import MaskMedConfig, ModelConfig, MTMed3DConfig, Seg2BoxConfig
 
 ScheduleKind = Literal["cosine", "step", "constant"]
 AmpMode = Literal["auto", "off", "bf16", "fp16"]
@@ -107,6 +107,7 @@ class LoopConfig:
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower on GPU)
     log_every: int = 10  # optimizer steps between CSV / TensorBoard rows
     max_detections: int = 1  # per class, for validation mAP
+    best_metric: str = "mAP"  # validation metric that picks best/ (higher is better): mAP, Dice, cls_AUC, ...
     progress: bool = True  # progress bar (rank 0 only)
 
     def __post_init__(self) -> None:
@@ -122,10 +123,11 @@ class LoopConfig:
 class TrainConfig:
     """Everything a training run needs; dumped as ``config.yaml`` into the run folder."""
 
-    arch: str = "organdetr"  # organdetr | retinanet | seg2box | maskmed
+    arch: str = "organdetr"  # organdetr | retinanet | seg2box | maskmed | mtmed3d
     model: ModelConfig = field(default_factory=ModelConfig)
     seg2box: Seg2BoxConfig = field(default_factory=Seg2BoxConfig)
     maskmed: MaskMedConfig = field(default_factory=MaskMedConfig)
+    mtmed3d: MTMed3DConfig = field(default_factory=MTMed3DConfig)
     matcher: MatcherConfig = field(default_factory=MatcherConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -134,7 +136,10 @@ class TrainConfig:
     train: LoopConfig = field(default_factory=LoopConfig)
 
 
-PRESETS: tuple[str, ...] = ("tiny", "small", "demo", "paper", "detr", "seg2box", "maskmed", "maskmed_tiny")
+PRESETS: tuple[str, ...] = (
+    "tiny", "small", "demo", "paper", "detr", "seg2box", "maskmed", "maskmed_tiny",
+    "mtmed3d", "mtmed3d_small", "mtmed3d_tiny",
+)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from . import atomic, distributed
 from .atomic import remove_stale_temps
 from .checkpoint import load_checkpoint, read_state, resolve_checkpoint_dir, save_checkpoint
-from .config import OptimConfig, TrainConfig, dump_config
+from .config import OptimConfig, TrainConfig, dump_config, replace_section
 from .data.cache_dataset import CacheDataset, EpochSampler, collate, split_cases
 from .errors import InputError
 from .locking import LOCK_NAME, folder_lock
@@ -271,12 +271,19 @@ def evaluate(
     amp_dtype: torch.dtype | None = None,
     max_detections: int = 1,
     progress: bool = False,
+    mode: str = "coco",
 ) -> dict[str, float]:
-    """Detect on the validation cases and score them in mm (COCO-style, ``evaluate_detections``).
+    """Detect on the validation cases and score them in mm (COCO-style, ``evaluate_detections``; ``mode``
+    ``"monai"`` reproduces MONAI's ``COCOMetric`` numbers).
 
     Detections (voxel boxes on the cache grid) are mapped to LPS mm with
     ``geometry.grid_box_to_original`` and compared with the cached ground-truth ``box_mm``. Under DDP every
     rank detects its shard and all ranks return the same summary (``mAP``, ``AP50``, ``AP75``, ``mAR``...).
+
+    A multi-task detector (one with ``tasks`` and ``infer``, e.g. MTMed3D) is also scored on what else it
+    was trained for, from the same forward pass: ``Dice`` (mean over the classes in each case's labels or
+    prediction, cache grid) for ``seg`` and ``cls_accuracy`` / ``cls_balanced_accuracy`` / ``cls_AUC`` for
+    ``cls`` (:mod:`organdetr.evaluation.classification`).
     """
     from tqdm.auto import tqdm
 
@@ -287,10 +294,20 @@ def evaluate(
     detector.eval()
     names = dataset.class_names
     per_case: list[tuple[str, list[Detection]]] = []
+    tasks = tuple(getattr(detector, "tasks", ()))
+    extra: list[tuple[str, dict]] = []  # per case: dice / case probabilities of multi-task detectors
     main = distributed.current().is_main
     for images, targets in tqdm(loader, desc="validate", disable=not (progress and main), leave=False):
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            results = detector.detect(images.to(device))
+            outputs = (
+                detector.infer(images.to(device))
+                if tasks
+                else {"detections": detector.detect(images.to(device))}
+            )
+        results = outputs["detections"]
+        for b, target in enumerate(targets):
+            if tasks:
+                extra.append((target["case_id"], _task_scores(outputs, b, target, dataset.num_classes)))
         for result, target in zip(results, targets, strict=True):
             record = dataset.record(target["index"])
             boxes = result["boxes"].float().cpu().numpy().reshape(-1, 6)
@@ -310,9 +327,50 @@ def evaluate(
         for i in range(len(dataset))
         for box in dataset.record(i)["boxes"]
     ]
-    result = evaluate_detections(detections, ground_truth, names, max_detections=max_detections, mode="coco")
+    result = evaluate_detections(detections, ground_truth, names, max_detections=max_detections, mode=mode)
     detector.train(was_training)
-    return {k: float(v) for k, v in result.summary.items() if isinstance(v, int | float) and math.isfinite(v)}
+    summary = {
+        k: float(v) for k, v in result.summary.items() if isinstance(v, int | float) and math.isfinite(v)
+    }
+    if extra:
+        summary.update(_task_summary(dict(reversed(distributed.all_gather_list(extra))), dataset))
+    return summary
+
+
+def _task_scores(outputs: dict, b: int, target: dict, num_classes: int) -> dict:
+    """Dice per class present (seg) and case probabilities (cls) of image ``b`` of a batch."""
+    scores: dict = {}
+    if "seg" in outputs:
+        pred, truth = outputs["seg"][b].cpu(), target["seg"].cpu()
+        dice = []
+        for c in range(1, num_classes + 1):
+            p, t = pred == c, truth == c
+            total = int(p.sum()) + int(t.sum())
+            if total:
+                dice.append(2.0 * int((p & t).sum()) / total)
+        scores["dice"] = float(np.mean(dice)) if dice else math.nan
+    if "case_probs" in outputs:
+        scores["case_probs"] = outputs["case_probs"][b].float().cpu().tolist()
+        scores["case_label"] = int(target.get("case_label", torch.tensor(-1)))
+    return scores
+
+
+def _task_summary(per_case: dict[str, dict], dataset: CacheDataset) -> dict[str, float]:
+    """Mean Dice over cases and the classification metrics of :func:`evaluate`'s multi-task outputs."""
+    out: dict[str, float] = {}
+    dice = [s["dice"] for s in per_case.values() if math.isfinite(s.get("dice", math.nan))]
+    if dice:
+        out["Dice"] = float(np.mean(dice))
+    labelled = {c: s for c, s in per_case.items() if "case_probs" in s and s["case_label"] >= 0}
+    if labelled and dataset.case_classes:
+        from .evaluation.classification import evaluate_classification
+
+        names = dataset.case_classes
+        truth = {c: names[s["case_label"]] for c, s in labelled.items()}
+        probs = {c: dict(zip(names, s["case_probs"], strict=True)) for c, s in labelled.items()}
+        cls = evaluate_classification(truth, probs, names).summary()
+        out.update({k: v for k, v in cls.items() if math.isfinite(v)})
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -418,9 +476,13 @@ def _fit(cfg: TrainConfig, run_dir: Path, cache_dir: Path, *, resume: bool, stop
 
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+    from .data.properties import DataProperties
     from .models import detector_from_config
 
-    detector = detector_from_config(cfg, train_ds.num_classes, train_ds.input_size).to(device)
+    data = DataProperties.from_plans(plans)
+    if cfg.model.in_channels != data.in_channels:  # model.in_channels comes from the data
+        cfg = replace_section(cfg, "model", in_channels=data.in_channels)
+    detector = detector_from_config(cfg, train_ds.num_classes, train_ds.input_size, data).to(device)
     optimizer = build_optimizer(detector, cfg.optim)
     amp_dtype = autocast_dtype(cfg.train.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
@@ -430,7 +492,7 @@ def _fit(cfg: TrainConfig, run_dir: Path, cache_dir: Path, *, resume: bool, stop
         else None
     )
 
-    state = {"step": 0, "best_metric": None, "best_step": None, "metric": "mAP"}
+    state = {"step": 0, "best_metric": None, "best_step": None, "metric": cfg.train.best_metric}
     if not resume and _resume_state(run_dir) is not None:
         raise InputError(run_dir, "run folder already holds a checkpoint; use --resume or another --output")
     if resume:
@@ -534,9 +596,13 @@ def _fit(cfg: TrainConfig, run_dir: Path, cache_dir: Path, *, resume: bool, stop
                     cfg, val_ds, ema.module if ema is not None else detector, device, amp_dtype, dist_info
                 )
                 logger.log_val(ctx.step, epoch + 1, metrics)
-                value = metrics.get("mAP")
+                value = _best_metric_value(metrics, cfg.train.best_metric, val_ds.cache_dir)
                 if metrics:
-                    summary += f"  val mAP {value:.3f} AP50 {metrics.get('AP50', float('nan')):.3f}"
+                    summary += f"  val mAP {metrics.get('mAP', float('nan')):.3f} "
+                    summary += f"AP50 {metrics.get('AP50', float('nan')):.3f}"
+                    for key in ("Dice", "cls_accuracy", "cls_AUC"):
+                        if key in metrics:
+                            summary += f" {key} {metrics[key]:.3f}"
                 if value is not None and (state["best_metric"] is None or value > state["best_metric"]):
                     state["best_metric"], state["best_step"] = value, ctx.step
                     save("best", full=False)
@@ -556,6 +622,18 @@ def _fit(cfg: TrainConfig, run_dir: Path, cache_dir: Path, *, resume: bool, stop
         logger.plot()
         logger.close()
     return run_dir
+
+
+def _best_metric_value(metrics: dict[str, float], name: str, cache_dir: Path) -> float | None:
+    """``metrics[name]``; InputError naming the choices when validation does not produce it."""
+    if not metrics or name in metrics:
+        return metrics.get(name)
+    if name == "mAP":  # the default: an architecture without boxes simply never saves best/
+        return None
+    raise InputError(
+        cache_dir,
+        f"train.best_metric={name!r} is not a validation metric here; choose one of {sorted(metrics)}",
+    )
 
 
 def _epoch_summary(epoch: int, epochs: int, ctx: StepContext, seconds: float) -> str:

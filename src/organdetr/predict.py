@@ -19,7 +19,13 @@ Outputs in ``OUT/`` (schema in docs/conventions.md, "Predictions")::
 
 A segmenting model (one whose detector has ``segment``: ``seg2box``, MaskMed, ...) also writes its label map
 (label ids of the dataset, nearest-neighbour back from the model grid); its boxes come from the masks. With
-``dicom_out`` that label map (else the box masks) goes into the DICOM SEG.
+``dicom_out`` that label map (else the box masks) goes into the DICOM SEG. A classifying model (one whose
+detector has ``classify``: MTMed3D with ``cls``) adds the case label with its probability to the JSON
+(``"case_label": {"label", "probability", "probabilities"}``).
+
+A model trained on several channels (``plans.json`` ``channels``, e.g. T1 / T1ce / T2 / FLAIR) reads each
+scan as the nnU-Net channel files ``<case>_0000`` .. ``<case>_000{C-1}`` side by side: name the ``_0000``
+file or the folder holding them; the picture shows the FLAIR (or first) channel, windowed by percentiles.
 
 One bad scan does not stop the others: failures are collected in :class:`PredictSummary`.
 """
@@ -53,10 +59,14 @@ _CHANNEL_SUFFIX = re.compile(r"_\d{4}$")  # nnU-Net's "_0000" channel suffix
 
 @dataclass(frozen=True)
 class ScanInput:
-    """One scan to predict: a file or a DICOM series folder, and the case id its outputs are named by."""
+    """One scan to predict: a file or a DICOM series folder, and the case id its outputs are named by.
+
+    ``channels``: every channel's file of a multi-channel scan (``channels[0] == path``), else empty.
+    """
 
     path: Path
     case_id: str
+    channels: tuple[Path, ...] = ()
 
 
 def is_dicom_file(path: Path) -> bool:
@@ -125,6 +135,50 @@ def find_scans(inputs: Iterable[str | Path]) -> list[ScanInput]:
     return result
 
 
+def group_channels(scans: Sequence[ScanInput], num_channels: int) -> list[ScanInput]:
+    """Multi-channel scans from nnU-Net channel files: each ``<case>_0000<ending>`` with its siblings
+    ``<case>_0001`` .. ``<case>_000{C-1}`` (which must exist); other channel files named alongside are
+    dropped. ``InputError`` for an input that is not a ``_0000`` file (a DICOM folder, a plain file name)."""
+    firsts = [s for s in scans if s.path.is_file() and _channel_of(s.path) == 0]
+    covered = {_sibling(s.path, c) for s in firsts for c in range(num_channels)}
+    result = []
+    for scan in scans:
+        if scan.path in covered and scan not in firsts:
+            continue
+        if scan not in firsts:
+            raise InputError(
+                scan.path,
+                f"the model reads {num_channels} channels: give nnU-Net channel files <case>_0000 .. "
+                f"<case>_{num_channels - 1:04d} (or their folder)",
+            )
+        channels = tuple(_sibling(scan.path, c) for c in range(num_channels))
+        for c, path in enumerate(channels):
+            if not path.is_file():
+                raise InputError(
+                    path, f"channel {c} of {scan.path.name} is missing (the model reads {num_channels})"
+                )
+        result.append(ScanInput(scan.path, case_id_of(scan.path), channels))
+    return result
+
+
+def _channel_of(path: Path) -> int | None:
+    """The nnU-Net channel number of ``<case>_000c<ending>``, else ``None``."""
+    match = re.search(r"_(\d{4})$", _strip_suffix(path.name))
+    return int(match.group(1)) if match else None
+
+
+def _strip_suffix(name: str) -> str:
+    for suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _sibling(path: Path, channel: int) -> Path:
+    stem = _strip_suffix(path.name)
+    return path.with_name(f"{stem[:-4]}{channel:04d}{path.name[len(stem) :]}")
+
+
 def _scans_in_folder(folder: Path) -> list[Path]:
     if is_dicom_series(folder):
         return [folder]
@@ -169,8 +223,8 @@ class Predictor:
     """
 
     def __init__(self, detector: torch.nn.Module, plans: dict, device: torch.device | str = "cpu"):
-        from organdetr.data.cache_dataset import class_map_from_plans
-        from organdetr.preprocess import config_from_plans
+        from organdetr.data.cache_dataset import case_classes_from_plans, class_map_from_plans
+        from organdetr.preprocess import config_from_plans, num_channels
 
         self.device = torch.device(device)
         self.detector = detector.to(self.device).eval()
@@ -179,6 +233,9 @@ class Predictor:
         self.classes = class_map_from_plans(plans)
         self.label_ids = list(self.classes)  # dense index -> label id
         self.source: str | None = None  # the checkpoint the weights came from (for the JSON)
+        self.in_channels = num_channels(plans)
+        self.channel_names = list(plans.get("channels") or [])
+        self.case_classes = case_classes_from_plans(plans)
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path, device: str = "auto") -> Predictor:
@@ -201,17 +258,49 @@ class Predictor:
         """
         from organdetr.preprocess import preprocess_image
 
-        volume = read_image(scan.path, uneven_slices=uneven_slices)
-        grid, record = preprocess_image(volume, self.preprocess_config)
-        record.update({"case_id": scan.case_id, "image": str(scan.path), "warnings": list(volume.warnings)})
+        if self.preprocess_config.channel_norm:  # a multi-channel (or z-scored) cache: one volume per channel
+            paths = list(scan.channels or (scan.path,))
+            volumes = [read_image(p, uneven_slices=uneven_slices) for p in paths]
+            grid, record = preprocess_image(volumes, self.preprocess_config)
+            volume = volumes[self.display_channel]
+            warnings = [w for v in volumes for w in v.warnings]
+        else:
+            volume = read_image(scan.path, uneven_slices=uneven_slices)
+            grid, record = preprocess_image(volume, self.preprocess_config)
+            warnings = list(volume.warnings)
+        record.update({"case_id": scan.case_id, "image": str(scan.path), "warnings": warnings})
         return PreparedScan(scan, grid, record, volume if keep_volume else None)
+
+    @property
+    def display_channel(self) -> int:
+        """The channel the pictures show: a CT channel, else FLAIR, else the first."""
+        names = [n.strip().upper() for n in self.channel_names]
+        for wanted in ("CT", "FLAIR"):
+            if wanted in names:
+                return names.index(wanted)
+        return 0
+
+    def display_window(self, volume: Volume) -> tuple[float, float] | None:
+        """(width, level) for the picture: ``None`` (soft tissue W400/L40) for HU, else the 1-99.5
+        percentiles of the non-zero voxels (MR has no fixed intensity scale)."""
+        norms = self.preprocess_config.channel_norm
+        if not norms or norms[self.display_channel] == "hu_window":
+            return None
+        values = np.asarray(volume.array, dtype=np.float32)
+        values = values[values != 0] if np.count_nonzero(values) else values.ravel()
+        low, high = np.percentile(values, (1.0, 99.5))
+        return float(max(high - low, 1e-6)), float((high + low) / 2)
+
+    def _batch(self, grids: Sequence[np.ndarray]) -> torch.Tensor:
+        """``[B, C, I, J, K]`` float32 from grids ``[I, J, K]`` (one channel) or ``[C, I, J, K]``."""
+        batch = torch.from_numpy(np.stack([np.asarray(g, dtype=np.float32) for g in grids]))
+        return (batch[:, None] if batch.ndim == 4 else batch).to(self.device, non_blocking=True)
 
     @torch.no_grad()
     def detect_grids(self, grids: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
         """Detector on a batch of grids ``[I, J, K]`` -> per grid ``labels [D]``, ``scores [D]``,
         ``boxes [D, 6]`` (voxel xyzxyz on the model grid), as numpy."""
-        batch = torch.from_numpy(np.stack([np.asarray(g, dtype=np.float32) for g in grids]))[:, None]
-        batch = batch.to(self.device, non_blocking=True)
+        batch = self._batch(grids)
         with self._autocast():
             results = self.detector.detect(batch)
         return [
@@ -221,15 +310,42 @@ class Predictor:
 
     @property
     def segments(self) -> bool:
-        """Whether the model also gives a label map (its detector has ``segment``)."""
-        return callable(getattr(self.detector, "segment", None))
+        """Whether the model also gives a label map (its detector has ``segment``; a multi-task detector
+        declares it in ``tasks``)."""
+        return callable(getattr(self.detector, "segment", None)) and self._trained_for("seg")
+
+    @property
+    def classifies(self) -> bool:
+        """Whether the model gives a case-level class (its detector has ``classify``)."""
+        return callable(getattr(self.detector, "classify", None)) and self._trained_for("cls")
+
+    def _trained_for(self, task: str) -> bool:
+        tasks = getattr(self.detector, "tasks", None)
+        return tasks is None or task in tasks
+
+    @torch.no_grad()
+    def classify_grids(self, grids: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Case-level class probabilities of a batch of grids -> per grid ``[C]`` (``case_classes`` order)."""
+        with self._autocast():
+            probs = self.detector.classify(self._batch(grids)).float().cpu().numpy()
+        return list(probs)
+
+    def case_label(self, probabilities: np.ndarray) -> dict:
+        """The prediction JSON's ``case_label``: the most probable class, its probability, all of them."""
+        best = int(np.argmax(probabilities))
+        return {
+            "label": self.case_classes[best],
+            "probability": round(float(probabilities[best]), 6),
+            "probabilities": {
+                n: round(float(p), 6) for n, p in zip(self.case_classes, probabilities, strict=True)
+            },
+        }
 
     @torch.no_grad()
     def segment_grids(self, grids: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Label maps of a batch of grids -> per grid ``[I, J, K]`` of the dataset's label ids (0 = none)."""
-        batch = torch.from_numpy(np.stack([np.asarray(g, dtype=np.float32) for g in grids]))[:, None]
         with self._autocast():
-            dense = self.detector.segment(batch.to(self.device)).cpu().numpy()
+            dense = self.detector.segment(self._batch(grids)).cpu().numpy()
         lut = np.asarray([0, *self.label_ids], dtype=np.uint8 if max(self.label_ids) < 256 else np.uint16)
         return [lut[d] for d in dense]
 
@@ -238,8 +354,15 @@ class Predictor:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def to_prediction(self, prepared: PreparedScan, result: dict, score_threshold: float = 0.0) -> dict:
-        """Model-grid detections -> the prediction JSON of docs/conventions.md (original scan, LPS mm)."""
+    def to_prediction(
+        self,
+        prepared: PreparedScan,
+        result: dict,
+        score_threshold: float = 0.0,
+        case_probabilities: np.ndarray | None = None,
+    ) -> dict:
+        """Model-grid detections -> the prediction JSON of docs/conventions.md (original scan, LPS mm);
+        ``case_probabilities`` ``[C]`` add its ``case_label``."""
         keep = result["scores"] >= score_threshold
         labels, scores, boxes = result["labels"][keep], result["scores"][keep], result["boxes"][keep]
         box_voxel, box_mm = grid_box_to_original(boxes.reshape(-1, 6).astype(np.float64), prepared.record)
@@ -257,7 +380,7 @@ class Predictor:
                     "size_mm": [round(float(v), 3) for v in mm[3:] - mm[:3]],
                 }
             )
-        return {
+        prediction = {
             "case_id": prepared.scan.case_id,
             "image": str(prepared.scan.path),
             "world_frame": "LPS",
@@ -266,6 +389,11 @@ class Predictor:
             "warnings": list(prepared.record.get("warnings", [])),
             "detections": detections,
         }
+        if prepared.scan.channels:
+            prediction["images"] = [str(p) for p in prepared.scan.channels]
+        if case_probabilities is not None:
+            prediction["case_label"] = self.case_label(case_probabilities)
+        return prediction
 
 
 # ----------------------------------------------------------------------------- writing outputs
@@ -310,13 +438,15 @@ def write_outputs(
     seg: np.ndarray | None = None,
     outputs: RunOutputs | None = None,
     dicom_out: bool = False,
+    window: tuple[float, float] | None = None,
 ) -> list[Path]:
     """Write ``<case>.json`` (+ ``<case>.png``, ``<case>_boxes.nii.gz``, ``<case>_seg.nii.gz``, the
     ``outputs`` formats' files, ``<case>_seg.dcm`` / ``<case>_sr.dcm``).
 
     ``seg``: the model's label map on the original scan's grid (label ids), for segmenting models; the
     ``outputs`` writers use it too (3D Slicer segments, mask outlines in the viewer), and with ``dicom_out``
-    the DICOM SEG holds it (else the box masks). Returns the paths written.
+    the DICOM SEG holds it (else the box masks). ``window``: (width, level) of the picture (default
+    W400/L40, CT soft tissue). Returns the paths written.
     """
     from organdetr.overlay import render_overlay
 
@@ -332,9 +462,15 @@ def write_outputs(
         volume = read_image(prediction["image"], uneven_slices=uneven_slices)
     if overlay:
         n = len(prediction["detections"])
-        title = f"{case_id}: {n} organ box{'es' if n != 1 else ''} (W400/L40)"
+        shown = "W400/L40" if window is None else f"W{window[0]:.4g}/L{window[1]:.4g}"
+        title = f"{case_id}: {n} organ box{'es' if n != 1 else ''} ({shown})"
+        if "case_label" in prediction:
+            title += f", {prediction['case_label']['label']} ({prediction['case_label']['probability']:.2f})"
+        options = {} if window is None else {"window": window}
         written.append(
-            render_overlay(volume, prediction["detections"], out_dir / f"{case_id}.png", title=title)
+            render_overlay(
+                volume, prediction["detections"], out_dir / f"{case_id}.png", title=title, **options
+            )
         )
     if save_box_mask:
         mask = box_mask(prediction["detections"], volume.geometry.size)
@@ -429,6 +565,8 @@ def predict_scans(
     scans = [s if isinstance(s, ScanInput) else None for s in inputs]
     if any(s is None for s in scans):
         scans = find_scans(inputs)  # type: ignore[arg-type]
+    if predictor.in_channels > 1:
+        scans = group_channels(scans, predictor.in_channels)
     if dicom_out:
         from organdetr.formats.dicom_source import check_dicom_source
         from organdetr.formats.optional import require
@@ -443,9 +581,9 @@ def predict_scans(
         outputs = None
     if outputs is not None and outputs.classes is None:
         outputs.classes = predictor.classes
-    keep_volume = batch_size == 1 and (
+    keep_volume = (batch_size == 1 or predictor.in_channels > 1) and (
         overlay or save_box_mask or dicom_out or (outputs is not None and outputs.needs_volume)
-    )
+    )  # a multi-channel scan keeps its display channel: the picture cannot reread it by name
     with tqdm(total=len(scans), desc="predict", unit="scan", disable=not progress, dynamic_ncols=True) as bar:
         batches = _prepared_batches(predictor, scans, batch_size, keep_volume, summary, bar, uneven_slices)
         for batch in batches:
@@ -455,9 +593,14 @@ def predict_scans(
                 if predictor.segments
                 else [None] * len(batch)
             )
-            for prepared, result, seg in zip(batch, results, segs, strict=True):
+            probs = (
+                predictor.classify_grids([p.grid for p in batch])
+                if predictor.classifies
+                else [None] * len(batch)
+            )
+            for prepared, result, seg, prob in zip(batch, results, segs, probs, strict=True):
                 try:
-                    prediction = predictor.to_prediction(prepared, result, score_threshold)
+                    prediction = predictor.to_prediction(prepared, result, score_threshold, prob)
                     seg_original = None if seg is None else grid_labels_to_original(seg, prepared.record)
                     write_outputs(
                         prediction,
@@ -469,6 +612,7 @@ def predict_scans(
                         seg=seg_original,
                         outputs=outputs,
                         dicom_out=dicom_out,
+                        window=None if prepared.volume is None else predictor.display_window(prepared.volume),
                     )
                     summary.done.append(prepared.scan.case_id)
                 except (InputError, RuntimeError, ValueError, OSError, MemoryError) as err:
@@ -503,6 +647,7 @@ __all__ = [
     "box_voxel_slices",
     "case_id_of",
     "find_scans",
+    "group_channels",
     "load_prediction",
     "predict_scans",
     "resolve_device",

@@ -9,6 +9,13 @@ nearest-neighbour; boxes are recomputed on the grid, and the original-scan boxes
 Datasets (:func:`preprocess_dataset`): nnU-Net v2 raw folder -> cache (layout in docs/conventions.md),
 parallel over cases, resumable, atomic (arrays first, the case JSON last), failures listed at the end.
 
+Multi-channel datasets (several ``channel_names``, e.g. BraTS' T1 / T1ce / T2 / FLAIR): every channel must
+share channel 0's grid; each is resampled by the same mapping and normalised by its own scheme
+(``PreprocessConfig.channel_norm``; by default HU window for a ``CT`` channel, z-score for any other, e.g.
+MR), and the cached image is ``[C, I, J, K]``. A single-channel dataset keeps the ``[I, J, K]`` HU-window
+cache of earlier versions unless ``channel_norm`` says otherwise. Case-level labels (``case_classes`` /
+``case_labels.json``) and ``regions`` of the dataset are carried into ``plans.json`` and the case records.
+
 The cache is verified, not trusted because a file exists: each case JSON records every array's shape,
 dtype, byte size and SHA-256 (:func:`write_case`); :func:`verify_case` checks them (a mismatch makes
 ``preprocess`` redo the case and ``train`` name the file). One writer at a time: ``preprocess`` holds the
@@ -23,7 +30,7 @@ import hashlib
 import json
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -45,10 +52,15 @@ from organdetr.label_boxes import OrganBox, boxes_from_labels, world_box_to_voxe
 
 CACHE_VERSION = 1
 FITS = ("resize", "pad")
+CHANNEL_NORMS = ("hu_window", "zscore")
+ZSCORE_MIN_FOREGROUND = 0.01
+"""z-score statistics come from the non-zero voxels (the head of a skull-stripped MR) when at least this
+fraction of the grid is non-zero, else from every voxel."""
 # plans keys that must match for a cache to be resumed (``source`` may move)
 _PLAN_KEYS = (
     "version", "target_spacing", "input_size", "fit", "hu_window", "normalization", "interpolation",
     "min_voxels", "largest_component", "image_dtype", "classes",
+    "channel_norm", "channels", "regions", "case_classes",
 )  # fmt: skip
 
 
@@ -63,6 +75,9 @@ class PreprocessConfig:
     interpolation: image interpolation, ``"linear"`` or ``"bspline"`` (labels are always nearest).
     min_voxels / largest_component: organ box options (see :func:`organdetr.label_boxes.boxes_from_labels`).
     image_dtype: ``"float32"`` or ``"float16"`` for the cached image.
+    channel_norm: per-channel normalisation, one of :data:`CHANNEL_NORMS` per channel (``hu_window``: clip
+        to ``hu_window``, scale to [0, 1]; ``zscore``: (x - mean) / std over the non-zero voxels, 0 outside,
+        as nnU-Net does for MR). Empty = the single-channel HU window cache of earlier versions.
     """
 
     target_spacing: tuple[float, float, float] = (2.0, 2.0, 2.0)
@@ -73,8 +88,13 @@ class PreprocessConfig:
     min_voxels: int = 1
     largest_component: bool = False
     image_dtype: str = "float32"
+    channel_norm: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "channel_norm", tuple(str(n) for n in self.channel_norm))
+        bad = [n for n in self.channel_norm if n not in CHANNEL_NORMS]
+        if bad:
+            raise ValueError(f"channel_norm entries must be one of {CHANNEL_NORMS}, got {bad}")
         object.__setattr__(self, "target_spacing", tuple(float(s) for s in self.target_spacing))
         object.__setattr__(self, "input_size", tuple(int(s) for s in self.input_size))
         object.__setattr__(self, "hu_window", tuple(float(h) for h in self.hu_window))
@@ -94,9 +114,23 @@ class PreprocessConfig:
             raise ValueError(f"min_voxels must be >= 1, got {self.min_voxels}")
 
 
-def make_plans(cfg: PreprocessConfig, classes: dict[int, str], source: str | Path | None = None) -> dict:
-    """The cache's ``plans.json`` content for ``cfg`` and the class map."""
+def make_plans(
+    cfg: PreprocessConfig,
+    classes: dict[int, str],
+    source: str | Path | None = None,
+    *,
+    channels: list[str] | None = None,
+    regions: dict[str, tuple[int, ...]] | None = None,
+    case_classes: list[str] | None = None,
+) -> dict:
+    """The cache's ``plans.json`` content for ``cfg`` and the class map.
+
+    Multi-channel / region / case-label keys appear only when the dataset has them, so a single-channel
+    cache's plans are those of earlier versions: ``channels`` (names in channel order), ``channel_norm``,
+    ``regions`` (name -> label ids), ``case_classes`` (``{"0": name, ...}``).
+    """
     plans = asdict(cfg)
+    plans.pop("channel_norm")
     plans.update(
         {
             "version": CACHE_VERSION,
@@ -109,12 +143,49 @@ def make_plans(cfg: PreprocessConfig, classes: dict[int, str], source: str | Pat
             "source": None if source is None else str(source),
         }
     )
+    if cfg.channel_norm:
+        names = channels if channels and len(channels) == len(cfg.channel_norm) else None
+        names = names or [f"channel_{c}" for c in range(len(cfg.channel_norm))]
+        plans["channel_norm"] = list(cfg.channel_norm)
+        plans["normalization"] = {
+            "scheme": "per_channel",
+            "channels": [
+                _norm_description(n, scheme, cfg) for n, scheme in zip(names, cfg.channel_norm, strict=True)
+            ],
+        }
+    if channels is not None and len(channels) > 1:
+        plans["channels"] = list(channels)
+    if regions:
+        plans["regions"] = {name: [int(i) for i in ids] for name, ids in regions.items()}
+    if case_classes:
+        plans["case_classes"] = {str(i): name for i, name in enumerate(case_classes)}
     return plans
+
+
+def _norm_description(name: str, scheme: str, cfg: PreprocessConfig) -> dict:
+    if scheme == "hu_window":
+        return {"name": name, "scheme": "hu_window", "clip": list(cfg.hu_window), "output_range": [0.0, 1.0]}
+    return {"name": name, "scheme": "zscore", "statistics": "non-zero voxels of the case", "background": 0.0}
+
+
+def default_channel_norm(channel_names: list[str]) -> tuple[str, ...]:
+    """Per-channel scheme from the channel names: ``CT`` -> HU window, anything else (MR ...) -> z-score.
+
+    A single-channel dataset gets ``()`` (the HU-window cache of earlier versions, whatever its name).
+    """
+    if len(channel_names) <= 1:
+        return ()
+    return tuple("hu_window" if n.strip().upper() == "CT" else "zscore" for n in channel_names)
 
 
 def config_from_plans(plans: dict) -> PreprocessConfig:
     """The :class:`PreprocessConfig` a cache was made with (predict preprocesses new scans the same way)."""
     return PreprocessConfig(**{k: plans[k] for k in PreprocessConfig.__dataclass_fields__ if k in plans})
+
+
+def num_channels(plans: dict) -> int:
+    """Image channels of a cache (1 for the single-channel caches of earlier versions)."""
+    return len(plans.get("channel_norm") or [None])
 
 
 # ----------------------------------------------------------------------------- one case
@@ -129,6 +200,20 @@ def normalise_hu(image: np.ndarray, hu_window: tuple[float, float]) -> np.ndarra
     return image
 
 
+def normalise_zscore(image: np.ndarray) -> np.ndarray:
+    """z-score float ``image`` in place over its non-zero voxels (all voxels when fewer than
+    :data:`ZSCORE_MIN_FOREGROUND` are non-zero); voxels outside that foreground become 0. Returns it."""
+    foreground = image != 0
+    if foreground.mean() < ZSCORE_MIN_FOREGROUND:
+        foreground = np.ones(image.shape, dtype=bool)
+    values = image[foreground].astype(np.float64)
+    mean, std = float(values.mean()), float(values.std())
+    image -= mean
+    image *= 1.0 / max(std, 1e-8)
+    image[~foreground] = 0.0
+    return image
+
+
 def grid_mapping(geometry: Geometry, cfg: PreprocessConfig) -> GridMapping:
     """The model grid for a scan of ``geometry`` (canonical LPS direction) and its map back."""
     canonical = reorient_geometry(geometry)
@@ -137,10 +222,82 @@ def grid_mapping(geometry: Geometry, cfg: PreprocessConfig) -> GridMapping:
     return pad_grid(canonical, cfg.target_spacing, cfg.input_size)
 
 
-def preprocess_image(volume: Volume, cfg: PreprocessConfig) -> tuple[np.ndarray, dict]:
-    """An image without labels -> ``(image [I, J, K] float, record)`` (what predict uses)."""
-    image, _, record = preprocess_volume(volume, cfg)
+def preprocess_image(volume: Volume | list[Volume], cfg: PreprocessConfig) -> tuple[np.ndarray, dict]:
+    """An image without labels -> ``(image [I, J, K] float, record)`` (what predict uses); a list of channel
+    volumes (multi-channel cache) -> ``(image [C, I, J, K], record)``."""
+    if isinstance(volume, list):
+        image, _, record = preprocess_channels(volume, cfg)
+    else:
+        image, _, record = preprocess_volume(volume, cfg)
     return image, record
+
+
+def preprocess_channels(
+    volumes: list[Volume],
+    cfg: PreprocessConfig,
+    labels: Volume | None = None,
+    classes: dict[int, str] | None = None,
+    *,
+    image_paths: list[str | Path] | None = None,
+    label_path: str | Path | None = None,
+) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """A multi-channel scan (one volume per channel, channel order) -> the model grid.
+
+    Returns ``(image [C, I, J, K], label [I, J, K] | None, record)`` like :func:`preprocess_volume`; each
+    channel is resampled by channel 0's mapping and normalised by ``cfg.channel_norm[c]``. Every channel
+    must share channel 0's grid (else :class:`InputError` naming that channel's file).
+    """
+    paths = list(image_paths) if image_paths is not None else [None] * len(volumes)
+    norms = cfg.channel_norm or ("hu_window",) * len(volumes)
+    if len(norms) != len(volumes):
+        raise InputError(
+            paths[0], f"{len(volumes)} channels but the plans normalise {len(norms)} (channel_norm {norms})"
+        )
+    reference = volumes[0].geometry
+    for c, (volume, path) in enumerate(zip(volumes[1:], paths[1:], strict=True), start=1):
+        if not volume.geometry.is_close(reference, mm_tol=1e-2, dir_tol=1e-4):
+            other = Path(paths[0]).name if paths[0] is not None else "channel 0"
+            raise InputError(
+                path, f"channel {c} is not on the grid of {other} ({_grid_difference(volume, reference)})"
+            )
+    mapping = grid_mapping(reference, cfg)
+    channels = []
+    for volume, scheme in zip(volumes, norms, strict=True):
+        fill = cfg.hu_window[0] if scheme == "hu_window" else 0.0
+        grid = resample(
+            volume.array, volume.geometry, mapping.geometry,
+            interpolation=cfg.interpolation, default_value=fill, output_dtype=np.float32,
+        )  # fmt: skip
+        grid = normalise_hu(grid, cfg.hu_window) if scheme == "hu_window" else normalise_zscore(grid)
+        channels.append(grid.astype(cfg.image_dtype, copy=False))
+    image = np.stack(channels)
+    record = {
+        "image": None if paths[0] is None else str(paths[0]),
+        "images": [None if p is None else str(p) for p in paths],
+        "label": None if label_path is None else str(label_path),
+        "world_frame": "LPS",
+        "original": reference.to_dict(),
+        "original_orientation": axis_codes(reference),
+        "grid": mapping.geometry.to_dict(),
+        "to_original": mapping.to_dict(),
+    }
+    if labels is None:
+        return image, None, record
+    grid_label, boxes, dropped = _resample_labels(
+        volumes[0], labels, mapping, cfg, classes, paths[0], label_path
+    )
+    record["boxes"] = boxes
+    record["dropped"] = dropped
+    return image, grid_label, record
+
+
+def _grid_difference(volume: Volume, reference: Geometry) -> str:
+    problems = []
+    for name in ("size", "spacing", "origin", "direction"):
+        a, b = getattr(volume.geometry, name), getattr(reference, name)
+        if not np.allclose(a, b, rtol=0, atol=1e-2 if name != "direction" else 1e-4):
+            problems.append(f"{name} {_fmt(a)} vs {_fmt(b)}")
+    return "; ".join(problems)
 
 
 def preprocess_volume(
@@ -413,7 +570,10 @@ def verify_case(
         entry = arrays.get(name) if isinstance(arrays, dict) else None
         if isinstance(arrays, dict) and entry is None:
             raise InputError(record_path, f"case record has no checksum entry for {name}")
-        _verify_array(record_path.parent / name, entry, expected, checksum)
+        shape = expected
+        if expected is not None and name == record.get("image_file") and plans.get("channel_norm"):
+            shape = (num_channels(plans), *expected)  # a multi-channel image is [C, I, J, K]
+        _verify_array(record_path.parent / name, entry, shape, checksum)
     if finite:
         image_path = record_path.parent / record["image_file"]
         image = np.load(image_path, mmap_mode="r", allow_pickle=False)
@@ -458,14 +618,32 @@ def is_complete(cache_dir: str | Path, case_id: str, plans: dict | None = None) 
 
 
 def preprocess_case(
-    case_id: str, image_path: Path, label_path: Path | None, out_dir: Path, cfg: PreprocessConfig, classes
+    case_id: str,
+    image_path: Path,
+    label_path: Path | None,
+    out_dir: Path,
+    cfg: PreprocessConfig,
+    classes,
+    channel_paths: tuple[Path, ...] = (),
+    case_label: str | None = None,
 ) -> str:
-    """Preprocess one case into ``out_dir/cases`` (arrays first, JSON last); returns ``case_id``."""
-    volume = read_image(image_path)
+    """Preprocess one case into ``out_dir/cases`` (arrays first, JSON last); returns ``case_id``.
+
+    ``channel_paths``: every channel's file of a multi-channel case (then ``image_path`` is channel 0);
+    ``case_label``: its case-level class name, stored in the record as ``"case_label"``.
+    """
     labels = read_label_map(label_path) if label_path is not None else None
-    image, label, record = preprocess_volume(
-        volume, cfg, labels, classes, image_path=image_path, label_path=label_path
-    )
+    if len(channel_paths) > 1 or cfg.channel_norm:
+        paths = list(channel_paths) or [image_path]
+        image, label, record = preprocess_channels(
+            [read_image(p) for p in paths], cfg, labels, classes, image_paths=paths, label_path=label_path
+        )
+    else:
+        image, label, record = preprocess_volume(
+            read_image(image_path), cfg, labels, classes, image_path=image_path, label_path=label_path
+        )
+    if case_label is not None:
+        record["case_label"] = case_label
     write_case(out_dir, case_id, image, label, record)
     return case_id
 
@@ -538,7 +716,22 @@ def preprocess_dataset(
 
     dataset = load_dataset(dataset_root)
     out_dir = Path(out_dir)
-    plans = make_plans(cfg, dataset.classes, Path(dataset_root).resolve())
+    if not cfg.channel_norm and len(dataset.channels) > 1:
+        cfg = replace(cfg, channel_norm=default_channel_norm(dataset.channels))
+    if cfg.channel_norm and len(cfg.channel_norm) != len(dataset.channels):
+        raise InputError(
+            Path(dataset_root) / "dataset.json",
+            f"{len(dataset.channels)} channels {dataset.channels} but channel_norm gives "
+            f"{len(cfg.channel_norm)} schemes {list(cfg.channel_norm)}",
+        )
+    plans = make_plans(
+        cfg,
+        dataset.classes,
+        Path(dataset_root).resolve(),
+        channels=dataset.channels,
+        regions=dataset.regions,
+        case_classes=dataset.case_classes,
+    )
     _, changed = _changed_plans(out_dir, plans) if out_dir.is_dir() else (None, [])
     if changed and not overwrite:
         _refuse_other_plans(out_dir, changed)  # before creating or locking anything
@@ -571,7 +764,10 @@ def preprocess_dataset(
             )
         if problem is None and existing != plans:
             write_json(out_dir / "plans.json", plans)
-        jobs = [(c.case_id, c.image, c.label, out_dir, cfg, dataset.classes) for c in todo]
+        jobs = [
+            (c.case_id, c.image, c.label, out_dir, cfg, dataset.classes, c.channels, c.case_label)
+            for c in todo
+        ]
         _run_jobs(jobs, workers, summary, progress and bool(jobs), tqdm)
     summary.done.sort()
     summary.failed.sort()

@@ -49,7 +49,9 @@ def evaluate(
     workers: int = typer.Option(1, "--workers", min=1, help="--seg: processes scoring cases in parallel."),
 ) -> None:
     """Score predictions against ground-truth organ boxes (LPS mm): mAP@.50:.95, AP50, AP75, mAR, per organ,
-    nnDetection mAP@.10:.50, centre and face errors in mm; with --seg, label maps against label maps.
+    nnDetection mAP@.10:.50, centre and face errors in mm; with --seg, label maps against label maps. With
+    case-level labels in the ground truth (case_labels.json / the cache) and in the predictions: accuracy,
+    sensitivity, specificity, balanced accuracy and AUC per class (classification.json, .md, .png).
 
     Writes OUT/metrics.json, metrics.csv, metrics.md, matches.csv and pr_curves.png. Cases without a
     prediction file count as no detections (listed). With --seg: OUT/seg_metrics.json, seg_metrics.csv,
@@ -111,7 +113,38 @@ def evaluate(
             "ignored_predictions": extra,
         },
     )
+    if truth.case_classes:
+        paths += _classification_report(truth, preds, out_dir, console, pred_dir)
     console.print(f"wrote {', '.join(p.name for p in paths)} to {out_dir}")
+
+
+def _classification_report(truth, preds, out_dir: Path, console, pred_dir: Path) -> list[Path]:
+    """Case-level classification metrics when the ground truth has case labels (else nothing)."""
+    from organdetr.atomic import write_json, write_text
+    from organdetr.errors import InputError
+    from organdetr.evaluation.classification import (
+        classification_markdown,
+        evaluate_classification,
+        plot_classification,
+    )
+
+    if not preds.case_probabilities:
+        console.print(
+            "[yellow]warning[/]: the ground truth has case labels but no prediction has 'case_label'"
+        )
+        return []
+    truth_labels = {c: truth.case_labels.get(c) for c in truth.case_ids}
+    try:
+        result = evaluate_classification(truth_labels, preds.case_probabilities, truth.case_classes)
+    except ValueError as err:
+        raise InputError(pred_dir, str(err)) from None
+    markdown = classification_markdown(result)
+    console.print(markdown)
+    paths = [out_dir / "classification.json", out_dir / "classification.md", out_dir / "classification.png"]
+    write_json(paths[0], result.to_dict())
+    write_text(paths[1], markdown)
+    plot_classification(result, paths[2])
+    return paths
 
 
 def _short(items: list[str], limit: int = 10) -> str:

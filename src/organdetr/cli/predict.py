@@ -128,7 +128,7 @@ def predict(
     from organdetr.errors import InputError
     from organdetr.formats.run_outputs import RunOutputs
     from organdetr.outputs import check_output_folder
-    from organdetr.predict import Predictor, find_scans, predict_scans
+    from organdetr.predict import Predictor, find_scans, group_channels, predict_scans
 
     if not (math.isfinite(score_threshold) and 0.0 <= score_threshold <= 1.0):
         raise typer.BadParameter(
@@ -166,6 +166,8 @@ def predict(
     )
     scans = find_scans(inputs)
     predictor = Predictor.from_checkpoint(checkpoint, device)
+    if predictor.in_channels > 1:  # nnU-Net channel files <case>_0000 .. side by side make one scan
+        scans = group_channels(scans, predictor.in_channels)
     typer.echo(
         f"{len(scans)} scan(s), {len(predictor.classes)} organ classes, model grid "
         f"{'x'.join(str(s) for s in predictor.preprocess_config.input_size)}, device {predictor.device}"

@@ -15,6 +15,12 @@ class Fit(StrEnum):
     pad = "pad"
 
 
+class Norm(StrEnum):
+    auto = "auto"
+    hu = "hu"
+    zscore = "zscore"
+
+
 def preprocess(
     dataset: Path = typer.Argument(..., help="nnU-Net v2 raw dataset folder (with dataset.json)."),
     out: Path = typer.Argument(..., help="Output cache folder (plans.json + cases/)."),
@@ -39,6 +45,13 @@ def preprocess(
         False, "--largest-component", help="Box only each organ's largest connected component."
     ),
     float16: bool = typer.Option(False, "--float16", help="Cache images as float16 (half the disk)."),
+    norm: Norm = typer.Option(
+        Norm.auto,
+        "--norm",
+        help="Intensity normalisation per channel. auto: a single channel keeps the HU window; with several "
+        "channels, CT ones get the HU window and the others (MR) z-score over the non-zero voxels. hu / "
+        "zscore: that scheme for every channel.",
+    ),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip cases already in the cache."),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace a cache made with other settings instead of stopping."
@@ -52,8 +65,22 @@ def preprocess(
 
     from rich.console import Console
 
-    from organdetr.preprocess import PreprocessConfig, foreground_window, preprocess_dataset
+    from organdetr.datasets.nnunet import load_dataset
+    from organdetr.preprocess import (
+        PreprocessConfig,
+        default_channel_norm,
+        foreground_window,
+        preprocess_dataset,
+    )
 
+    channels = load_dataset(dataset).channels
+    if norm == Norm.auto:
+        channel_norm = default_channel_norm(channels)
+    else:
+        scheme = "hu_window" if norm == Norm.hu else "zscore"
+        channel_norm = (scheme,) * len(channels) if len(channels) > 1 or norm == Norm.zscore else ()
+    if hu is None and channel_norm and "hu_window" not in channel_norm:
+        hu = (-1000.0, 1000.0)  # unused: no channel is windowed
     if hu is None:  # resume with the window already chosen, else measure it on the labelled organs
         plans = Path(out) / "plans.json"
         try:
@@ -70,6 +97,7 @@ def preprocess(
             min_voxels=min_voxels,
             largest_component=largest_component,
             image_dtype="float16" if float16 else "float32",
+            channel_norm=channel_norm,
         )
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None

@@ -153,21 +153,33 @@ def augment_pair(
     swap_table: np.ndarray | None = None,
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Apply ``params`` to ``image [I, J, K]`` float32 and ``seg [I, J, K]`` int64 (dense class + 1).
+    """Apply ``params`` to ``image [I, J, K]`` (or ``[C, I, J, K]``, several channels) float32 and
+    ``seg [I, J, K]`` int64 (dense class + 1).
 
     Returns the transformed pair (same shapes, dtypes). Outside the input the image is filled with its
-    minimum (air, for CT) and the labels with background. Identity spatial parameters return the inputs'
-    voxels exactly (no resampling). ``swap_table`` is required when ``params.flip_lr``.
+    minimum (air, for CT; per channel) and the labels with background. Identity spatial parameters return
+    the inputs' voxels exactly (no resampling). ``swap_table`` is required when ``params.flip_lr``.
     """
     if not params.is_spatial_identity:
-        grid = affine_grid(params, tuple(image.shape))
-        fill = image.min()
-        image = (
-            F.grid_sample(
-                (image - fill)[None, None], grid, mode="bilinear", padding_mode="zeros", align_corners=True
-            )[0, 0]
-            + fill
-        )
+        grid = affine_grid(params, tuple(seg.shape))
+        if image.ndim == 4:  # channels share the one sampling grid
+            fill = image.amin(dim=(1, 2, 3), keepdim=True)
+            moved = F.grid_sample(
+                (image - fill)[None], grid, mode="bilinear", padding_mode="zeros", align_corners=True
+            )
+            image = moved[0] + fill
+        else:
+            fill = image.min()
+            image = (
+                F.grid_sample(
+                    (image - fill)[None, None],
+                    grid,
+                    mode="bilinear",
+                    padding_mode="zeros",
+                    align_corners=True,
+                )[0, 0]
+                + fill
+            )
         seg = (
             F.grid_sample(
                 seg[None, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=True

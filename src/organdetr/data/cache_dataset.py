@@ -1,9 +1,11 @@
 """Training / validation samples read from the preprocessed cache (docs/conventions.md, "Preprocessed cache").
 
-``CacheDataset[key]`` -> ``(image [1, I, J, K] float32, target)`` with the DETR target of conventions.md:
+``CacheDataset[key]`` -> ``(image [C, I, J, K] float32, target)`` with the DETR target of conventions.md:
 ``labels [M]`` int64 dense class index, ``boxes [M, 6]`` normalised ``cxcyczwhd``, ``seg [I, J, K]`` int64
 (dense class + 1, 0 = background), plus ``case_id`` (str). Boxes are always recomputed from the (possibly
-augmented) labels, so an organ pushed out of the volume leaves the targets.
+augmented) labels, so an organ pushed out of the volume leaves the targets. ``C`` is 1 for the single-channel
+caches and the cache's channel count otherwise (``plans["channel_norm"]``). A cache with case-level classes
+(``plans["case_classes"]``) adds ``case_label``: int64 scalar, the case's class index (-1 = unlabelled).
 
 Reproducibility: ``EpochSampler`` yields ``(index, seed)`` keys whose seed depends only on the run seed,
 the epoch and the position in the epoch, so augmentation is identical whatever the number of DataLoader
@@ -23,7 +25,7 @@ from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
 from ..errors import InputError
-from ..preprocess import list_cases, load_case, load_plans
+from ..preprocess import list_cases, load_case, load_plans, num_channels
 from .augment import AugmentConfig, augment_pair, left_right_swap_table, sample_params
 
 
@@ -36,6 +38,28 @@ def class_map_from_plans(plans: dict, path: str | Path | None = None) -> dict[in
     if not classes or min(classes) < 1:
         raise InputError(path, "plans.json 'classes' must map label ids >= 1 to organ names")
     return dict(sorted(classes.items()))
+
+
+def case_classes_from_plans(plans: dict) -> list[str]:
+    """Case-level class names in index order (``plans["case_classes"]``; empty when the cache has none)."""
+    table = plans.get("case_classes") or {}
+    return [str(table[k]) for k in sorted(table, key=int)]
+
+
+def regions_from_plans(plans: dict) -> dict[str, tuple[int, ...]]:
+    """Region name -> label ids it unites (``plans["regions"]``; empty when the dataset declares none)."""
+    return {str(name): tuple(int(i) for i in ids) for name, ids in (plans.get("regions") or {}).items()}
+
+
+def region_table(classes: dict[int, str], regions: dict[str, tuple[int, ...]]) -> np.ndarray:
+    """Membership ``[K + 1, R]`` bool: row ``c + 1`` (dense class ``c``; row 0 background) marks the
+    regions that hold that class's label id. ``seg`` (dense class + 1) -> region masks is ``table[seg]``."""
+    dense = {label_id: d + 1 for d, label_id in enumerate(sorted(classes))}
+    table = np.zeros((len(classes) + 1, len(regions)), dtype=bool)
+    for r, ids in enumerate(regions.values()):
+        for label_id in ids:
+            table[dense[label_id], r] = True
+    return table
 
 
 def dense_lut(classes: dict[int, str]) -> np.ndarray:
@@ -117,6 +141,9 @@ class CacheDataset(Dataset):
         self.class_names = list(self.classes.values())
         self.input_size = tuple(int(s) for s in self.plans["input_size"])
         self.case_ids = list(list_cases(self.cache_dir) if case_ids is None else case_ids)
+        self.in_channels = num_channels(self.plans)
+        self.case_classes = case_classes_from_plans(self.plans)
+        self.regions = regions_from_plans(self.plans)
         self.augment = augment if augment is not None and augment.enabled else None
         self._lut = dense_lut(self.classes)
         self._swap = left_right_swap_table(self.class_names)
@@ -148,17 +175,19 @@ class CacheDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, dict]:
         index, seed = key if isinstance(key, tuple) else (key, None)
         case_id = self.case_ids[index]
-        image_np, label_np, _record = load_case(self.cache_dir, case_id, mmap=True)
-        if tuple(image_np.shape) != self.input_size:
+        image_np, label_np, record = load_case(self.cache_dir, case_id, mmap=True)
+        expected = self.input_size if self.in_channels == 1 and image_np.ndim == 3 else None
+        expected = expected or (self.in_channels, *self.input_size)
+        if tuple(image_np.shape) != expected:
             raise InputError(
                 self.cache_dir / "cases" / f"{case_id}_image.npy",
-                f"shape {tuple(image_np.shape)} differs from plans.json input_size {self.input_size}",
+                f"shape {tuple(image_np.shape)} differs from plans.json ({expected}: channels, input_size)",
             )
         image = torch.from_numpy(np.array(image_np, dtype=np.float32))
         if not bool(torch.isfinite(image).all()):
             bad = int((~torch.isfinite(image)).sum())
             raise InputError(
-                self.cache_dir / "cases" / _record["image_file"],
+                self.cache_dir / "cases" / record["image_file"],
                 f"cached image holds {bad} NaN/inf values (corrupt cache; rerun organdetr preprocess)",
             )
         if label_np is None:
@@ -171,7 +200,21 @@ class CacheDataset(Dataset):
             image, seg = augment_pair(image, seg, params, self._swap, gen)
         labels, boxes = boxes_from_seg(seg, self.num_classes)
         target = {"labels": labels, "boxes": boxes, "seg": seg, "case_id": case_id, "index": index}
-        return image[None], target
+        if self.case_classes:
+            target["case_label"] = torch.tensor(self.case_label_index(record, case_id), dtype=torch.int64)
+        return (image[None] if image.ndim == 3 else image), target
+
+    def case_label_index(self, record: dict, case_id: str) -> int:
+        """Class index of a case record's ``case_label`` (-1 when it has none)."""
+        name = record.get("case_label")
+        if name is None:
+            return -1
+        if name not in self.case_classes:
+            raise InputError(
+                self.cache_dir / "cases" / f"{case_id}.json",
+                f"case_label {name!r} is not one of plans.json case_classes {self.case_classes}",
+            )
+        return self.case_classes.index(name)
 
 
 class EpochSampler(Sampler):
@@ -217,7 +260,7 @@ class EpochSampler(Sampler):
 
 
 def collate(batch: list[tuple[Tensor, dict]]) -> tuple[Tensor, list[dict]]:
-    """Stack images to ``[B, 1, I, J, K]``; targets stay a list of dicts."""
+    """Stack images to ``[B, C, I, J, K]``; targets stay a list of dicts."""
     images = torch.stack([b[0] for b in batch])
     return images, [b[1] for b in batch]
 
@@ -226,8 +269,11 @@ __all__ = [
     "CacheDataset",
     "EpochSampler",
     "boxes_from_seg",
+    "case_classes_from_plans",
     "class_map_from_plans",
     "collate",
     "dense_lut",
+    "region_table",
+    "regions_from_plans",
     "split_cases",
 ]

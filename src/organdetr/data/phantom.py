@@ -275,6 +275,37 @@ def write_case(root: Path, index: int, seed: int, cfg: PhantomConfig) -> dict:
     }
 
 
+def write_cases(
+    write_one,
+    root: Path,
+    seeds: list[int],
+    cfg,
+    workers: int = 1,
+    *,
+    progress: bool = False,
+    desc: str = "synth",
+) -> list[dict]:
+    """``write_one(root, index, seed, cfg) -> summary`` for every seed (in ``workers`` spawned processes when
+    > 1, SimpleITK single-threaded in each); returns the summaries sorted by ``case_id``."""
+    from tqdm.auto import tqdm
+
+    cases: list[dict] = []
+    with tqdm(total=len(seeds), desc=desc, unit="case", disable=not progress) as bar:
+        if workers <= 1 or len(seeds) == 1:
+            for index, case_seed in enumerate(seeds):
+                cases.append(write_one(root, index, case_seed, cfg))
+                bar.update()
+        else:
+            workers = min(workers, len(seeds), os.cpu_count() or 1)
+            context = get_context("spawn")
+            with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
+                futures = [pool.submit(write_one, root, i, s, cfg) for i, s in enumerate(seeds)]
+                for future in as_completed(futures):
+                    cases.append(future.result())
+                    bar.update()
+    return sorted(cases, key=lambda c: c["case_id"])
+
+
 def write_synthetic_dataset(
     out_dir: str | Path,
     num_cases: int,
@@ -291,8 +322,6 @@ def write_synthetic_dataset(
     ``out_dir`` must be empty, new, or an earlier phantom dataset (whose cases are replaced); an
     :class:`InputError` protects any other folder.
     """
-    from tqdm.auto import tqdm
-
     from organdetr.datasets.nnunet import write_dataset_json
 
     cfg = cfg or PhantomConfig()
@@ -300,22 +329,7 @@ def write_synthetic_dataset(
     if num_cases < 1:
         raise InputError(root, f"number of cases must be >= 1, got {num_cases}")
     _check_target(root, num_cases)
-    seeds = case_seeds(seed, num_cases)
-    cases: list[dict] = []
-    bar = tqdm(total=num_cases, desc="synth", unit="case", disable=not progress)
-    if workers <= 1 or num_cases == 1:
-        for index, case_seed in enumerate(seeds):
-            cases.append(write_case(root, index, case_seed, cfg))
-            bar.update()
-    else:
-        workers = min(workers, num_cases, os.cpu_count() or 1)
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker) as pool:
-            futures = [pool.submit(write_case, root, i, s, cfg) for i, s in enumerate(seeds)]
-            for future in as_completed(futures):
-                cases.append(future.result())
-                bar.update()
-    bar.close()
-    cases.sort(key=lambda c: c["case_id"])
+    cases = write_cases(write_case, root, case_seeds(seed, num_cases), cfg, workers, progress=progress)
     write_dataset_json(
         root,
         PHANTOM_CLASSES,

@@ -22,6 +22,7 @@ FORMATS: dict[str, tuple[str, dict]] = {
     "verse": ("verse", {}),
     "totalsegmentator": ("totalsegmentator", {"variant": "totalsegmentator"}),
     "totalsegmentator_mr": ("totalsegmentator", {"variant": "totalsegmentator_mr"}),
+    "brats": ("brats", {}),
     # sister toolkits' layouts (modules named in full: they live in organdetr.formats)
     "monai-datalist": ("organdetr.formats.monai_datalist", {}),
     "nndetection": ("organdetr.formats.nndetection", {}),
@@ -32,6 +33,7 @@ FORMATS: dict[str, tuple[str, dict]] = {
 LABEL_SETS: dict[str, dict[str, str | None]] = {
     "abdomenct1k": {"organs4": "abdomenct1k", "organs13": "abdomenct1k_organs13"},
     "totalsegmentator": {"auto": None, "v1": "totalsegmentator_v1", "v2": "totalsegmentator"},
+    "brats": {"auto": None, "2018": "brats", "2023": "brats2023"},
 }
 
 

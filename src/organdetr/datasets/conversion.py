@@ -71,12 +71,17 @@ class SourceCase:
 
     ``label`` is the label file (or, for TotalSegmentator, the folder of per-structure masks);
     ``None`` for unlabelled images. ``split`` is ``"Tr"`` (training pool) or ``"Ts"`` (test).
+    ``channels``: the image file of every channel of a multi-channel case (``channels[0] == image``;
+    written as ``<case>_0000`` .. ``<case>_000{C-1}``, all checked to share channel 0's grid), else empty.
+    ``case_label``: the case-level class name (e.g. the BraTS grade), ``None`` when unknown.
     """
 
     case_id: str
     image: Path
     label: Path | None
     split: str = "Tr"
+    channels: tuple[Path, ...] = ()
+    case_label: str | None = None
 
 
 @dataclass
@@ -246,12 +251,24 @@ def convert_case(
     resume: bool,
     id_hint: str = "",
 ) -> str:
-    """Convert one case into ``dst``; returns ``"done"`` or ``"skipped"`` (raises on bad input)."""
+    """Convert one case into ``dst``; returns ``"done"`` or ``"skipped"`` (raises on bad input).
+
+    A multi-channel case writes channels 1.. before channel 0: channel 0 marks the case complete.
+    """
     image_out = image_path(dst, case.case_id, case.split, FILE_ENDING)
     label_out = label_path(dst, case.case_id, case.split, FILE_ENDING) if case.label is not None else None
-    if resume and image_out.is_file() and (label_out is None or label_out.is_file()):
+    extra_out = [
+        image_path(dst, case.case_id, case.split, FILE_ENDING, c) for c in range(1, len(case.channels))
+    ]
+    done = image_out.is_file() and all(p.is_file() for p in extra_out)
+    if resume and done and (label_out is None or label_out.is_file()):
         return "skipped"
     array, geometry = read_image_checked(case.image)
+    others = []
+    for path in case.channels[1:]:  # read and check every channel before writing anything
+        other, other_geometry = read_image_checked(path)
+        check_same_geometry(path, other_geometry, geometry, case.image)
+        others.append(other)
     if case.label is not None and label_out is not None:
         labels = read_label(case, geometry)
         if labels.shape != array.shape:
@@ -259,6 +276,8 @@ def convert_case(
         _check_ids(case.label, labels, valid_ids, dataset, id_hint)
         out = lut[labels]
         write_image(label_out, out, geometry)  # label first: the image marks the case as complete
+    for path, other in zip(extra_out, others, strict=True):
+        write_image(path, other, geometry)
     write_image(image_out, array, geometry)
     return "done"
 
@@ -306,6 +325,9 @@ def convert_cases(
     id_hint: str = "",
     notes: Sequence[str] = (),
     channel_name: str = "CT",
+    channel_names: Sequence[str] | None = None,
+    regions: dict[str, Sequence[int]] | None = None,
+    case_classes: Sequence[str] | None = None,
     resume: bool = True,
     workers: int = 1,
     progress: bool = True,
@@ -318,6 +340,11 @@ def convert_cases(
     the error for label ids outside ``classes``; ``notes``: lines copied into the summary. ``workers``
     > 1 converts in parallel processes. Returns a :class:`ConversionSummary`; per-case failures are
     collected, not raised.
+
+    Multi-channel datasets: ``channel_names`` in channel order (cases carry their ``channels``; default:
+    one channel named ``channel_name``). ``regions`` (name -> official label ids) are written to
+    dataset.json in the output ids (a region that loses a class to ``keep_classes`` is dropped, noted);
+    ``case_classes`` with the cases' ``case_label`` write ``case_labels.json`` beside dataset.json.
     """
     dst = check_output_folder(dst)
     out_classes, lut = dense_class_map(classes, keep_classes)
@@ -364,6 +391,13 @@ def convert_cases(
         return summary
     official = {new: old for old, new in enumerate(lut) if new > 0}
     extras = dict(extra or {})
+    if regions:
+        extras["regions"] = _output_regions(regions, lut, summary)
+        if not extras["regions"]:
+            del extras["regions"]
+    if case_classes:
+        _write_case_labels(dst, cases, case_classes)
+        extras["case_classes"] = {name: i for i, name in enumerate(case_classes)}
     if any(new != old for new, old in official.items()):
         extras["official_label_ids"] = {str(k): int(v) for k, v in sorted(official.items())}
     write_dataset_json(
@@ -372,12 +406,48 @@ def convert_cases(
         summary.num_training,
         name=name,
         file_ending=FILE_ENDING,
-        channel_names={"0": channel_name},
+        channel_names={str(c): n for c, n in enumerate(channel_names or [channel_name])},
         numTest=summary.num_test,
         converted_from=dataset,
         **extras,
     )
     return summary
+
+
+def _output_regions(regions: dict[str, Sequence[int]], lut: np.ndarray, summary: ConversionSummary) -> dict:
+    """Regions in output label ids; regions that lose a class to ``keep_classes`` are dropped (noted)."""
+    out = {}
+    for name, ids in regions.items():
+        mapped = [int(lut[i]) for i in ids if i < len(lut) and lut[i] > 0]
+        if len(mapped) == len(ids):
+            out[name] = sorted(mapped)
+        else:
+            summary.notes.append(f"region {name} dropped: not all of its labels {list(ids)} were kept")
+    return out
+
+
+def _write_case_labels(dst: Path, cases: Sequence[SourceCase], case_classes: Sequence[str]) -> None:
+    """``case_labels.json`` of every case converted so far (earlier runs' entries kept on resume)."""
+    import json
+
+    from organdetr.datasets.nnunet import CASE_LABELS_FILE, write_case_labels
+
+    path = dst / CASE_LABELS_FILE
+    labels: dict[str, str] = {}
+    if path.is_file():
+        try:
+            labels = {str(k): str(v) for k, v in json.loads(path.read_text(encoding="utf-8")).items()}
+        except (ValueError, AttributeError):
+            labels = {}
+    for case in cases:
+        if case.case_label is not None:
+            if case.case_label not in case_classes:
+                raise InputError(
+                    case.image, f"case label {case.case_label!r} is not one of {list(case_classes)}"
+                )
+            labels[case.case_id] = case.case_label
+    complete = {c for split in ("Tr", "Ts") for c in _complete_ids(dst, split)}
+    write_case_labels(dst, {k: v for k, v in labels.items() if k in complete})
 
 
 def _guarded(
@@ -428,17 +498,21 @@ def _check_existing_dataset(dst: Path, classes: dict[int, str], resume: bool) ->
 
 
 def _count_complete(dst: Path, split: str) -> int:
+    return len(_complete_ids(dst, split))
+
+
+def _complete_ids(dst: Path, split: str) -> list[str]:
     folder = dst / f"images{split}"
     if not folder.is_dir():
-        return 0
+        return []
     suffix = f"_0000{FILE_ENDING}"
-    count = 0
+    ids = []
     for image in folder.iterdir():
         if image.name.endswith(suffix) and not image.name.startswith("."):
             case_id = image.name[: -len(suffix)]
             if split == "Ts" or label_path(dst, case_id, split, FILE_ENDING).is_file():
-                count += 1
-    return count
+                ids.append(case_id)
+    return ids
 
 
 def require_folder(src: str | Path) -> Path:

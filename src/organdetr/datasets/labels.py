@@ -28,6 +28,8 @@ CLASS_MAP_NAMES = (
     "totalsegmentator",
     "totalsegmentator_v1",
     "totalsegmentator_mr",
+    "brats",
+    "brats2023",
 )
 
 
@@ -46,6 +48,13 @@ def load_class_map(dataset: str) -> dict[int, str]:
     """
     labels = _load_table(dataset)["labels"]
     return {int(k): v for k, v in sorted(labels.items(), key=lambda kv: int(kv[0]))}
+
+
+def load_regions(dataset: str) -> dict[str, tuple[int, ...]]:
+    """Declared segmentation regions of ``dataset`` (region name -> official label ids; the JSON's
+    ``"regions"``), empty when it has none."""
+    regions = _load_table(dataset).get("regions", {})
+    return {str(name): tuple(int(i) for i in ids) for name, ids in regions.items()}
 
 
 def class_map_source(dataset: str) -> str:

@@ -31,6 +31,7 @@ class PredictionSet:
     case_ids: list[str]
     files: dict[str, Path]
     skipped: list[Path] = field(default_factory=list)
+    case_probabilities: dict[str, dict[str, float]] = field(default_factory=dict)  # "case_label" entries
 
 
 @dataclass
@@ -42,6 +43,8 @@ class GroundTruthSet:
     classes: list[str]
     source: str
     class_ids: dict[str, int] = field(default_factory=dict)  # organ name -> label id
+    case_classes: list[str] = field(default_factory=list)  # case-level class names (empty: none)
+    case_labels: dict[str, str | None] = field(default_factory=dict)  # case id -> its class name
 
 
 def load_predictions(
@@ -78,7 +81,22 @@ def load_predictions(
         result.case_ids.append(case_id)
         for i, det in enumerate(data["detections"]):
             result.detections.append(_detection(path, case_id, i, det, known, class_ids))
+        if "case_label" in data:
+            result.case_probabilities[case_id] = _case_probabilities(path, data["case_label"])
     return result
+
+
+def _case_probabilities(path: Path, entry) -> dict[str, float]:
+    """A prediction's ``case_label`` -> class name -> probability (``probabilities``, else the label's)."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("label"), str):
+        raise InputError(path, "'case_label' must be {label, probability, probabilities}")
+    probs = entry.get("probabilities") or {entry["label"]: entry.get("probability", 1.0)}
+    if not isinstance(probs, dict) or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and 0 <= v <= 1
+        for v in probs.values()
+    ):
+        raise InputError(path, f"'case_label' probabilities must be numbers in [0, 1], got {probs!r}")
+    return {str(k): float(v) for k, v in probs.items()}
 
 
 def _detection(
@@ -161,6 +179,7 @@ def _from_cache(cache_dir: Path) -> GroundTruthSet:
         raise InputError(cache_dir / "plans.json", "needs 'classes' as {label id: name}") from None
     classes = [name for _, name in id_names]
     boxes, case_ids = [], []
+    case_labels: dict[str, str | None] = {}
     for record_path in sorted((cache_dir / "cases").glob("*.json")):
         record = _read_json(record_path)
         case_id = record.get("case_id") if isinstance(record, dict) else None
@@ -169,6 +188,7 @@ def _from_cache(cache_dir: Path) -> GroundTruthSet:
         if case_id in case_ids:
             raise InputError(record_path, f"duplicate case id {case_id!r}")
         case_ids.append(case_id)
+        case_labels[case_id] = record.get("case_label")
         for i, box in enumerate(record["boxes"]):
             name = box.get("name") if isinstance(box, dict) else None
             if name not in classes:
@@ -178,7 +198,18 @@ def _from_cache(cache_dir: Path) -> GroundTruthSet:
             )
     if not case_ids:
         raise InputError(cache_dir / "cases", "no case records (*.json) in the cache")
-    return GroundTruthSet(boxes, case_ids, classes, f"cache {cache_dir}", {name: i for i, name in id_names})
+    case_classes = [str(plans["case_classes"][k]) for k in sorted(plans.get("case_classes") or {}, key=int)]
+    if not case_classes:
+        case_labels = {}
+    return GroundTruthSet(
+        boxes,
+        case_ids,
+        classes,
+        f"cache {cache_dir}",
+        {name: i for i, name in id_names},
+        case_classes=case_classes,
+        case_labels=case_labels,
+    )
 
 
 def _from_dataset(root: Path, split: Split, progress: bool) -> GroundTruthSet:
@@ -206,10 +237,13 @@ def _from_dataset(root: Path, split: Split, progress: bool) -> GroundTruthSet:
             labels.array, labels.geometry, dataset.classes, allow_empty=True, path=case.label
         )
         boxes += [GroundTruth(case.case_id, b.name, np.asarray(b.box_mm, dtype=np.float64)) for b in found]
+    case_labels = {c.case_id: c.case_label for c in cases} if dataset.case_classes else {}
     return GroundTruthSet(
         boxes,
         case_ids,
         list(dataset.classes.values()),
         f"nnU-Net dataset {root}",
         {name: i for i, name in dataset.classes.items()},
+        case_classes=dataset.case_classes,
+        case_labels=case_labels,
     )

@@ -7,7 +7,9 @@ two-stage decoder with denoising and DQM by default; the ``detr`` preset, deform
 encoders and one-to-one matching are the ablations); ``"retinanet"`` (MONAI's dense anchor detector with
 NMS on the same backbone); ``"seg2box"`` (MONAI BasicUNet segmentation, boxes = largest component per
 class: the baseline a detector must beat); ``"maskmed"`` (MaskMed: U-Net + FSAD-Transformer + decoupled
-mask / class head, or its point-wise-head U-Net baseline; segments, and gives boxes from its masks).
+mask / class head, or its point-wise-head U-Net baseline; segments, and gives boxes from its masks);
+``"mtmed3d"`` (MTMed3D: one Swin encoder, detection /
+segmentation / case classification heads, any subset of the three).
 
 Module layout: one module per architecture (``organdetr.py``, ``retinanet.py``) over shared blocks
 (``backbone``, ``attention``, ``deformable_attention``, ``position``, ``heads``, ``encoder``, ``decoder``,
@@ -29,13 +31,14 @@ from .config import (
     PRESET_NAMES,
     MaskMedConfig,
     ModelConfig,
+    MTMed3DConfig,
     Seg2BoxConfig,
     model_preset,
 )
 from .detector import DETRDetector
 from .organdetr import OrganDETR
 
-ARCHITECTURES: tuple[str, ...] = ("organdetr", "retinanet", "seg2box", "maskmed")
+ARCHITECTURES: tuple[str, ...] = ("organdetr", "retinanet", "seg2box", "maskmed", "mtmed3d")
 
 
 def build_model(cfg: ModelConfig) -> OrganDETR:
@@ -52,14 +55,20 @@ def build_detector(
     input_size: tuple[int, int, int],
     *,
     arch_cfg: Any = None,
+    data: Any = None,
 ) -> nn.Module:
     """Detector for ``arch`` with ``num_classes`` organ classes on an ``input_size`` (I, J, K) voxel grid.
 
     ``arch_cfg``: the architecture's own config section where it has one (``Seg2BoxConfig`` for
-    ``seg2box``, ``MaskMedConfig`` for ``maskmed``; defaults when ``None``).
+    ``seg2box``, ``MaskMedConfig`` for ``maskmed``, ``MTMed3DConfig`` for ``mtmed3d``; defaults when
+    ``None``). ``data``: the :class:`~organdetr.data.properties.DataProperties` of the cache (its channel
+    count overrides ``model.in_channels``; regions and case classes feed ``mtmed3d``); ``None`` = one
+    channel, no regions, no case labels.
     """
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if data is not None and data.in_channels != model_cfg.in_channels:
+        model_cfg = replace(model_cfg, in_channels=data.in_channels)
     if arch == "maskmed":  # its own U-Net: only model.in_channels of the model section is read
         from .maskmed import build_maskmed
 
@@ -70,6 +79,10 @@ def build_detector(
                 f"(the bottleneck stride of {len(maskmed_cfg.features)} U-Net stages)"
             )
         return build_maskmed(maskmed_cfg, num_classes, model_cfg.in_channels)
+    if arch == "mtmed3d":  # its own encoder and strides (models/mtmed3d.py)
+        from .mtmed3d import build_mtmed3d
+
+        return build_mtmed3d(model_cfg, arch_cfg or MTMed3DConfig(), num_classes, input_size, data)
     coarsest = model_cfg.strides[-1]
     if any(int(s) % coarsest for s in input_size):
         raise ValueError(
@@ -100,8 +113,11 @@ def build_detector(
     raise ValueError(f"unknown architecture {arch!r}; choose one of {ARCHITECTURES}")
 
 
-def detector_from_config(cfg: Any, num_classes: int, input_size: tuple[int, int, int]) -> nn.Module:
-    """:func:`build_detector` from a whole ``TrainConfig`` (its ``arch`` and that architecture's section)."""
+def detector_from_config(
+    cfg: Any, num_classes: int, input_size: tuple[int, int, int], data: Any = None
+) -> nn.Module:
+    """:func:`build_detector` from a whole ``TrainConfig`` (its ``arch`` and that architecture's section);
+    ``data``: the cache's ``DataProperties`` (channels, regions, case classes)."""
     return build_detector(
         cfg.arch,
         cfg.model,
@@ -110,6 +126,7 @@ def detector_from_config(cfg: Any, num_classes: int, input_size: tuple[int, int,
         num_classes,
         input_size,
         arch_cfg=getattr(cfg, cfg.arch, None),
+        data=data,
     )
 
 
@@ -122,6 +139,7 @@ __all__ = [
     "LossConfig",
     "MaskMedConfig",
     "MatcherConfig",
+    "MTMed3DConfig",
     "ModelConfig",
     "OrganDETR",
     "Seg2BoxConfig",

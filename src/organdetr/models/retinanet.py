@@ -153,16 +153,25 @@ class RetinaNetAdapter(nn.Module):
         voxel ``xyzxyz`` on the input grid, sorted by descending score.
         """
         self._retina.training = False
-        results = []
-        for det in self._retina(images):
-            boxes, scores, labels = det["boxes"], det["labels_scores"], det["labels"].long()
-            order = scores.argsort(descending=True)
-            boxes, scores, labels = boxes[order], scores[order], labels[order]
-            if self.cfg.detections_per_class is not None:
-                keep = rank_within_class(labels) < self.cfg.detections_per_class
-                boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-            results.append({"labels": labels, "scores": scores.float(), "boxes": boxes.float()})
-        return results
+        return best_per_class(self._retina(images), self.cfg.detections_per_class)
+
+
+def best_per_class(
+    monai_detections: list[dict[str, Tensor]], per_class: int | None
+) -> list[dict[str, Tensor]]:
+    """MONAI detector outputs (``boxes``, ``labels_scores``, ``labels`` per image) -> ours: ``labels [D]``,
+    ``scores [D]``, ``boxes [D, 6]`` sorted by descending score, at most ``per_class`` per class (``None``:
+    all)."""
+    results = []
+    for det in monai_detections:
+        boxes, scores, labels = det["boxes"], det["labels_scores"], det["labels"].long()
+        order = scores.argsort(descending=True)
+        boxes, scores, labels = boxes[order], scores[order], labels[order]
+        if per_class is not None:
+            keep = rank_within_class(labels) < per_class
+            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+        results.append({"labels": labels, "scores": scores.float(), "boxes": boxes.float()})
+    return results
 
 
 def rank_within_class(labels: Tensor) -> Tensor:
@@ -225,6 +234,7 @@ __all__ = [
     "BackboneFPN",
     "RetinaNetAdapter",
     "RetinaNetConfig",
+    "best_per_class",
     "build_retinanet",
     "rank_within_class",
 ]
