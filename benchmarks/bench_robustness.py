@@ -1,0 +1,62 @@
+"""Held-out accuracy of trained runs on clean, zoomed (x1.1) and shifted (+10 % of the grid) test scans.
+
+The ablation harness's perturbations (``organdetr.ablation.PERTURBATIONS``) applied to any trained run, e.g.
+the demo's Organ-DETR and seg2box::
+
+    .venv/bin/python benchmarks/bench_robustness.py organdetr_demo/cache organdetr_demo/run \\
+        organdetr_demo/run_seg2box --out /tmp/robust --threads 1
+
+Test cases = the cache's cases that the first run did not train on (its ``data.train_cases``), or ``--cases``.
+Ground-truth boxes of the perturbed scans are re-derived from the transformed labels. Metrics: the engine's
+``evaluate`` on the cache grid (COCO-style in mm, max 1 detection per organ), so clean numbers can differ
+slightly from ``organdetr evaluate`` on the raw scans. Prints one JSON line per run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+import yaml
+
+from organdetr.ablation import PERTURBATIONS, evaluate_on, write_perturbed_cache
+from organdetr.checkpoint import load_detector
+from organdetr.preprocess import list_cases
+
+KEYS = ("mAP", "AP50", "AP75", "mAR", "mAP_10_50")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("cache", type=Path)
+    parser.add_argument("runs", type=Path, nargs="+", help="run folders (their last/ checkpoint is used)")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the perturbed test caches")
+    parser.add_argument("--cases", nargs="*", default=None)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.cases:
+        test = sorted(args.cases)
+    else:
+        config = yaml.safe_load((args.runs[0] / "config.yaml").read_text(encoding="utf-8"))
+        trained = set(config["data"]["train_cases"] or [])
+        test = [c for c in list_cases(args.cache) if c not in trained]
+    folders = {"clean": args.cache}
+    for kind in PERTURBATIONS:
+        slug = kind.replace("+", "_plus_").replace("%", "pct")
+        folders[kind] = write_perturbed_cache(args.cache, args.out / slug, test, kind)
+    device = torch.device("cpu")
+    for run in args.runs:
+        detector, _, _ = load_detector(run / "last", device)
+        scores = {kind: evaluate_on(detector, folder, test, device) for kind, folder in folders.items()}
+        table = {kind: {k: round(float(m[k]), 3) for k in KEYS} for kind, m in scores.items()}
+        clean = table["clean"]["mAP"]
+        change = {k: round(table[k]["mAP"] / clean - 1, 3) if clean > 0 else None for k in PERTURBATIONS}
+        result = {"run": str(run), "cases": len(test), "metrics": table, "mAP_change": change}
+        print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
