@@ -762,10 +762,7 @@ def plot_convergence(results: dict, path: Path) -> Path | None:
         ax.legend(fontsize=8)
     fig.suptitle(f"suite {results['suite']}: validation mAP vs iteration (mean over seeds, band = min-max)")
     fig.tight_layout()
-    with atomic.atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    return path
+    return atomic.write_figure(fig, path, dpi=110)
 
 
 def write_reports(results: dict, out_dir: Path) -> None:

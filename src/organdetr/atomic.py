@@ -152,6 +152,21 @@ def write_json(path: str | Path, obj: Any, indent: int = 2) -> None:
     write_text(path, json.dumps(obj, indent=indent, allow_nan=False) + "\n")
 
 
+def write_figure(fig, path: str | Path, **savefig_kwargs) -> Path:
+    """Save the matplotlib ``fig`` to ``path`` atomically (format from the suffix unless given), close it and
+    return ``path``."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    savefig_kwargs.setdefault("format", path.suffix.lstrip(".") or "png")
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, **savefig_kwargs)
+    finally:
+        plt.close(fig)
+    return path
+
+
 def write_npy(path: str | Path, array: np.ndarray) -> None:
     """Write ``array`` as ``.npy`` to ``path`` atomically (loadable with ``np.load(mmap_mode='r')``)."""
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:

@@ -461,9 +461,7 @@ def _plot_loss_curve(path: Path, run_dir: Path) -> bool:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic.atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    atomic.write_figure(fig, path, dpi=100, format="png")
     return True
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from organdetr.atomic import atomic_path
+from organdetr.atomic import write_figure
 from organdetr.geometry import reorient_to_lps
 from organdetr.io import Volume
 from organdetr.label_boxes import world_box_to_voxel
@@ -139,11 +139,7 @@ def render_overlay(
     if title:
         fig.suptitle(title, color="white", fontsize=12)
     fig.subplots_adjust(left=0.01, right=0.80, top=0.90, bottom=0.03, wspace=0.04)
-    out_path = Path(out_path)
-    with atomic_path(out_path) as tmp:
-        fig.savefig(tmp, dpi=dpi, facecolor="black", format="png")
-    plt.close(fig)
-    return out_path
+    return write_figure(fig, out_path, dpi=dpi, facecolor="black", format="png")
 
 
 def _boxes_on_grid(items: Sequence[dict], geometry) -> np.ndarray:

@@ -142,11 +142,7 @@ class TrainLogger:
             ax.legend(fontsize=8)
             ax.grid(alpha=0.3)
         fig.tight_layout()
-        out = self.run_dir / CURVES_PNG
-        with atomic.atomic_path(out) as tmp:
-            fig.savefig(tmp, dpi=100)
-        plt.close(fig)
-        return out
+        return atomic.write_figure(fig, self.run_dir / CURVES_PNG, dpi=100)
 
     def close(self) -> None:
         self.flush()

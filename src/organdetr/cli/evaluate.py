@@ -80,16 +80,12 @@ def evaluate(
     detections = [d for d in preds.detections if d.case_id in known]
     for path in preds.skipped:
         console.print(f"[yellow]warning[/]: {path} is not a prediction JSON (no 'detections'); skipped")
-    if extra:
-        console.print(
-            f"[yellow]warning[/]: {len(extra)} prediction file(s) for cases not in the ground truth, "
-            f"ignored: {_short(extra)}"
-        )
-    if missing:
-        console.print(
-            f"[yellow]warning[/]: {len(missing)} of {len(truth.case_ids)} cases have no prediction "
-            f"file and count as no detections: {_short(missing)}"
-        )
+    _warn(console, extra, f"{len(extra)} prediction file(s) for cases not in the ground truth, ignored")
+    _warn(
+        console,
+        missing,
+        f"{len(missing)} of {len(truth.case_ids)} cases have no prediction file and count as no detections",
+    )
     if len(missing) == len(truth.case_ids):
         from organdetr.errors import InputError
 
@@ -147,6 +143,12 @@ def _classification_report(truth, preds, out_dir: Path, console, pred_dir: Path)
     return paths
 
 
+def _warn(console, items: list[str], message: str) -> None:
+    """One warning line, ``message: item, item, ...`` (nothing when ``items`` is empty)."""
+    if items:
+        console.print(f"[yellow]warning[/]: {message}: {_short(items)}")
+
+
 def _short(items: list[str], limit: int = 10) -> str:
     return ", ".join(items[:limit]) + (f", ... (+{len(items) - limit})" if len(items) > limit else "")
 
@@ -160,19 +162,21 @@ def _evaluate_label_maps(
     from organdetr.evaluation.segmentation import evaluate_segmentation
     from organdetr.evaluation.segmentation_io import load_label_map_truth, pair_predictions, read_pairs
     from organdetr.evaluation.segmentation_report import print_seg_table, write_seg_report
+    from organdetr.outputs import check_output_folder
 
+    out_dir = check_output_folder(output or pred_dir / "evaluation", "report folder")
     truth = load_label_map_truth(gt, split=split)
     paired = pair_predictions(pred_dir, truth)
-    if paired.extra:
-        console.print(
-            f"[yellow]warning[/]: {len(paired.extra)} label map(s) in {pred_dir} match no ground-truth case, "
-            f"ignored: {_short(paired.extra)}"
-        )
-    if paired.missing:
-        console.print(
-            f"[yellow]warning[/]: {len(paired.missing)} of {len(truth.cases)} cases have no label map and "
-            f"score as empty predictions: {_short(paired.missing)}"
-        )
+    _warn(
+        console,
+        paired.extra,
+        f"{len(paired.extra)} label map(s) in {pred_dir} match no ground-truth case, ignored",
+    )
+    _warn(
+        console,
+        paired.missing,
+        f"{len(paired.missing)} of {len(truth.cases)} cases have no label map and score as empty predictions",
+    )
     preds, gts, spacings = itertools.tee(read_pairs(paired), 3)
     result = evaluate_segmentation(
         (p for p, _, _ in preds),
@@ -185,7 +189,6 @@ def _evaluate_label_maps(
         progress=True,
     )
     print_seg_table(result, console)
-    out_dir = output or pred_dir / "evaluation"
     paths = write_seg_report(
         result,
         out_dir,

@@ -344,7 +344,7 @@ def save_brain_preview(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from organdetr.atomic import atomic_path
+    from organdetr.atomic import write_figure
 
     k = int(np.argmax(np.count_nonzero(labels, axis=(0, 1)))) if labels.any() else labels.shape[2] // 2
     classes, _ = brats_classes()
@@ -370,11 +370,7 @@ def save_brain_preview(
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return write_figure(fig, path, format="png")
 
 
 __all__ = [

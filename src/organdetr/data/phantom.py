@@ -400,7 +400,7 @@ def save_preview(
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    from organdetr.atomic import atomic_path
+    from organdetr.atomic import write_figure
     from organdetr.overlay import organ_colours, window_image
 
     classes = PHANTOM_CLASSES if classes is None else classes
@@ -436,11 +436,7 @@ def save_preview(
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout(rect=(0, 0.1, 1, 0.95 if title else 1))
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return write_figure(fig, path, format="png")
 
 
 def _busiest_slice(labels: np.ndarray, axis: int) -> int:

@@ -203,7 +203,7 @@ def plot_classification(result: ClassificationResult, path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from organdetr.atomic import atomic_path
+    from organdetr.atomic import write_figure
 
     fig, (ax_roc, ax_cm) = plt.subplots(1, 2, figsize=(9, 4))
     for name, (fpr, tpr) in result.roc.items():
@@ -223,11 +223,7 @@ def plot_classification(result: ClassificationResult, path: str | Path) -> Path:
     ax_cm.set(xlabel="predicted", ylabel="true")
     ax_cm.set_title(f"confusion ({result.cases} cases, accuracy {result.accuracy:.3f})", fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
-    return path
+    return write_figure(fig, path, dpi=90, format="png")
 
 
 __all__ = [

@@ -63,7 +63,7 @@ def load_predictions(
     known = None if classes is None else set(classes)
     result = PredictionSet([], [], {})
     for path in sorted(pred_dir.glob("*.json")):
-        data = _read_json(path)
+        data = read_json(path)
         if not isinstance(data, dict) or "detections" not in data:
             result.skipped.append(path)
             continue
@@ -151,11 +151,16 @@ def _box(path: Path, where: str, value) -> np.ndarray:
     return box
 
 
-def _read_json(path: Path):
+def read_json(path: Path, *, want_object: bool = False):
+    """The JSON in ``path``; ``InputError`` naming the file when unreadable (or, with ``want_object``, when
+    its top level is not an object)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise InputError(path, f"not readable JSON ({' '.join(str(err).split())})") from None
+    if want_object and not isinstance(data, dict):
+        raise InputError(path, "expected a JSON object")
+    return data
 
 
 def load_ground_truth(path: str | Path, *, split: Split = "all", progress: bool = True) -> GroundTruthSet:
@@ -172,7 +177,7 @@ def load_ground_truth(path: str | Path, *, split: Split = "all", progress: bool 
 
 
 def _from_cache(cache_dir: Path) -> GroundTruthSet:
-    plans = _read_json(cache_dir / "plans.json")
+    plans = read_json(cache_dir / "plans.json")
     try:
         id_names = sorted((int(k), str(v)) for k, v in plans["classes"].items())
     except (KeyError, TypeError, ValueError, AttributeError):
@@ -181,7 +186,7 @@ def _from_cache(cache_dir: Path) -> GroundTruthSet:
     boxes, case_ids = [], []
     case_labels: dict[str, str | None] = {}
     for record_path in sorted((cache_dir / "cases").glob("*.json")):
-        record = _read_json(record_path)
+        record = read_json(record_path)
         case_id = record.get("case_id") if isinstance(record, dict) else None
         if not isinstance(case_id, str) or not isinstance(record.get("boxes"), list):
             raise InputError(record_path, "not a case record (needs 'case_id' and 'boxes')")

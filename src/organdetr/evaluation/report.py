@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from organdetr.atomic import atomic_path, write_json, write_text
+from organdetr.atomic import write_figure, write_json, write_text
 
 from .coco import EvaluationResult
 
@@ -193,11 +193,7 @@ def plot_pr_curves(result: EvaluationResult, path: str | Path) -> Path:
     fig.supxlabel("recall", fontsize=8)
     fig.supylabel("precision", fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
-    return path
+    return write_figure(fig, path, dpi=90, format="png")
 
 
 def write_report(result: EvaluationResult, out_dir: str | Path, extra: dict | None = None) -> list[Path]:

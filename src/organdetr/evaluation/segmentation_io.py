@@ -12,7 +12,6 @@ reported as :class:`~organdetr.errors.InputError` naming the prediction file.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from organdetr.errors import InputError
+from organdetr.evaluation.io import read_json
 
 PRED_SUFFIXES = ("_seg.nii.gz", ".nii.gz", ".nii", ".nrrd", ".mha")
 
@@ -64,23 +64,14 @@ def load_label_map_truth(path: str | Path, *, split: str = "all") -> LabelMapSet
 
 
 def _from_cache(cache_dir: Path) -> LabelMapSet:
-    def read(p: Path) -> dict:
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise InputError(p, f"not readable JSON ({' '.join(str(err).split())})") from None
-        if not isinstance(data, dict):
-            raise InputError(p, "expected a JSON object")
-        return data
-
-    plans = read(cache_dir / "plans.json")
+    plans = read_json(cache_dir / "plans.json", want_object=True)
     try:
         classes = {int(k): str(v) for k, v in plans["classes"].items()}
     except (KeyError, TypeError, ValueError, AttributeError):
         raise InputError(cache_dir / "plans.json", "needs 'classes' as {label id: name}") from None
     cases = []
     for record_path in sorted((cache_dir / "cases").glob("*.json")):
-        record = read(record_path)
+        record = read_json(record_path, want_object=True)
         label = record.get("label")
         if not isinstance(record.get("case_id"), str) or not isinstance(label, str):
             raise InputError(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from organdetr.atomic import atomic_path, write_json, write_text
+from organdetr.atomic import write_figure, write_json, write_text
 
 from .report import _csv_value, markdown_rows, print_rows
 from .segmentation import SegmentationResult
@@ -113,11 +113,7 @@ def plot_seg_scores(result: SegmentationResult, path: str | Path) -> Path:
     axes[0].set_yticks(positions, names)
     fig.suptitle(describe_seg(result), fontsize=7, wrap=True)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
-    return path
+    return write_figure(fig, path, dpi=90, format="png")
 
 
 def write_seg_report(
