@@ -27,12 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from organdetr.ablation import prior_metrics
 from organdetr.config import load_config
 from organdetr.data.phantom import write_synthetic_dataset
 from organdetr.engine import fit
-from organdetr.evaluation import GroundTruth, evaluate_detections
-from organdetr.preprocess import PreprocessConfig, list_cases, load_case, preprocess_dataset
-from organdetr.prior import fit_box_prior, prior_detections
+from organdetr.preprocess import PreprocessConfig, list_cases, preprocess_dataset
 
 METRICS = ("mAP", "AP50", "AP75", "mAR", "mAP_10_50")
 
@@ -53,16 +52,8 @@ def prepare(out: Path, cases: int, size: int, hu: tuple[float, float], seed: int
 
 def score_priors(cache: Path, train: list, test: list) -> dict:
     """Held-out metrics of the mean training box per organ (kinds ``mm`` and ``fov``)."""
-    records = {c: load_case(cache, c, mmap=True)[2] for c in train + test}
-    prior = fit_box_prior(records[c] for c in train)
-    names = sorted({b["name"] for c in train for b in records[c]["boxes"]})
-    gts = [GroundTruth(c, b["name"], np.asarray(b["box_mm"])) for c in test for b in records[c]["boxes"]]
-    out = {}
-    for kind in ("mm", "fov"):
-        dets = prior_detections(prior, [records[c] for c in test], kind)
-        summary = evaluate_detections(dets, gts, names, max_detections=1).summary
-        out[kind] = {k: round(float(summary[k]), 3) for k in METRICS}
-    return out
+    scores = {kind: prior_metrics(kind, cache, train, cache, test) for kind in ("mm", "fov")}
+    return {kind: {k: round(m[k], 3) for k in METRICS} for kind, m in scores.items()}
 
 
 def train_run(spec: str, out: Path, cache: Path, train: list, test: list, args) -> dict:
