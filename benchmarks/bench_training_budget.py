@@ -6,6 +6,11 @@ varied-field-of-view scans, data seed ``--seed``), preprocessed onto a ``--size`
 held-out scans, then every ``--run`` is trained for exactly ``--steps`` optimizer steps (batch ``--batch``)
 and validated on the held-out scans ``--val-points`` times (COCO-style in mm, 1 detection per organ).
 
+``--test-set N`` adds an independent test set: N more phantoms of data seed ``--test-seed`` (default 7, none
+of them seen in training), preprocessed the same way, also zoomed x1.1 and shifted +10 % of the grid on every
+axis (``organdetr.ablation.PERTURBATIONS``). The priors and every run's final weights are scored on all
+three. The demo holds out only 8 scans (80 organs): too few to tell a 15 % change from noise (BENCHMARKS.md).
+
 Usage::
 
     .venv/bin/python benchmarks/bench_training_budget.py --out /tmp/budget --steps 600 --threads 1 \\
@@ -27,7 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from organdetr.ablation import prior_metrics
+from organdetr.ablation import PERTURBATIONS, evaluate_on, prior_metrics, write_perturbed_cache
+from organdetr.checkpoint import load_detector
 from organdetr.config import load_config
 from organdetr.data.phantom import write_synthetic_dataset
 from organdetr.engine import fit
@@ -50,13 +56,50 @@ def prepare(out: Path, cases: int, size: int, hu: tuple[float, float], seed: int
     return cache, [c for c in ids if c not in test], test
 
 
-def score_priors(cache: Path, train: list, test: list) -> dict:
-    """Held-out metrics of the mean training box per organ (kinds ``mm`` and ``fov``)."""
+def prepare_test_set(out: Path, cases: int, size: int, hu: tuple[float, float], seed: int) -> dict[str, Path]:
+    """``cases`` phantoms of data seed ``seed``, same grid: ``{"clean": cache, <perturbation>: cache}``."""
+    raw, cache = out / f"test_raw_seed{seed}", out / f"test_cache{size}_hu{hu[0]:g}_{hu[1]:g}_seed{seed}"
+    if not (raw / "dataset.json").is_file():
+        write_synthetic_dataset(raw, cases, seed=seed, workers=1)
+    if len(list_cases(cache)) < cases:
+        pre = PreprocessConfig(input_size=(size,) * 3, fit="resize", hu_window=hu)
+        preprocess_dataset(raw, cache, pre, workers=1, progress=False)
+    ids = list_cases(cache)
+    folders = {"clean": cache}
+    for kind in PERTURBATIONS:
+        slug = kind.replace("+", "_plus_").replace("%", "pct")
+        folders[kind] = write_perturbed_cache(cache, cache.with_name(f"{cache.name}_{slug}"), ids, kind)
+    return folders
+
+
+def score_priors(cache: Path, train: list, test: list, test_set: dict[str, Path] | None = None) -> dict:
+    """Held-out metrics of the mean training box per organ (kinds ``mm`` and ``fov``), on the held-out split
+    and, with ``test_set``, on each condition of the independent test set (``"test:clean"`` ...)."""
     scores = {kind: prior_metrics(kind, cache, train, cache, test) for kind in ("mm", "fov")}
-    return {kind: {k: round(m[k], 3) for k in METRICS} for kind, m in scores.items()}
+    out = {kind: {k: round(m[k], 3) for k in METRICS} for kind, m in scores.items()}
+    for condition, folder in (test_set or {}).items():
+        ids = list_cases(folder)
+        for kind in ("mm", "fov"):
+            m = prior_metrics(kind, cache, train, folder, ids)
+            out[f"{kind} test:{condition}"] = {k: round(m[k], 3) for k in METRICS}
+    return out
 
 
-def train_run(spec: str, out: Path, cache: Path, train: list, test: list, args) -> dict:
+def score_test_set(run_dir: Path, test_set: dict[str, Path]) -> dict:
+    """The run's final weights on every condition of the test set, and the mAP change against clean."""
+    detector, _, _ = load_detector(run_dir / "last", torch.device("cpu"))
+    table = {}
+    for condition, folder in test_set.items():
+        m = evaluate_on(detector, folder, list_cases(folder), torch.device("cpu"))
+        table[condition] = {k: round(float(m[k]), 3) for k in METRICS}
+    clean = table["clean"]["mAP"]
+    change = {k: round(table[k]["mAP"] / clean - 1, 3) if clean > 0 else None for k in PERTURBATIONS}
+    return {"metrics": table, "mAP_change": change}
+
+
+def train_run(
+    spec: str, out: Path, cache: Path, train: list, test: list, args, test_set: dict[str, Path] | None = None
+) -> dict:
     """Train ``PRESET|overrides`` for ``args.steps`` steps; returns the held-out validation curve."""
     preset, *overrides = spec.split("|")
     name = "_".join([preset] + [o.replace(" ", "").replace("/", "-") for o in overrides])[:120]
@@ -81,19 +124,23 @@ def train_run(spec: str, out: Path, cache: Path, train: list, test: list, args) 
         ],
     )
     cfg.data.train_cases, cfg.data.val_cases = train, test
-    run_dir = out / "runs" / name
+    run_dir = out / "runs" / (name if args.train_seed == 0 else f"{name}_seed{args.train_seed}")
     start, cpu = time.perf_counter(), time.process_time()
     fit(cfg, run_dir)
     with open(run_dir / "val_log.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    return {
+    result = {
         "run": spec,
+        "train_seed": args.train_seed,
         "steps": args.steps,
         "threads": torch.get_num_threads(),
         "wall_s": round(time.perf_counter() - start),
         "cpu_s": round(time.process_time() - cpu),
         "val": [{"step": int(float(r["step"])), **{k: round(float(r[k]), 3) for k in METRICS}} for r in rows],
     }
+    if test_set:
+        result["test_set"] = score_test_set(run_dir, test_set)
+    return result
 
 
 def main() -> None:
@@ -111,15 +158,20 @@ def main() -> None:
     parser.add_argument("--train-seed", type=int, default=0)
     parser.add_argument("--val-points", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--test-set", type=int, default=0, help="size of an independent test set (0: none)")
+    parser.add_argument("--test-seed", type=int, default=7, help="its phantom data seed")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cache, train, test = prepare(args.out, args.cases, args.size, tuple(args.hu), args.seed)
-    print(
-        json.dumps({"priors": score_priors(cache, train, test), "train": len(train), "test": len(test)}),
-        flush=True,
+    test_set = (
+        prepare_test_set(args.out, args.test_set, args.size, tuple(args.hu), args.test_seed)
+        if args.test_set
+        else None
     )
+    priors = score_priors(cache, train, test, test_set)
+    print(json.dumps({"priors": priors, "train": len(train), "test": len(test)}), flush=True)
     for spec in args.run:
-        print(json.dumps(train_run(spec, args.out, cache, train, test, args)), flush=True)
+        print(json.dumps(train_run(spec, args.out, cache, train, test, args, test_set)), flush=True)
 
 
 if __name__ == "__main__":

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import pytest
 import torch
 
 from organdetr.box_ops import box_iou_3d
+from organdetr.config import load_config
 from organdetr.criterion import LossConfig
 from organdetr.matcher import MatcherConfig
 from organdetr.models import PRESET_NAMES, build_detector, build_model, model_preset
@@ -187,6 +189,19 @@ def test_small_preset_forward_shapes():
     with torch.no_grad():
         out = net(torch.randn(1, 1, 32, 32, 32))
     assert out["pred_boxes"].shape == (1, cfg.queries_for(NUM_CLASSES), 6)
+
+
+def test_demo_preset_adds_the_stride_4_fine_level_to_the_decoder_memory():
+    cfg = dataclasses.replace(load_config("demo").model, num_classes=NUM_CLASSES)
+    assert cfg.fine_level and cfg.strides == (8, 16, 32)
+    net = build_model(cfg).train()
+    out = net(torch.randn(1, 1, 64, 64, 64), _targets(1, 64))
+    grids = [16, 8, 4, 2]  # the fine stride-4 stage first, then the encoded strides 8 / 16 / 32
+    assert [tuple(s.shape[2:]) for s in out["seg_logits"]] == [(g, g, g) for g in grids]
+    assert out["enc_outputs"]["pred_logits"].shape == (1, sum(g**3 for g in grids), NUM_CLASSES)
+    out["pred_logits"].sum().backward()  # the decoder samples the fine level: its fusion gets gradients
+    assert net.fine_proj[0].weight.grad.abs().sum() > 0
+    assert net.fine_smooth[0].weight.grad.abs().sum() > 0
 
 
 def test_paper_preset_constructs_and_runs_reduced_input():

@@ -12,7 +12,9 @@ def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for data, run and report.")] = Path(
         "organdetr_demo"
     ),
-    cases: Annotated[int, typer.Option(help="Synthetic scans (20% held out). Default 40, --quick 8.")] = None,
+    cases: Annotated[
+        int, typer.Option(help="Synthetic scans (20% held out). Default 200, --quick 8.")
+    ] = None,
     steps: Annotated[
         int,
         typer.Option(
