@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from organdetr.ablation import PERTURBATIONS, evaluate_on, write_perturbed_cache
+from organdetr.ablation import robustness_scores, write_perturbed_caches
 from organdetr.checkpoint import load_detector
 from organdetr.preprocess import list_cases, load_plans
 
@@ -51,18 +51,12 @@ def main() -> None:
         config = yaml.safe_load((args.runs[0] / "config.yaml").read_text(encoding="utf-8"))
         trained = set(config["data"]["train_cases"] or [])
         test = [c for c in list_cases(args.cache) if c not in trained]
-    folders = {"clean": args.cache}
-    for kind in PERTURBATIONS:
-        slug = kind.replace("+", "_plus_").replace("%", "pct")
-        folders[kind] = write_perturbed_cache(args.cache, args.out / slug, test, kind)
+    folders = write_perturbed_caches(args.cache, args.out, test)
     device = torch.device("cpu")
     for run in args.runs:
         detector, _, _ = load_detector(run / "last", device)
-        scores = {kind: evaluate_on(detector, folder, test, device) for kind, folder in folders.items()}
-        table = {kind: {k: round(float(m[k]), 3) for k in KEYS} for kind, m in scores.items()}
-        clean = table["clean"]["mAP"]
-        change = {k: round(table[k]["mAP"] / clean - 1, 3) if clean > 0 else None for k in PERTURBATIONS}
-        result = {"run": str(run), "cases": len(test), "metrics": table, "mAP_change": change}
+        scores = robustness_scores(detector, folders, test, device, KEYS)
+        result = {"run": str(run), "cases": len(test), **scores}
         print(json.dumps(result), flush=True)
 
 

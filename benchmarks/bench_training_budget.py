@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from organdetr.ablation import PERTURBATIONS, evaluate_on, prior_metrics, write_perturbed_cache
+from organdetr.ablation import prior_metrics, robustness_scores, write_perturbed_caches
 from organdetr.checkpoint import load_detector
 from organdetr.config import load_config
 from organdetr.data.phantom import write_synthetic_dataset
@@ -42,15 +42,21 @@ from organdetr.preprocess import PreprocessConfig, list_cases, preprocess_datase
 METRICS = ("mAP", "AP50", "AP75", "mAR", "mAP_10_50")
 
 
-def prepare(out: Path, cases: int, size: int, hu: tuple[float, float], seed: int) -> tuple[Path, list, list]:
-    """Phantoms + cache (reused when complete) and the seeded 80 / 20 split (train ids, held-out ids)."""
-    raw, cache = out / "raw", out / f"cache{size}_hu{hu[0]:g}_{hu[1]:g}"
+def _phantom_cache(raw: Path, cache: Path, cases: int, size: int, hu: tuple[float, float], seed: int) -> list:
+    """``cases`` phantoms of data seed ``seed`` in ``raw``, preprocessed into ``cache`` (both reused when
+    complete); returns the cache's case ids."""
     if not (raw / "dataset.json").is_file():
         write_synthetic_dataset(raw, cases, seed=seed, workers=1)
     if len(list_cases(cache)) < cases:
         pre = PreprocessConfig(input_size=(size,) * 3, fit="resize", hu_window=hu)
         preprocess_dataset(raw, cache, pre, workers=1, progress=False)
-    ids = sorted(list_cases(cache))
+    return sorted(list_cases(cache))
+
+
+def prepare(out: Path, cases: int, size: int, hu: tuple[float, float], seed: int) -> tuple[Path, list, list]:
+    """Phantoms + cache (reused when complete) and the seeded 80 / 20 split (train ids, held-out ids)."""
+    cache = out / f"cache{size}_hu{hu[0]:g}_{hu[1]:g}"
+    ids = _phantom_cache(out / "raw", cache, cases, size, hu, seed)
     order = np.random.default_rng(seed).permutation(len(ids))
     test = sorted(ids[i] for i in order[: round(0.2 * len(ids))])
     return cache, [c for c in ids if c not in test], test
@@ -58,18 +64,9 @@ def prepare(out: Path, cases: int, size: int, hu: tuple[float, float], seed: int
 
 def prepare_test_set(out: Path, cases: int, size: int, hu: tuple[float, float], seed: int) -> dict[str, Path]:
     """``cases`` phantoms of data seed ``seed``, same grid: ``{"clean": cache, <perturbation>: cache}``."""
-    raw, cache = out / f"test_raw_seed{seed}", out / f"test_cache{size}_hu{hu[0]:g}_{hu[1]:g}_seed{seed}"
-    if not (raw / "dataset.json").is_file():
-        write_synthetic_dataset(raw, cases, seed=seed, workers=1)
-    if len(list_cases(cache)) < cases:
-        pre = PreprocessConfig(input_size=(size,) * 3, fit="resize", hu_window=hu)
-        preprocess_dataset(raw, cache, pre, workers=1, progress=False)
-    ids = list_cases(cache)
-    folders = {"clean": cache}
-    for kind in PERTURBATIONS:
-        slug = kind.replace("+", "_plus_").replace("%", "pct")
-        folders[kind] = write_perturbed_cache(cache, cache.with_name(f"{cache.name}_{slug}"), ids, kind)
-    return folders
+    cache = out / f"test_cache{size}_hu{hu[0]:g}_{hu[1]:g}_seed{seed}"
+    ids = _phantom_cache(out / f"test_raw_seed{seed}", cache, cases, size, hu, seed)
+    return write_perturbed_caches(cache, cache.parent, ids, prefix=f"{cache.name}_")
 
 
 def score_priors(cache: Path, train: list, test: list, test_set: dict[str, Path] | None = None) -> dict:
@@ -83,18 +80,6 @@ def score_priors(cache: Path, train: list, test: list, test_set: dict[str, Path]
             m = prior_metrics(kind, cache, train, folder, ids)
             out[f"{kind} test:{condition}"] = {k: round(m[k], 3) for k in METRICS}
     return out
-
-
-def score_test_set(run_dir: Path, test_set: dict[str, Path]) -> dict:
-    """The run's final weights on every condition of the test set, and the mAP change against clean."""
-    detector, _, _ = load_detector(run_dir / "last", torch.device("cpu"))
-    table = {}
-    for condition, folder in test_set.items():
-        m = evaluate_on(detector, folder, list_cases(folder), torch.device("cpu"))
-        table[condition] = {k: round(float(m[k]), 3) for k in METRICS}
-    clean = table["clean"]["mAP"]
-    change = {k: round(table[k]["mAP"] / clean - 1, 3) if clean > 0 else None for k in PERTURBATIONS}
-    return {"metrics": table, "mAP_change": change}
 
 
 def train_run(
@@ -139,7 +124,9 @@ def train_run(
         "val": [{"step": int(float(r["step"])), **{k: round(float(r[k]), 3) for k in METRICS}} for r in rows],
     }
     if test_set:
-        result["test_set"] = score_test_set(run_dir, test_set)
+        detector, _, _ = load_detector(run_dir / "last", torch.device("cpu"))
+        ids = list_cases(test_set["clean"])
+        result["test_set"] = robustness_scores(detector, test_set, ids, torch.device("cpu"), METRICS)
     return result
 
 

@@ -351,6 +351,32 @@ def train_run(train_cfg, run_dir: Path, iterations: int) -> Path:
     return last
 
 
+def write_perturbed_caches(
+    cache: Path, parent: Path, case_ids: list[str], prefix: str = ""
+) -> dict[str, Path]:
+    """``{"clean": cache, kind: parent / (prefix + slug)}``: every ``PERTURBATIONS`` kind written (or
+    reused) for ``case_ids`` by :func:`write_perturbed_cache`."""
+    folders = {"clean": cache}
+    for kind in PERTURBATIONS:
+        folders[kind] = write_perturbed_cache(cache, parent / f"{prefix}{_slug(kind)}", case_ids, kind)
+    return folders
+
+
+def robustness_scores(
+    detector, folders: dict[str, Path], case_ids: list[str], device: torch.device, keys: tuple[str, ...]
+) -> dict:
+    """``{"metrics": {condition: {key: value}}, "mAP_change": {kind: relative change}}`` of ``detector`` on
+    ``case_ids`` of every folder of :func:`write_perturbed_caches` (values rounded to 3 decimals; the change
+    is ``None`` when the clean mAP is 0)."""
+    table = {}
+    for condition, folder in folders.items():
+        m = evaluate_on(detector, folder, case_ids, device)
+        table[condition] = {k: round(float(m[k]), 3) for k in keys}
+    clean = table["clean"]["mAP"]
+    change = {k: round(table[k]["mAP"] / clean - 1, 3) if clean > 0 else None for k in PERTURBATIONS}
+    return {"metrics": table, "mAP_change": change}
+
+
 def evaluate_on(detector, cache: Path, case_ids: list[str], device: torch.device) -> dict[str, float]:
     """COCO-style metrics (engine ``evaluate``, max 1 detection per class) of ``detector`` on cached cases."""
     from .data.cache_dataset import CacheDataset, collate
@@ -459,10 +485,8 @@ def run_suite(
         f"{cfg.iterations} iterations, {cfg.cases} cases at {cfg.size}^3"
     )
     cache, split = prepare_data(out_dir, cfg)
-    perturbed = {
-        kind: write_perturbed_cache(cache, out_dir / "data" / f"test_{_slug(kind)}", split["test"], kind)
-        for kind in PERTURBATIONS
-    }
+    folders = write_perturbed_caches(cache, out_dir / "data", split["test"], prefix="test_")
+    perturbed = {kind: folder for kind, folder in folders.items() if kind != "clean"}
     runs: list[RunResult] = []
     final: dict[str, Path] = {}
     trained = [v for v in suite.variants if v.prior is None]
@@ -787,6 +811,8 @@ def _json_ready(obj):
 __all__ = [
     "METRICS",
     "PERTURBATIONS",
+    "robustness_scores",
+    "write_perturbed_caches",
     "SEG_METRICS",
     "BenchmarkConfig",
     "RunResult",
