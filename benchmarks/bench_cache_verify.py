@@ -2,7 +2,8 @@
 (preprocess, on reuse) over cases of a given grid, against just reading the arrays.
 
 Writes ``--cases`` cases of ``--size``^3 float32 images + uint8 labels with
-``organdetr.preprocess.write_case`` (checksums recorded), then times, best of ``--repeats`` (files in the page
+``organdetr.preprocessing.cache.write_case`` (checksums recorded), then times, best of ``--repeats`` (files
+in the page
 cache, as on a rerun): reading every array once (``np.load``), ``is_complete`` (sizes, headers, SHA-256) and
 ``verify_cases`` (that plus the NaN/inf scan of each image).
 
@@ -20,7 +21,13 @@ import numpy as np
 
 
 def main() -> None:
-    from organdetr.preprocess import PreprocessConfig, is_complete, make_plans, verify_cases, write_case
+    from organdetr.preprocessing.cache import (
+        PreprocessConfig,
+        is_complete,
+        make_plans,
+        verify_cases,
+        write_case,
+    )
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=8)

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
+from organdetr.core.geometry import Geometry
 from organdetr.datasets.conversion import SourceCase, convert_case, dense_class_map
 from organdetr.datasets.labels import load_class_map
 from organdetr.datasets.totalsegmentator import merge_structure_masks
-from organdetr.geometry import Geometry
-from organdetr.io import write_image
+from organdetr.io.images import write_image
 
 
 def build_subject(root: Path, size: tuple[int, int, int]) -> SourceCase:

@@ -29,9 +29,9 @@ REAL = {
 
 
 def real_case(shared: Path, image: str, labels: str):
+    from organdetr.core.boxes.labels import boxes_from_labels
     from organdetr.datasets.labels import load_class_map
-    from organdetr.io import read_image, read_label_map
-    from organdetr.label_boxes import boxes_from_labels
+    from organdetr.io.images import read_image, read_label_map
 
     folder = shared / "totalsegmentator"
     volume = read_image(folder / image)
@@ -52,8 +52,8 @@ def real_case(shared: Path, image: str, labels: str):
 
 
 def synthetic_case(slices: int):
-    from organdetr.geometry import Geometry
-    from organdetr.io import Volume
+    from organdetr.core.geometry import Geometry
+    from organdetr.io.images import Volume
 
     rng = np.random.default_rng(0)
     array = np.full((512, 512, slices), -1000.0, dtype=np.float32)
@@ -108,7 +108,7 @@ def time_to_ready(driver, page: Path) -> float:
 
 
 def main() -> None:
-    from organdetr.demo import find_shared_data
+    from organdetr.experiments.demo import find_shared_data
     from organdetr.formats.html_viewer import RunViewer
 
     parser = argparse.ArgumentParser(

@@ -29,8 +29,8 @@ import time
 
 import torch
 
-from organdetr.config import load_config
 from organdetr.models import detector_from_config
+from organdetr.training.config import load_config
 
 
 def _synthetic_targets(batch: int, size: int, num_classes: int, device: torch.device) -> list[dict]:

@@ -29,7 +29,8 @@ Metrics on the test cases, final weights:
   (``organdetr.evaluation.classification``).
 
 Cost (seed-0 weights, one 4 x 32^3 scan, every head's output): parameters, FLOPs (``FlopCounterMode``, see
-``organdetr.profiling``), peak memory of live tensors, CPU latency (median of interleaved runs in this
+``organdetr.experiments.profiling``), peak memory of live tensors, CPU latency (median of interleaved runs in
+this
 process). "3 x single" adds the three single-task models up (run one after the other: latency and FLOPs add,
 peak memory is the largest single one, weights add). Balancing: the task weights at the last logged step.
 """
@@ -63,8 +64,8 @@ GRID = 32
 
 def prepare_data(out: Path, cases: int, data_seed: int) -> tuple[Path, dict[str, list[str]]]:
     """The phantom dataset and its 32^3 cache (reused when complete) and the fixed train / test split."""
-    from organdetr.data.brain_phantom import write_brain_dataset
-    from organdetr.preprocess import PreprocessConfig, list_cases, preprocess_dataset
+    from organdetr.datasets.synthetic.brain import write_brain_dataset
+    from organdetr.preprocessing.cache import PreprocessConfig, list_cases, preprocess_dataset
 
     raw, cache = out / "data" / "raw", out / "data" / "cache"
     if len(list_cases(cache)) != cases:
@@ -86,9 +87,9 @@ def prepare_data(out: Path, cases: int, data_seed: int) -> tuple[Path, dict[str,
 
 def train(variant: str, seed: int, cache: Path, split: dict, steps: int, out: Path) -> tuple[Path, float]:
     """Train (or reuse) one run; returns its ``last`` checkpoint and the training seconds (0 if reused)."""
-    from organdetr.checkpoint import read_state
-    from organdetr.config import load_config
-    from organdetr.engine import fit
+    from organdetr.training.checkpoint import read_state
+    from organdetr.training.config import load_config
+    from organdetr.training.engine import fit
 
     run = out / "runs" / f"{variant}-seed{seed}"
     if (run / "last").is_dir() and int(read_state(run / "last").get("step", 0)) >= steps:
@@ -116,7 +117,7 @@ def train(variant: str, seed: int, cache: Path, split: dict, steps: int, out: Pa
 
 def finished(variant: str, seed: int, steps: int, out: Path) -> bool:
     """Whether the run of ``variant`` / ``seed`` has reached ``steps``."""
-    from organdetr.checkpoint import read_state
+    from organdetr.training.checkpoint import read_state
 
     last = out / "runs" / f"{variant}-seed{seed}" / "last"
     return last.is_dir() and int(read_state(last).get("step", 0)) >= steps
@@ -127,10 +128,10 @@ def step_cpu_seconds(cache: Path, split: dict, variants: list[str], repeats: int
 
     Unlike the runs' wall time this is not inflated by other processes on a shared machine.
     """
-    from organdetr.config import load_config
     from organdetr.data.cache_dataset import CacheDataset, collate
     from organdetr.data.properties import DataProperties
     from organdetr.models import detector_from_config
+    from organdetr.training.config import load_config
 
     dataset = CacheDataset(cache, split["train"][:2])
     images, targets = collate([dataset[0], dataset[1]])
@@ -171,8 +172,8 @@ def score(detector, cache: Path, case_ids: list[str]) -> dict[str, float]:
     from monai.metrics import DiceMetric, HausdorffDistanceMetric
 
     from organdetr.data.cache_dataset import CacheDataset, collate, region_table
-    from organdetr.engine import evaluate
     from organdetr.evaluation.classification import evaluate_classification
+    from organdetr.training.engine import evaluate
 
     dataset = CacheDataset(cache, case_ids)
     loader = torch.utils.data.DataLoader(dataset, batch_size=1, collate_fn=collate)
@@ -231,8 +232,8 @@ def score(detector, cache: Path, case_ids: list[str]) -> dict[str, float]:
 
 def profile(final: dict[str, Path], repeats: int) -> dict[str, dict]:
     """Params, FLOPs, peak memory and interleaved CPU latency of each variant (one 4 x 32^3 scan)."""
-    from organdetr.checkpoint import load_detector
-    from organdetr.profiling import measure_latency, profile_detector
+    from organdetr.experiments.profiling import measure_latency, profile_detector
+    from organdetr.training.checkpoint import load_detector
 
     detectors = {name: load_detector(path, "cpu")[0] for name, path in final.items()}
     cost = {
@@ -341,7 +342,7 @@ def main() -> None:
             if args.score_only and not finished(variant, seed, args.steps, args.out):
                 continue
             last, seconds = train(variant, seed, cache, split, args.steps, args.out)
-            from organdetr.checkpoint import load_detector
+            from organdetr.training.checkpoint import load_detector
 
             detector = load_detector(last, "cpu")[0]
             metrics = score(detector, cache, split["test"])
@@ -354,7 +355,7 @@ def main() -> None:
     cost = profile(final, args.latency_repeats)
     for variant, seconds in step_cpu_seconds(cache, split, list(final)).items():
         cost[variant]["cpu_s_per_step"] = seconds
-    from organdetr.ablation import machine_description
+    from organdetr.experiments.ablation import machine_description
 
     results = {
         "command": " ".join(sys.argv),

@@ -1,4 +1,4 @@
-"""Time `organdetr.data.phantom`: seconds per generated case, and per case written as .nii.gz.
+"""Time `organdetr.datasets.synthetic.phantom`: seconds per generated case, and per case written as .nii.gz.
 
 Usage: .venv/bin/python benchmarks/bench_phantom.py [--cases 10] [--size 96 96 96] [--spacing 4 4 4]
 """
@@ -24,7 +24,7 @@ def main() -> None:
 
     import SimpleITK as sitk
 
-    from organdetr.data.phantom import PhantomConfig, generate_case, write_case
+    from organdetr.datasets.synthetic.phantom import PhantomConfig, generate_case, write_case
 
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
     cfg = PhantomConfig(size=tuple(args.size), spacing=tuple(args.spacing))

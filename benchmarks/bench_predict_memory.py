@@ -24,8 +24,8 @@ import numpy as np
 
 
 def write_scan(path: Path, slices: int) -> None:
-    from organdetr.geometry import Geometry
-    from organdetr.io import write_image
+    from organdetr.core.geometry import Geometry
+    from organdetr.io.images import write_image
 
     array = np.full((512, 512, slices), -1000, dtype=np.int16)
     array[96:416, 128:400, :] = 30  # body
@@ -41,10 +41,10 @@ def write_scan(path: Path, slices: int) -> None:
 def write_checkpoint(run: Path, preset: str, grid: int) -> None:
     import torch
 
-    from organdetr.checkpoint import save_checkpoint
-    from organdetr.config import dump_config, load_config
     from organdetr.models import build_detector
-    from organdetr.preprocess import PreprocessConfig, make_plans
+    from organdetr.preprocessing.cache import PreprocessConfig, make_plans
+    from organdetr.training.checkpoint import save_checkpoint
+    from organdetr.training.config import dump_config, load_config
 
     torch.manual_seed(0)
     classes = {1: "liver", 2: "spleen", 3: "kidney_right", 4: "kidney_left"}

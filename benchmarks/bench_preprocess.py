@@ -15,8 +15,8 @@ from pathlib import Path
 import SimpleITK as sitk
 import torch
 
-from organdetr.io import read_image, read_label_map, read_label_table
-from organdetr.preprocess import PreprocessConfig, preprocess_volume
+from organdetr.io.images import read_image, read_label_map, read_label_table
+from organdetr.preprocessing.cache import PreprocessConfig, preprocess_volume
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

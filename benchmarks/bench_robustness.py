@@ -1,6 +1,7 @@
 """Held-out accuracy of trained runs on clean, zoomed (x1.1) and shifted (+10 % of the grid) test scans.
 
-The ablation harness's perturbations (``organdetr.ablation.PERTURBATIONS``) applied to any trained run, e.g.
+The ablation harness's perturbations (``organdetr.experiments.ablation.PERTURBATIONS``) applied to any
+trained run, e.g.
 the demo's Organ-DETR and seg2box::
 
     .venv/bin/python benchmarks/bench_robustness.py organdetr_demo/cache organdetr_demo/run \\
@@ -24,9 +25,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from organdetr.ablation import robustness_scores, write_perturbed_caches
-from organdetr.checkpoint import load_detector
-from organdetr.preprocess import list_cases, load_plans
+from organdetr.experiments.ablation import robustness_scores, write_perturbed_caches
+from organdetr.preprocessing.cache import list_cases, load_plans
+from organdetr.training.checkpoint import load_detector
 
 KEYS = ("mAP", "AP50", "AP75", "mAR", "mAP_10_50")
 

@@ -8,7 +8,8 @@ and validated on the held-out scans ``--val-points`` times (COCO-style in mm, 1 
 
 ``--test-set N`` adds an independent test set: N more phantoms of data seed ``--test-seed`` (default 7, none
 of them seen in training), preprocessed the same way, also zoomed x1.1 and shifted +10 % of the grid on every
-axis (``organdetr.ablation.PERTURBATIONS``). The priors and every run's final weights are scored on all
+axis (``organdetr.experiments.ablation.PERTURBATIONS``). The priors and every run's final weights are scored
+on all
 three. The demo holds out only 8 scans (80 organs): too few to tell a 15 % change from noise (BENCHMARKS.md).
 
 Usage::
@@ -32,12 +33,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from organdetr.ablation import prior_metrics, robustness_scores, write_perturbed_caches
-from organdetr.checkpoint import load_detector
-from organdetr.config import load_config
-from organdetr.data.phantom import write_synthetic_dataset
-from organdetr.engine import fit
-from organdetr.preprocess import PreprocessConfig, list_cases, preprocess_dataset
+from organdetr.datasets.synthetic.phantom import write_synthetic_dataset
+from organdetr.experiments.ablation import prior_metrics, robustness_scores, write_perturbed_caches
+from organdetr.preprocessing.cache import PreprocessConfig, list_cases, preprocess_dataset
+from organdetr.training.checkpoint import load_detector
+from organdetr.training.config import load_config
+from organdetr.training.engine import fit
 
 METRICS = ("mAP", "AP50", "AP75", "mAR", "mAP_10_50")
 

@@ -1,4 +1,4 @@
-"""Thin wrapper around ``organdetr benchmark`` (the ablation runner, organdetr.ablation).
+"""Thin wrapper around ``organdetr benchmark`` (the ablation runner, organdetr.experiments.ablation).
 
 Usage (same flags as the CLI):
     .venv/bin/python benchmarks/run_ablation.py matching --iterations 150 --cases 12 --seeds 0,1

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from organdetr.atomic import write_json
-from organdetr.geometry import Geometry
-from organdetr.io import Volume
-from organdetr.preprocess import PreprocessConfig, make_plans, preprocess_volume, write_case
+from organdetr.core.geometry import Geometry
+from organdetr.io.images import Volume
+from organdetr.preprocessing.cache import PreprocessConfig, make_plans, preprocess_volume, write_case
+from organdetr.runtime.atomic import write_json
 
 CLASSES = {1: "liver", 2: "kidney_left", 3: "kidney_right", 4: "spleen"}
 # (label id, HU, centre fraction (i, j, k), half size fraction) - cuboids / ellipsoids of distinct intensity
@@ -60,9 +60,9 @@ def save_random_checkpoint(
     run folder ``run`` (weights + config + plans)."""
     import torch
 
-    from organdetr.checkpoint import save_checkpoint
-    from organdetr.config import dump_config, load_config
     from organdetr.models import detector_from_config
+    from organdetr.training.checkpoint import save_checkpoint
+    from organdetr.training.config import dump_config, load_config
 
     torch.manual_seed(0)
     cfg = load_config("tiny", list(overrides))

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from organdetr.ablation import (
+from organdetr.experiments.ablation import (
     BenchmarkConfig,
     available_suites,
     build_train_config,
@@ -19,8 +19,8 @@ from organdetr.ablation import (
     split_case_ids,
     write_perturbed_cache,
 )
-from organdetr.errors import InputError
-from organdetr.preprocess import list_cases, load_case
+from organdetr.preprocessing.cache import list_cases, load_case
+from organdetr.runtime.errors import InputError
 
 MICRO_SUITE = """
 description: micro suite for tests

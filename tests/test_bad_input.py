@@ -21,7 +21,7 @@ import torch
 from _bad_files import write_header_bomb, write_metaimage, write_nifti
 from _cache_factory import CLASSES, make_cache, save_random_checkpoint
 from _cli import assert_refused, assert_usage_error, run_cli, snapshot
-from organdetr.locking import LOCK_NAME, folder_lock
+from organdetr.runtime.locking import LOCK_NAME, folder_lock
 from test_io import write_dicom_series
 from test_predict import ras_scan
 from test_preprocess import TINY, make_dataset
@@ -101,7 +101,7 @@ def test_boxes_refuses_impossible_geometry(tmp_path, capsys, case):
 
 def test_predict_refuses_a_dicom_series_with_a_missing_slice_unless_asked(tmp_path, capsys, checkpoint):
     from _bad_files import break_dicom_series
-    from organdetr.geometry import Geometry
+    from organdetr.core.geometry import Geometry
 
     geometry = Geometry((24, 20, 8), (1.5, 1.5, 3.0), (-20.0, -10.0, -50.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
     folder = tmp_path / "series"
@@ -217,8 +217,8 @@ def test_train_names_a_broken_cache_file_before_training(tmp_path, capsys, cache
 
 def test_nan_in_a_cache_without_checksums_is_named_at_load(tmp_path, cache):
     from organdetr.data.cache_dataset import CacheDataset
-    from organdetr.errors import InputError
-    from organdetr.preprocess import load_plans, verify_cases
+    from organdetr.preprocessing.cache import load_plans, verify_cases
+    from organdetr.runtime.errors import InputError
 
     record_path = cache / "cases" / "case_001.json"
     record = json.loads(record_path.read_text())
@@ -254,7 +254,7 @@ def test_train_resume_refuses_a_pickled_training_state_in_one_line(tmp_path, cap
 
 
 def test_preprocess_redoes_a_truncated_case(tmp_path, capsys):
-    from organdetr.preprocess import is_complete, load_plans
+    from organdetr.preprocessing.cache import is_complete, load_plans
 
     root = make_dataset(tmp_path / "raw")
     cache = tmp_path / "cache"
@@ -300,7 +300,7 @@ def test_preprocess_and_train_refuse_a_locked_folder(tmp_path, capsys, cache):
 def test_preprocess_stops_with_one_line_when_the_disk_is_full(tmp_path, capsys, monkeypatch):
     import numpy.lib.format
 
-    import organdetr.atomic
+    import organdetr.runtime.atomic
 
     root = make_dataset(tmp_path / "raw")
     cache = tmp_path / "cache"
@@ -311,7 +311,7 @@ def test_preprocess_stops_with_one_line_when_the_disk_is_full(tmp_path, capsys, 
 
     monkeypatch.setattr(numpy.lib.format, "write_array", full_disk)
     usage = shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(organdetr.atomic.shutil, "disk_usage", lambda p: usage._replace(free=4096))
+    monkeypatch.setattr(organdetr.runtime.atomic.shutil, "disk_usage", lambda p: usage._replace(free=4096))
     result = run_cli(capsys, "preprocess", root, cache, "--size", *map(str, TINY.input_size))
     line = assert_refused(result, cache / "cases" / "case_00_image.npy", "disk full")
     assert "failed:" not in result[2] and "0.0 MiB free" in line  # the batch stopped at the first case

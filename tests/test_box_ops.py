@@ -1,4 +1,4 @@
-"""Tests for organdetr.box_ops (3D box conversions, IoU, GIoU)."""
+"""Tests for organdetr.core.boxes.ops (3D box conversions, IoU, GIoU)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from organdetr.box_ops import (
+from organdetr.core.boxes.ops import (
     box_cxcyczwhd_to_xyzxyz,
     box_iou_3d,
     box_volume,

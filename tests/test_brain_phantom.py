@@ -10,12 +10,12 @@ from typer.testing import CliRunner
 
 from _brain_factory import SMALL, brain_cache
 from organdetr.cli import app
-from organdetr.data.brain_phantom import CHANNEL_NAMES, generate_brain_case
 from organdetr.data.cache_dataset import CacheDataset, region_table
 from organdetr.data.properties import DataProperties
 from organdetr.datasets.nnunet import load_dataset, parse_regions
-from organdetr.errors import InputError
-from organdetr.preprocess import load_case
+from organdetr.datasets.synthetic.brain import CHANNEL_NAMES, generate_brain_case
+from organdetr.preprocessing.cache import load_case
+from organdetr.runtime.errors import InputError
 
 T1, T1CE, T2, FLAIR = range(4)
 

@@ -18,7 +18,7 @@ from organdetr.data.cache_dataset import (
     dense_lut,
     split_cases,
 )
-from organdetr.errors import InputError
+from organdetr.runtime.errors import InputError
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,9 @@ import pytest
 import torch
 from torch import nn
 
-from organdetr import checkpoint
-from organdetr.checkpoint import (
+from organdetr.runtime.errors import InputError
+from organdetr.training import checkpoint
+from organdetr.training.checkpoint import (
     load_checkpoint,
     load_detector,
     read_state,
@@ -23,8 +24,7 @@ from organdetr.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from organdetr.config import dump_config, load_config
-from organdetr.errors import InputError
+from organdetr.training.config import dump_config, load_config
 
 
 def _model(seed=0):
@@ -126,7 +126,7 @@ def test_load_detector_from_run_folder(tmp_path):
 
 
 def test_corrupt_checkpoint_is_named_and_the_previous_one_is_used(tmp_path):
-    from organdetr.checkpoint import verify_checkpoint
+    from organdetr.training.checkpoint import verify_checkpoint
 
     save_checkpoint(tmp_path / "last", _model(), {"step": 1})
     shutil.copytree(tmp_path / "last", tmp_path / "previous")

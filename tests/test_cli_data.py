@@ -12,9 +12,9 @@ import pytest
 from typer.testing import CliRunner
 
 from organdetr.cli import app
-from organdetr.errors import InputError
-from organdetr.geometry import Geometry
-from organdetr.io import write_image
+from organdetr.core.geometry import Geometry
+from organdetr.io.images import write_image
+from organdetr.runtime.errors import InputError
 from test_preprocess import TINY, make_dataset  # tests/ is on sys.path (pytest rootdir import)
 
 GEOMETRY = Geometry((12, 10, 8), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), (-1.0, 0, 0, 0, -1.0, 0, 0, 0, 1.0))

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from _cache_factory import make_cache
-from organdetr.atomic import is_temp_name
-from organdetr.preprocess import is_complete, list_cases, load_plans, verify_case
+from organdetr.preprocessing.cache import is_complete, list_cases, load_plans, verify_case
+from organdetr.runtime.atomic import is_temp_name
 from test_preprocess import make_dataset
 
 CLI = [sys.executable, "-c", "from organdetr.cli import main; main()"]
@@ -136,16 +136,21 @@ def test_preprocess_workers_die_with_their_parent(tmp_path):
 _TRAIN_FOREVER = """
 import sys, torch
 torch.set_num_threads(1)
-from organdetr.config import load_config
-from organdetr.engine import fit
+from organdetr.training.config import load_config
+from organdetr.training.engine import fit
 fit(load_config("tiny", sys.argv[2:]), sys.argv[1])
 """
 
 
 def test_kill_mid_checkpoint_then_resume_finds_a_verified_checkpoint(tmp_path):
-    from organdetr.checkpoint import load_checkpoint, read_state, resolve_checkpoint_dir, verify_checkpoint
-    from organdetr.config import load_config
-    from organdetr.engine import fit
+    from organdetr.training.checkpoint import (
+        load_checkpoint,
+        read_state,
+        resolve_checkpoint_dir,
+        verify_checkpoint,
+    )
+    from organdetr.training.config import load_config
+    from organdetr.training.engine import fit
 
     cache = make_cache(tmp_path / "cache", num_cases=2, size=32)
     run = tmp_path / "run"

@@ -7,7 +7,9 @@ from dataclasses import asdict
 import pytest
 import yaml
 
-from organdetr.config import (
+from organdetr.models.config import PRESET_NAMES, model_preset
+from organdetr.runtime.errors import InputError
+from organdetr.training.config import (
     PRESETS,
     TrainConfig,
     apply_overrides,
@@ -15,8 +17,6 @@ from organdetr.config import (
     dump_config,
     load_config,
 )
-from organdetr.errors import InputError
-from organdetr.models.config import PRESET_NAMES, model_preset
 
 
 def test_every_preset_loads():

@@ -1,12 +1,12 @@
-"""Tests for organdetr.criterion: class / box / segmentation losses and their normalisation."""
+"""Tests for organdetr.models.organdetr.criterion: class, box, segmentation losses and their normalisation."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from organdetr.criterion import LossConfig, build_criterion, dice_loss, downsample_labels
-from organdetr.matcher import MatcherConfig, build_matcher
+from organdetr.models.organdetr.criterion import LossConfig, build_criterion, dice_loss, downsample_labels
+from organdetr.models.organdetr.matcher import MatcherConfig, build_matcher
 
 K = 3  # organ classes
 

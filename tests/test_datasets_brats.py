@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from _brain_factory import brats_tree
+from organdetr.core.geometry import Geometry
 from organdetr.datasets import get_converter
 from organdetr.datasets.brats import discover_cases
 from organdetr.datasets.nnunet import load_dataset
-from organdetr.errors import InputError
-from organdetr.geometry import Geometry
-from organdetr.io import read_image, read_label_map, write_image
+from organdetr.io.images import read_image, read_label_map, write_image
+from organdetr.runtime.errors import InputError
 
 
 @pytest.mark.parametrize("layout", ["2018", "2020"])

@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from organdetr.cli import app
+from organdetr.core.geometry import Geometry
 from organdetr.datasets import FORMATS, get_converter
 from organdetr.datasets.conversion import (
     SourceCase,
@@ -23,9 +24,8 @@ from organdetr.datasets.conversion import (
 )
 from organdetr.datasets.labels import load_class_map
 from organdetr.datasets.nnunet import load_dataset
-from organdetr.errors import InputError
-from organdetr.geometry import Geometry
-from organdetr.io import read_image, write_image
+from organdetr.io.images import read_image, write_image
+from organdetr.runtime.errors import InputError
 
 SIZE = (6, 5, 4)
 # a non-trivial geometry (flipped axes, anisotropic spacing, offset origin) that must survive conversion

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from organdetr.core.geometry import Geometry
 from organdetr.datasets.nnunet import image_path, label_path, load_dataset, write_dataset_json
-from organdetr.errors import InputError
-from organdetr.geometry import Geometry
-from organdetr.io import write_image
+from organdetr.io.images import write_image
+from organdetr.runtime.errors import InputError
 
 GEOMETRY = Geometry((4, 3, 2), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
 CLASSES = {1: "liver", 2: "spleen"}

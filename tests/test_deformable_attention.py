@@ -1,4 +1,4 @@
-"""Tests for organdetr.models.deformable_attention: the grid_sample kernel against a naive gather."""
+"""Tests for organdetr.models.blocks.deformable_attention: the grid_sample kernel against a naive gather."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 
-from organdetr.models.deformable_attention import (
+from organdetr.models.blocks.deformable_attention import (
     MSDeformAttn3d,
     ms_deform_attn_3d,
     ms_deform_attn_3d_reference,

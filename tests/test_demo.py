@@ -1,4 +1,4 @@
-"""organdetr.demo / `organdetr demo --quick`: the README's main command, end to end."""
+"""organdetr.experiments.demo / `organdetr demo --quick`: the README's main command, end to end."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from organdetr import demo as demo_module
 from organdetr.cli import app
-from organdetr.demo import find_shared_data, summary_markdown
+from organdetr.experiments import demo as demo_module
+from organdetr.experiments.demo import find_shared_data, summary_markdown
 
 
 def test_summary_markdown_headline_row():
@@ -66,7 +66,7 @@ def test_demo_rejects_bad_arguments(tmp_path):
 
 
 def test_train_config_takes_the_demo_budget_optimiser_and_split(tmp_path):
-    from organdetr.demo import DemoConfig, _train_config
+    from organdetr.experiments.demo import DemoConfig, _train_config
 
     cfg = DemoConfig(out_dir=tmp_path, lr=5e-4, grad_clip=2.0, batch_size=2, steps=30, warmup_steps=50)
     cases = ["a", "b", "c", "d"]
@@ -80,8 +80,8 @@ def test_train_config_takes_the_demo_budget_optimiser_and_split(tmp_path):
 
 
 def test_demo_config_rejects_bad_budgets(tmp_path):
-    from organdetr.demo import DemoConfig
-    from organdetr.errors import InputError
+    from organdetr.experiments.demo import DemoConfig
+    from organdetr.runtime.errors import InputError
 
     with pytest.raises(InputError, match="steps"):
         DemoConfig(out_dir=tmp_path, steps=0)

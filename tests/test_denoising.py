@@ -1,12 +1,12 @@
-"""Tests for organdetr.models.denoising: group layout, noise ranges, and what the attention mask blocks."""
+"""organdetr.models.organdetr.denoising: group layout, noise ranges, and what the attention mask blocks."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from organdetr.box_ops import box_cxcyczwhd_to_xyzxyz
-from organdetr.models.denoising import denoising_attention_mask, noised_queries, plan_denoising
+from organdetr.core.boxes.ops import box_cxcyczwhd_to_xyzxyz
+from organdetr.models.organdetr.denoising import denoising_attention_mask, noised_queries, plan_denoising
 
 K = 5
 

@@ -25,11 +25,11 @@ def _worker(rank: int, world_size: int, port: int, cache: str, out: str) -> None
     torch.set_num_threads(1)
     from torch.nn.parallel import DistributedDataParallel
 
-    from organdetr import distributed
-    from organdetr.config import load_config
     from organdetr.data.cache_dataset import CacheDataset, EpochSampler, collate
-    from organdetr.engine import LossModule, StepContext, build_optimizer, fit, train_one_epoch
     from organdetr.models import build_detector
+    from organdetr.training import distributed
+    from organdetr.training.config import load_config
+    from organdetr.training.engine import LossModule, StepContext, build_optimizer, fit, train_one_epoch
 
     overrides = [f"data.cache_dir={cache}", "data.val_fraction=0", "data.batch_size=1", "train.epochs=2",
                  "train.progress=false", "train.log_every=1", "augment.p_spatial=1.0"]
@@ -78,7 +78,7 @@ def test_ddp_two_processes_end_with_identical_weights(tmp_path):
 
 
 def test_single_process_helpers_are_no_ops():
-    from organdetr import distributed
+    from organdetr.training import distributed
 
     assert distributed.current().world_size == 1
     assert distributed.all_reduce_mean({"a": 2.0}) == {"a": 2.0}
@@ -90,9 +90,9 @@ def test_single_process_helpers_are_no_ops():
 def _pairs_worker(rank: int, world_size: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
-    from organdetr import distributed
-    from organdetr.criterion import LossConfig, build_criterion
-    from organdetr.matcher import MatcherConfig, build_matcher
+    from organdetr.models.organdetr.criterion import LossConfig, build_criterion
+    from organdetr.models.organdetr.matcher import MatcherConfig, build_matcher
+    from organdetr.training import distributed
 
     distributed.init_distributed("cpu")
     try:

@@ -11,9 +11,9 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from _cache_factory import make_cache  # tests/ is on sys.path (pytest rootdir import mode)
-from organdetr.config import OptimConfig, load_config
-from organdetr.engine import build_optimizer, fit, lr_factor
-from organdetr.errors import InputError
+from organdetr.runtime.errors import InputError
+from organdetr.training.config import OptimConfig, load_config
+from organdetr.training.engine import build_optimizer, fit, lr_factor
 
 torch.set_num_threads(2)
 

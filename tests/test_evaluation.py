@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 
-from organdetr.errors import InputError
 from organdetr.evaluation import (
     NNDETECTION,
     Detection,
@@ -15,6 +14,7 @@ from organdetr.evaluation import (
     box_iou_3d,
     evaluate_detections,
 )
+from organdetr.runtime.errors import InputError
 
 CUBE = np.array([0.0, 0.0, 0.0, 10.0, 10.0, 10.0])
 

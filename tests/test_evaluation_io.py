@@ -9,8 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from organdetr.cli import app
-from organdetr.errors import InputError
 from organdetr.evaluation.io import load_ground_truth, load_predictions
+from organdetr.runtime.errors import InputError
 
 runner = CliRunner(env={"COLUMNS": "220"})
 CLASSES = {"1": "liver", "2": "spleen"}
@@ -83,9 +83,9 @@ def test_unknown_ground_truth_folder(tmp_path):
 
 
 def test_dataset_ground_truth_from_label_maps(tmp_path):
+    from organdetr.core.geometry import Geometry
     from organdetr.datasets.nnunet import write_dataset_json
-    from organdetr.geometry import Geometry
-    from organdetr.io import write_image
+    from organdetr.io.images import write_image
 
     root = tmp_path / "Dataset001_Tiny"
     geometry = Geometry((8, 8, 8), (2.0, 2.0, 2.0), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()))

@@ -169,7 +169,7 @@ def test_agrees_with_monai_on_random_masks(seed):
 
 @pytest.mark.shared_data
 def test_agrees_with_monai_on_real_masks(shared_data):
-    from organdetr.io import read_label_map
+    from organdetr.io.images import read_label_map
 
     ts = shared_data / "totalsegmentator"
     gt = read_label_map(ts / "example_seg.nii.gz")
@@ -230,9 +230,9 @@ def test_evaluate_segmentation_means_counts_and_workers():
 def _dataset_with_predictions(tmp_path):
     """nnU-Net dataset of 3 cases (2 mm x 1 mm x 3 mm voxels, oblique-free LPS) and predictions: case a
     exact, case b shifted one voxel along i, case c without a label map."""
+    from organdetr.core.geometry import Geometry
     from organdetr.datasets.nnunet import image_path, label_path, write_dataset_json
-    from organdetr.geometry import Geometry
-    from organdetr.io import write_image
+    from organdetr.io.images import write_image
 
     geometry = Geometry((12, 10, 8), (2.0, 1.0, 3.0), (-5.0, 3.0, 40.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
     root, pred_dir = tmp_path / "Dataset001_Seg", tmp_path / "pred"
@@ -281,9 +281,9 @@ def test_cli_evaluate_seg_refuses_a_label_map_on_another_grid(tmp_path):
     from typer.testing import CliRunner
 
     from organdetr.cli import app
-    from organdetr.errors import InputError
-    from organdetr.geometry import Geometry
-    from organdetr.io import write_image
+    from organdetr.core.geometry import Geometry
+    from organdetr.io.images import write_image
+    from organdetr.runtime.errors import InputError
 
     root, pred_dir, geometry = _dataset_with_predictions(tmp_path)
     moved = Geometry(geometry.size, (2.0, 1.0, 2.5), geometry.origin, geometry.direction)

@@ -1,4 +1,4 @@
-"""organdetr.export / `organdetr export`: ONNX Runtime gives the same boxes as PyTorch."""
+"""organdetr.inference.export / `organdetr export`: ONNX Runtime gives the same boxes as PyTorch."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import torch
 from typer.testing import CliRunner
 
 from _cache_factory import save_random_checkpoint
-from organdetr.checkpoint import load_detector
 from organdetr.cli import app
-from organdetr.errors import InputError
-from organdetr.export import export_checkpoint, load_session, onnx_detect, onnx_plans
+from organdetr.inference.export import export_checkpoint, load_session, onnx_detect, onnx_plans
+from organdetr.runtime.errors import InputError
+from organdetr.training.checkpoint import load_detector
 
 CLASSES = {1: "liver", 2: "spleen", 3: "kidney_right", 4: "kidney_left"}
 GRID = (32, 32, 32)

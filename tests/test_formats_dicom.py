@@ -16,15 +16,15 @@ from typer.testing import CliRunner
 from _cache_factory import save_random_checkpoint
 from _dicom_factory import write_ct_series
 from organdetr.cli import app
-from organdetr.errors import InputError
+from organdetr.core.geometry import Geometry
 from organdetr.formats.dicom_out import write_dicom_outputs
 from organdetr.formats.dicom_seg import read_segmentation
 from organdetr.formats.dicom_source import read_source_series
 from organdetr.formats.dicom_sr import box_faces, read_measurement_report
 from organdetr.formats.organ_codes import FALLBACK_SCHEME, organ_code
-from organdetr.geometry import Geometry
-from organdetr.io import read_image
-from organdetr.predict import Predictor, box_mask, predict_scans
+from organdetr.inference.predict import Predictor, box_mask, predict_scans
+from organdetr.io.images import read_image
+from organdetr.runtime.errors import InputError
 
 CLASSES = {1: "liver", 2: "kidney_left", 4: "gluteus_maximus_right"}
 GRID = (32, 32, 32)
@@ -191,7 +191,7 @@ def test_real_ct_3slice_round_trip(tmp_path, predictor, shared_data):
 
 def test_dicom_out_refuses_what_it_cannot_reference(tmp_path, checkpoint):
     """Non-DICOM input, a series that is not CT: one-line errors before any output."""
-    from organdetr.io import write_image
+    from organdetr.io.images import write_image
 
     nifti = tmp_path / "scan.nii.gz"
     write_image(

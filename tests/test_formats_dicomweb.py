@@ -24,8 +24,8 @@ from typer.testing import CliRunner
 
 from _cache_factory import save_random_checkpoint
 from organdetr.cli import app
-from organdetr.errors import InputError
 from organdetr.formats.dicom_sr import read_measurement_report
+from organdetr.runtime.errors import InputError
 
 ORTHANC = next(
     (

@@ -12,11 +12,11 @@ import zlib
 import numpy as np
 import pytest
 
+from organdetr.core.boxes.labels import boxes_from_labels, world_box_to_voxel
+from organdetr.core.geometry import Geometry, reorient_to_lps
 from organdetr.formats.html_viewer import RunViewer, case_payload, display_grid
-from organdetr.geometry import Geometry, reorient_to_lps
-from organdetr.io import Volume
-from organdetr.label_boxes import boxes_from_labels, world_box_to_voxel
-from organdetr.overlay import window_image
+from organdetr.inference.overlay import window_image
+from organdetr.io.images import Volume
 
 # RAS-stored scan: the page must show it reoriented to LPS
 GEOMETRY = Geometry((48, 40, 24), (1.0, 1.2, 2.5), (30.0, 20.0, -50.0), (-1, 0, 0, 0, -1, 0, 0, 0, 1))
@@ -206,7 +206,7 @@ def test_viewer_of_a_real_ct_in_chromium(browser, tmp_path, shared_data):
     from selenium.webdriver.common.by import By
 
     from organdetr.datasets.labels import load_class_map
-    from organdetr.io import read_image, read_label_map
+    from organdetr.io.images import read_image, read_label_map
 
     ct = read_image(shared_data / "totalsegmentator" / "example_ct.nii.gz")
     seg = read_label_map(shared_data / "totalsegmentator" / "example_seg_fast_force_split.nii.gz")

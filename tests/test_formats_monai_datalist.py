@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pytest
 
+from organdetr.core.boxes.labels import boxes_from_labels
+from organdetr.core.geometry import Geometry
 from organdetr.datasets.nnunet import load_dataset
-from organdetr.errors import InputError
 from organdetr.formats.monai_datalist import (
     BOX_MODES,
     convert,
@@ -19,9 +20,8 @@ from organdetr.formats.monai_datalist import (
     to_mode,
     write_datalist,
 )
-from organdetr.geometry import Geometry
-from organdetr.io import read_label_map, write_image
-from organdetr.label_boxes import boxes_from_labels
+from organdetr.io.images import read_label_map, write_image
+from organdetr.runtime.errors import InputError
 
 monai = pytest.importorskip("monai")
 from monai.data import box_utils, load_decathlon_datalist  # noqa: E402

@@ -11,8 +11,9 @@ import SimpleITK as sitk
 from typer.testing import CliRunner
 
 from organdetr.cli import app
+from organdetr.core.boxes.labels import boxes_from_labels
+from organdetr.core.geometry import Geometry
 from organdetr.datasets.nnunet import load_dataset, read_dataset_json
-from organdetr.errors import InputError
 from organdetr.formats.nndetection import (
     convert,
     from_nndetection_boxes,
@@ -20,9 +21,8 @@ from organdetr.formats.nndetection import (
     to_nndetection_boxes,
     write_prediction,
 )
-from organdetr.geometry import Geometry
-from organdetr.io import read_label_map, write_image
-from organdetr.label_boxes import boxes_from_labels
+from organdetr.io.images import read_label_map, write_image
+from organdetr.runtime.errors import InputError
 
 GEOMETRY = Geometry((30, 26, 16), (1.5, 1.2, 3.0), (30.0, 20.0, -50.0), (-1, 0, 0, 0, -1, 0, 0, 0, 1))
 

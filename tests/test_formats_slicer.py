@@ -8,6 +8,8 @@ import jsonschema
 import numpy as np
 import pytest
 
+from organdetr.core.boxes.labels import boxes_from_labels, voxel_box_to_world
+from organdetr.core.geometry import Geometry
 from organdetr.formats.slicer import (
     MARKUPS_SCHEMA,
     markups_document,
@@ -16,9 +18,7 @@ from organdetr.formats.slicer import (
     write_label_segmentation,
     write_slicer_files,
 )
-from organdetr.geometry import Geometry
-from organdetr.label_boxes import boxes_from_labels, voxel_box_to_world
-from organdetr.overlay import label_colour
+from organdetr.inference.overlay import label_colour
 
 slicerio = pytest.importorskip("slicerio")
 
@@ -153,7 +153,7 @@ def test_markups_in_ras_are_read_as_lps(tmp_path):
 
 
 def test_bad_markups_file_names_the_file(tmp_path):
-    from organdetr.errors import InputError
+    from organdetr.runtime.errors import InputError
 
     path = tmp_path / "bad.mrk.json"
     path.write_text('{"markups": [{"type": "ROI", "size": [1, 2]}]}')

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from organdetr.geometry import (
+from organdetr.core.boxes.labels import voxel_box_to_world
+from organdetr.core.geometry import (
     Geometry,
     Reorientation,
     axis_codes,
@@ -20,8 +21,7 @@ from organdetr.geometry import (
     resample,
     resize_grid,
 )
-from organdetr.io import Volume, from_sitk, read_image, to_sitk
-from organdetr.label_boxes import voxel_box_to_world
+from organdetr.io.images import Volume, from_sitk, read_image, to_sitk
 
 
 def signed_permutation(perm, signs) -> tuple[float, ...]:

@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from organdetr.errors import InputError
-from organdetr.geometry import Geometry
-from organdetr.io import (
+from organdetr.core.geometry import Geometry
+from organdetr.io.images import (
     from_sitk,
     read_dicom_series_pydicom,
     read_image,
@@ -20,6 +19,7 @@ from organdetr.io import (
     read_label_table,
     write_image,
 )
+from organdetr.runtime.errors import InputError
 
 RAS = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
 PERMUTED = (0.0, 0.0, 1.0, -1.0, 0.0, 0.0, 0.0, -1.0, 0.0)
@@ -253,7 +253,7 @@ def test_memory_cap_is_configurable(tmp_path, monkeypatch):
 
 
 def test_default_memory_cap_is_a_fraction_of_ram():
-    from organdetr.image_headers import max_image_bytes, parse_bytes
+    from organdetr.io.headers import max_image_bytes, parse_bytes
 
     assert 2**28 <= max_image_bytes() <= 2**42
     assert parse_bytes("16G") == 16 * 2**30 and parse_bytes("512MiB") == 2**29 and parse_bytes("3e9") == 3e9

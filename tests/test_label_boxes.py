@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from organdetr.errors import InputError
-from organdetr.geometry import Geometry
-from organdetr.io import read_label_map
-from organdetr.label_boxes import boxes_from_labels, voxel_box_to_world, world_box_to_voxel
+from organdetr.core.boxes.labels import boxes_from_labels, voxel_box_to_world, world_box_to_voxel
+from organdetr.core.geometry import Geometry
+from organdetr.io.images import read_label_map
+from organdetr.runtime.errors import InputError
 
 IDENTITY = (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0)
 RAS = (-1.0, 0, 0, 0, -1.0, 0, 0, 0, 1.0)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from organdetr.config import load_config
 from organdetr.models import detector_from_config
-from organdetr.models.mask_detr import MaskDETRDetector, label_map_from_queries
+from organdetr.models.organdetr.mask_detr import MaskDETRDetector, label_map_from_queries
+from organdetr.training.config import load_config
 
 
 def test_label_map_takes_the_best_query_per_class_and_leaves_the_rest_background():

@@ -5,17 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from organdetr.config import load_config
-from organdetr.engine import build_optimizer
-from organdetr.mask_criterion import MaskSetCriterion, matched_mask_losses, segments_from_labels
-from organdetr.mask_matcher import MaskMatcher, mask_matching_cost
 from organdetr.models import build_detector, detector_from_config
+from organdetr.models.blocks.mask_head import MaskHead, attention_mask_from_logits
 from organdetr.models.config import MaskMedConfig
-from organdetr.models.fsad import FSADTransformer
-from organdetr.models.mask_head import MaskHead, attention_mask_from_logits
-from organdetr.models.masked_decoder import MaskedQueryLayer
-from organdetr.models.maskmed import MaskMedDetector, build_maskmed, semantic_logits
-from organdetr.models.segmentation import SegmentationDetector
+from organdetr.models.maskmed.criterion import MaskSetCriterion, matched_mask_losses, segments_from_labels
+from organdetr.models.maskmed.fsad import FSADTransformer
+from organdetr.models.maskmed.masked_decoder import MaskedQueryLayer
+from organdetr.models.maskmed.matcher import MaskMatcher, mask_matching_cost
+from organdetr.models.maskmed.network import MaskMedDetector, build_maskmed, semantic_logits
+from organdetr.models.segmentation_detector import SegmentationDetector
+from organdetr.training.config import load_config
+from organdetr.training.engine import build_optimizer
 
 TINY = MaskMedConfig(features=(4, 8, 16), d_model=12, nhead=2, dim_feedforward=16, n_points=2)
 

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from _cache_factory import make_cache  # tests/ is on sys.path (pytest rootdir import mode)
-from organdetr.checkpoint import load_detector
-from organdetr.config import load_config
 from organdetr.data.cache_dataset import CacheDataset, collate
-from organdetr.engine import fit
 from organdetr.evaluation.segmentation import case_scores
+from organdetr.training.checkpoint import load_detector
+from organdetr.training.config import load_config
+from organdetr.training.engine import fit
 
 
 @pytest.mark.slow

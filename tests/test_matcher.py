@@ -1,4 +1,4 @@
-"""Tests for organdetr.matcher: one-to-one Hungarian and Dense Query Matching (DQM)."""
+"""Tests for organdetr.models.organdetr.matcher: one-to-one Hungarian and Dense Query Matching (DQM)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import linear_sum_assignment
 
-from organdetr.matcher import MatcherConfig, build_matcher, dqm_repeats, matching_cost
+from organdetr.models.organdetr.matcher import MatcherConfig, build_matcher, dqm_repeats, matching_cost
 
 
 def _outputs(batch: int, queries: int, classes: int, seed: int) -> dict:
@@ -128,7 +128,7 @@ def test_empty_targets_and_cap_warning(caplog):
     outputs = _outputs(2, 4, 6, 0)
     targets = _targets([0, 3], 6, 0)
     matcher = build_matcher(MatcherConfig(kind="dqm", dqm_lambda=0.5))
-    with caplog.at_level(logging.WARNING, logger="organdetr.matcher"):
+    with caplog.at_level(logging.WARNING, logger="organdetr.models.organdetr.matcher"):
         indices = matcher(outputs, targets)
         matcher(outputs, targets)
     assert indices[0][0].numel() == 0 and indices[0][1].numel() == 0

@@ -8,12 +8,12 @@ import warnings
 import pytest
 import torch
 
-from organdetr.box_ops import box_iou_3d
-from organdetr.config import load_config
-from organdetr.criterion import LossConfig
-from organdetr.matcher import MatcherConfig
+from organdetr.core.boxes.ops import box_iou_3d
 from organdetr.models import PRESET_NAMES, build_detector, build_model, model_preset
-from organdetr.models.position import sine_position_3d
+from organdetr.models.blocks.position import sine_position_3d
+from organdetr.models.organdetr.criterion import LossConfig
+from organdetr.models.organdetr.matcher import MatcherConfig
+from organdetr.training.config import load_config
 
 torch.set_num_threads(2)
 NUM_CLASSES = 4

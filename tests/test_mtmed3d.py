@@ -9,15 +9,15 @@ import pytest
 import torch
 
 from _brain_factory import brain_cache
-from organdetr.box_ops import box_cxcyczwhd_to_xyzxyz
-from organdetr.config import load_config
+from organdetr.core.boxes.iou import paired_iou_3d
+from organdetr.core.boxes.ops import box_cxcyczwhd_to_xyzxyz
 from organdetr.data.cache_dataset import CacheDataset, collate
 from organdetr.data.properties import DataProperties
-from organdetr.evaluation.iou import paired_iou_3d
+from organdetr.experiments.profiling import count_parameters
 from organdetr.models import detector_from_config
 from organdetr.models.config import ModelConfig, MTMed3DConfig
-from organdetr.models.mtmed3d import PANetBottomUp, TaskBalancer, build_mtmed3d
-from organdetr.profiling import count_parameters
+from organdetr.models.mtmed3d.network import PANetBottomUp, TaskBalancer, build_mtmed3d
+from organdetr.training.config import load_config
 
 GRID = (32, 32, 32)
 DATA = DataProperties(4, {"WT": (0, 1, 2), "TC": (0, 2), "ET": (2,)}, ("LGG", "HGG"))

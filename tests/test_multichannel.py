@@ -8,16 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from organdetr.config import load_config
+from organdetr.core.geometry import Geometry
 from organdetr.data.cache_dataset import CacheDataset
 from organdetr.data.properties import DataProperties
 from organdetr.datasets.nnunet import image_path, label_path, load_dataset, write_dataset_json
-from organdetr.errors import InputError
-from organdetr.geometry import Geometry
-from organdetr.io import write_image
+from organdetr.inference.predict import Predictor, ScanInput, group_channels
+from organdetr.io.images import write_image
 from organdetr.models import detector_from_config
-from organdetr.predict import Predictor, ScanInput, group_channels
-from organdetr.preprocess import (
+from organdetr.preprocessing.cache import (
     PreprocessConfig,
     default_channel_norm,
     load_case,
@@ -25,6 +23,8 @@ from organdetr.preprocess import (
     normalise_zscore,
     preprocess_dataset,
 )
+from organdetr.runtime.errors import InputError
+from organdetr.training.config import load_config
 
 SIZE = 32
 GEOMETRY = Geometry((SIZE,) * 3, (4.0, 4.0, 4.0), (-60.0, -60.0, -60.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))

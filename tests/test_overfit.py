@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from _cache_factory import make_cache  # tests/ is on sys.path (pytest rootdir import mode)
-from organdetr.box_ops import box_cxcyczwhd_to_xyzxyz, box_iou_3d
-from organdetr.checkpoint import load_detector
-from organdetr.config import load_config
+from organdetr.core.boxes.ops import box_cxcyczwhd_to_xyzxyz, box_iou_3d
 from organdetr.data.cache_dataset import CacheDataset, collate
-from organdetr.engine import fit
+from organdetr.training.checkpoint import load_detector
+from organdetr.training.config import load_config
+from organdetr.training.engine import fit
 
 
 @pytest.mark.slow

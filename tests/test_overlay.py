@@ -1,14 +1,14 @@
-"""organdetr.overlay: windowing, slice choice and the three-view PNG on synthetic and real CT."""
+"""organdetr.inference.overlay: windowing, slice choice and the three-view PNG on synthetic and real CT."""
 
 from __future__ import annotations
 
 import matplotlib.image as mpimg
 import numpy as np
 
-from organdetr.geometry import Geometry
-from organdetr.io import Volume, read_image
-from organdetr.label_boxes import voxel_box_to_world
-from organdetr.overlay import organ_colours, render_overlay, slice_centre, window_image
+from organdetr.core.boxes.labels import voxel_box_to_world
+from organdetr.core.geometry import Geometry
+from organdetr.inference.overlay import organ_colours, render_overlay, slice_centre, window_image
+from organdetr.io.images import Volume, read_image
 
 
 def test_window_image_soft_tissue():
@@ -55,8 +55,8 @@ def test_render_overlay_without_detections(tmp_path):
 
 
 def test_render_overlay_real_ct(tmp_path, shared_data):
-    from organdetr.io import read_label_map
-    from organdetr.label_boxes import boxes_from_labels
+    from organdetr.core.boxes.labels import boxes_from_labels
+    from organdetr.io.images import read_label_map
 
     folder = shared_data / "totalsegmentator"
     volume = read_image(folder / "example_ct.nii.gz")

@@ -1,4 +1,4 @@
-"""organdetr.data.phantom: the synthetic abdomen (anatomy, HU, determinism) and `organdetr synth`."""
+"""organdetr.datasets.synthetic.phantom: the synthetic abdomen (anatomy, HU, seeds) and `organdetr synth`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from scipy import ndimage
 from typer.testing import CliRunner
 
 from organdetr.cli import app
-from organdetr.data.phantom import (
+from organdetr.datasets.synthetic.phantom import (
     PHANTOM_CLASSES,
     PhantomConfig,
     case_seeds,
@@ -19,8 +19,8 @@ from organdetr.data.phantom import (
     save_preview,
     write_synthetic_dataset,
 )
-from organdetr.data.phantom_shapes import Grid, Superquadric, Tube
-from organdetr.errors import InputError
+from organdetr.datasets.synthetic.shapes import Grid, Superquadric, Tube
+from organdetr.runtime.errors import InputError
 
 IDS = {name: i for i, name in PHANTOM_CLASSES.items()}
 SMALL = PhantomConfig(size=(48, 48, 48), spacing=(8.0, 8.0, 8.0))
@@ -41,7 +41,7 @@ def varied_cases():
 
 
 def test_varied_field_of_view_draws_every_scan_range_and_cuts_organs(varied_cases):
-    from organdetr.data.phantom import SCAN_RANGES
+    from organdetr.datasets.synthetic.phantom import SCAN_RANGES
 
     ranges = {info.scan_range for *_, info in varied_cases}
     assert ranges == set(SCAN_RANGES)

@@ -1,10 +1,10 @@
-"""Tests for organdetr.postprocess: best query per class, voxel boxes on the input grid."""
+"""Tests for organdetr.models.organdetr.postprocess: best query per class, voxel boxes on the input grid."""
 
 from __future__ import annotations
 
 import torch
 
-from organdetr.postprocess import postprocess
+from organdetr.models.organdetr.postprocess import postprocess
 
 
 def test_best_query_per_class_and_voxel_boxes():

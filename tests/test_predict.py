@@ -1,4 +1,4 @@
-"""organdetr.predict / `organdetr predict`: JSON schema, geometry round trip, DICOM input, bad scans."""
+"""organdetr.inference.predict / `organdetr predict`: JSON schema, geometry round trip, DICOM, bad scans."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from typer.testing import CliRunner
 
 from _cache_factory import save_random_checkpoint
 from organdetr.cli import app
-from organdetr.geometry import Geometry
-from organdetr.io import read_image, write_image
-from organdetr.label_boxes import voxel_box_to_world
-from organdetr.predict import Predictor, box_mask, case_id_of, find_scans, predict_scans
+from organdetr.core.boxes.labels import voxel_box_to_world
+from organdetr.core.geometry import Geometry
+from organdetr.inference.predict import Predictor, box_mask, case_id_of, find_scans, predict_scans
+from organdetr.io.images import read_image, write_image
 
 CLASSES = {1: "liver", 2: "spleen", 5: "kidney_left"}
 GRID = (32, 32, 32)
@@ -187,7 +187,7 @@ def test_find_scans_folder_and_unique_ids(tmp_path):
 
 
 def test_find_scans_rejects_missing_and_empty(tmp_path):
-    from organdetr.errors import InputError
+    from organdetr.runtime.errors import InputError
 
     with pytest.raises(InputError, match="no such file"):
         find_scans([tmp_path / "missing.nii.gz"])

@@ -11,10 +11,10 @@ from typer.testing import CliRunner
 
 from _cache_factory import save_random_checkpoint
 from organdetr.cli import app
+from organdetr.core.geometry import Geometry
 from organdetr.formats.nndetection import to_nndetection_boxes
 from organdetr.formats.slicer import read_markups_rois
-from organdetr.geometry import Geometry
-from organdetr.io import write_image
+from organdetr.io.images import write_image
 
 CLASSES = {1: "liver", 2: "spleen", 5: "kidney_left"}
 
@@ -77,7 +77,7 @@ def test_segmenting_model_masks_reach_slicer_and_the_viewer(tmp_path):
     """A segmenting model's label map (predict's ``seg``) becomes the .seg.nrrd segments and the viewer's
     mask volumes; the segment voxels are exactly the label map predict writes as <case>_seg.nii.gz."""
     slicerio = pytest.importorskip("slicerio")
-    from organdetr.io import read_label_map
+    from organdetr.io.images import read_label_map
 
     run = save_random_checkpoint(
         tmp_path / "run",

@@ -7,11 +7,10 @@ import json
 import numpy as np
 import pytest
 
+from organdetr.core.geometry import Geometry, grid_box_to_original
 from organdetr.datasets.nnunet import image_path, label_path, write_dataset_json
-from organdetr.errors import InputError
-from organdetr.geometry import Geometry, grid_box_to_original
-from organdetr.io import Volume, read_label_table, write_image
-from organdetr.preprocess import (
+from organdetr.io.images import Volume, read_label_table, write_image
+from organdetr.preprocessing.cache import (
     PreprocessConfig,
     list_cases,
     load_case,
@@ -20,6 +19,7 @@ from organdetr.preprocess import (
     preprocess_image,
     preprocess_volume,
 )
+from organdetr.runtime.errors import InputError
 
 RAS = (-1.0, 0, 0, 0, -1.0, 0, 0, 0, 1.0)
 GEOMETRY = Geometry((30, 24, 12), (1.5, 2.0, 4.0), (40.0, 30.0, -20.0), RAS)
@@ -163,8 +163,8 @@ def test_preprocess_dataset_cache_failures_resume_and_plans(tmp_path):
 
 
 def test_foreground_window_is_the_labelled_voxels_percentiles(tmp_path):
-    from organdetr.io import read_image, read_label_map
-    from organdetr.preprocess import foreground_window
+    from organdetr.io.images import read_image, read_label_map
+    from organdetr.preprocessing.cache import foreground_window
 
     root = make_dataset(tmp_path / "raw", n_good=3)
     rng = np.random.default_rng(0)
@@ -198,7 +198,7 @@ def test_preprocess_dataset_in_parallel_matches_serial(tmp_path):
 
 @pytest.mark.shared_data
 def test_real_scan_every_organ_gets_a_box(shared_data):
-    from organdetr.io import read_image, read_label_map
+    from organdetr.io.images import read_image, read_label_map
 
     folder = shared_data / "totalsegmentator"
     seg = folder / "example_seg_fast_force_split.nii.gz"

@@ -1,4 +1,4 @@
-"""organdetr.prior: the image-blind mean-box prior in mm and in field-of-view coordinates."""
+"""organdetr.models.baselines.prior: the image-blind mean-box prior in mm and in field-of-view coordinates."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from organdetr.evaluation import GroundTruth, evaluate_detections
-from organdetr.prior import fit_box_prior, prior_detections
+from organdetr.models.baselines.prior import fit_box_prior, prior_detections
 
 
 def _record(case_id: str, origin_mm: float, boxes: dict[str, list[float]], size=(10, 10, 10)) -> dict:

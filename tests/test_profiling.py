@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from organdetr.profiling import (
+from organdetr.experiments.profiling import (
     COUNTED_OPS,
     count_flops,
     count_parameters,

@@ -1,10 +1,10 @@
-"""Tests for organdetr.models.proposals: anchors, per-class selection, dense assignment."""
+"""Tests for organdetr.models.organdetr.proposals: anchors, per-class selection, dense assignment."""
 
 from __future__ import annotations
 
 import torch
 
-from organdetr.models.proposals import (
+from organdetr.models.organdetr.proposals import (
     ANCHOR_BASE_SIZE,
     ProposalHead,
     assign_proposals,

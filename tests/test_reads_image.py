@@ -12,10 +12,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from organdetr.box_ops import box_iou_3d, box_xyzxyz_to_cxcyczwhd
-from organdetr.criterion import LossConfig
-from organdetr.matcher import MatcherConfig
+from organdetr.core.boxes.ops import box_iou_3d, box_xyzxyz_to_cxcyczwhd
 from organdetr.models import build_detector, model_preset
+from organdetr.models.organdetr.criterion import LossConfig
+from organdetr.models.organdetr.matcher import MatcherConfig
 
 SIZE = 32
 TRAIN_CORNERS = [(3, 3, 3), (20, 4, 18), (4, 21, 6), (19, 19, 20), (12, 4, 4), (5, 12, 21)]

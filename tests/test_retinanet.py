@@ -5,10 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from organdetr.criterion import LossConfig
-from organdetr.matcher import MatcherConfig
 from organdetr.models import build_detector, model_preset
-from organdetr.models.retinanet import RetinaNetAdapter, RetinaNetConfig, build_retinanet, rank_within_class
+from organdetr.models.baselines.retinanet import (
+    RetinaNetAdapter,
+    RetinaNetConfig,
+    build_retinanet,
+    rank_within_class,
+)
+from organdetr.models.organdetr.criterion import LossConfig
+from organdetr.models.organdetr.matcher import MatcherConfig
 
 SIZE = (32, 32, 32)
 

@@ -9,11 +9,11 @@ from typer.testing import CliRunner
 
 from _cache_factory import save_random_checkpoint
 from organdetr.cli import app
-from organdetr.config import load_config
-from organdetr.geometry import Geometry, grid_labels_to_original
-from organdetr.io import read_image, read_label_map, write_image
+from organdetr.core.geometry import Geometry, grid_labels_to_original
+from organdetr.io.images import read_image, read_label_map, write_image
 from organdetr.models import detector_from_config
-from organdetr.models.segmentation import SegmentationDetector, largest_component_boxes
+from organdetr.models.segmentation_detector import SegmentationDetector, largest_component_boxes
+from organdetr.training.config import load_config
 
 K = 3
 
@@ -83,8 +83,8 @@ def test_seg2box_builds_from_its_preset_and_trains():
 
 def test_grid_labels_back_to_an_oblique_original_grid():
     """Nearest-neighbour mapping of a model-grid label map onto a RAS scan's own grid: geometry exact."""
-    from organdetr.io import Volume
-    from organdetr.preprocess import PreprocessConfig, preprocess_volume
+    from organdetr.io.images import Volume
+    from organdetr.preprocessing.cache import PreprocessConfig, preprocess_volume
 
     size = (20, 16, 12)
     geometry = Geometry(size, (1.5, 1.2, 3.0), (30.0, 20.0, -50.0), (-1.0, 0, 0, 0, -1.0, 0, 0, 0, 1.0))

@@ -50,7 +50,7 @@ def main() -> None:
     """
     import warnings
 
-    from organdetr.errors import InputError
+    from organdetr.runtime.errors import InputError
 
     warnings.formatwarning = _one_line_warning
     try:

@@ -59,7 +59,7 @@ def benchmark(
 
     Example (a few CPU minutes): organdetr benchmark matching --iterations 150 --cases 12 --seeds 0,1
     """
-    from organdetr.ablation import BenchmarkConfig, available_suites, load_suite, run_suite
+    from organdetr.experiments.ablation import BenchmarkConfig, available_suites, load_suite, run_suite
 
     if list_suites:
         for name in available_suites():
@@ -84,7 +84,7 @@ def benchmark(
         )
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
-    from organdetr.outputs import check_output_folder
+    from organdetr.runtime.outputs import check_output_folder
 
     out = check_output_folder(output or Path("benchmarks") / "results" / Path(suite).stem, "results folder")
     command = "organdetr " + " ".join(sys.argv[1:]) if sys.argv and "benchmark" in sys.argv else ""

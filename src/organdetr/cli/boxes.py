@@ -47,9 +47,9 @@ def boxes(
     Voxel boxes index the file's own array (i, j, k); mm boxes are LPS world coordinates of the voxel
     edges. Example: organdetr boxes seg.nii.gz --image ct.nii.gz --classes totalsegmentator -o boxes.csv
     """
-    from organdetr.io import read_image, read_label_map
-    from organdetr.label_boxes import boxes_from_labels
-    from organdetr.outputs import check_output_file
+    from organdetr.core.boxes.labels import boxes_from_labels
+    from organdetr.io.images import read_image, read_label_map
+    from organdetr.runtime.outputs import check_output_file
 
     fmt = fmt or _format_from_suffix(output)
     if output is not None:
@@ -80,7 +80,7 @@ def boxes(
         if text:
             typer.echo(text, nl=False)
         return
-    from organdetr.atomic import write_text
+    from organdetr.runtime.atomic import write_text
 
     write_text(output, text)
     typer.echo(f"{len(found)} organ boxes -> {output}", err=True)
@@ -94,7 +94,7 @@ def _format_from_suffix(output: Path | None) -> BoxFormat:
 def _resolve_classes(classes: str | None, label_file: Path) -> dict[int, str] | None:
     """--classes as a dataset name or JSON file; else the NIfTI header table; else None (label_<id>)."""
     from organdetr.datasets.labels import CLASS_MAP_NAMES, load_class_map
-    from organdetr.io import read_label_table
+    from organdetr.io.images import read_label_table
 
     if classes is None:
         return read_label_table(label_file)
@@ -113,7 +113,7 @@ def _class_map_file(path: Path) -> dict[int, str]:
     """``{"1": "liver", ...}``, ``{"labels": {id: name}}`` or an nnU-Net dataset.json (name -> id)."""
     import json
 
-    from organdetr.errors import InputError
+    from organdetr.runtime.errors import InputError
 
     try:
         content = json.loads(path.read_text(encoding="utf-8"))
@@ -134,7 +134,7 @@ def _mean_hu(image, labels, ids: list[int], image_path: Path, label_path: Path) 
     """Mean image value per organ (one pass, scipy.ndimage.mean); the grids must match."""
     from scipy import ndimage
 
-    from organdetr.errors import InputError
+    from organdetr.runtime.errors import InputError
 
     if not image.geometry.is_close(labels.geometry, mm_tol=1e-2):
         raise InputError(
@@ -149,7 +149,7 @@ def _mean_hu(image, labels, ids: list[int], image_path: Path, label_path: Path) 
 def _report(label_file: Path, image: Path | None, geometry, found, mean_hu) -> dict[str, Any]:
     import numpy as np
 
-    from organdetr.geometry import axis_codes
+    from organdetr.core.geometry import axis_codes
 
     voxel_ml = float(np.prod(geometry.spacing)) / 1000.0
     rows = []

@@ -41,8 +41,8 @@ def demo(
     first), scores held-out phantoms (3D mAP in mm) beside two image-blind priors, predicts a real CT when
     the shared data pack is present, and writes metrics, PR and loss curves and pictures into OUT/report/.
     """
-    from organdetr.demo import DemoConfig, find_shared_data, run_demo
-    from organdetr.outputs import check_output_folder
+    from organdetr.experiments.demo import DemoConfig, find_shared_data, run_demo
+    from organdetr.runtime.outputs import check_output_folder
 
     check_output_folder(out, "demo folder")
     if shared_data is not None:

@@ -68,7 +68,7 @@ def evaluate(
     from organdetr.evaluation import evaluate_detections
     from organdetr.evaluation.io import load_ground_truth, load_predictions
     from organdetr.evaluation.report import print_table, write_report
-    from organdetr.outputs import check_output_folder
+    from organdetr.runtime.outputs import check_output_folder
 
     console = Console()
     out_dir = check_output_folder(output or pred_dir / "evaluation", "report folder")
@@ -87,7 +87,7 @@ def evaluate(
         f"{len(missing)} of {len(truth.case_ids)} cases have no prediction file and count as no detections",
     )
     if len(missing) == len(truth.case_ids):
-        from organdetr.errors import InputError
+        from organdetr.runtime.errors import InputError
 
         raise InputError(pred_dir, f"no prediction file matches a ground-truth case of {gt}")
     result = evaluate_detections(
@@ -116,13 +116,13 @@ def evaluate(
 
 def _classification_report(truth, preds, out_dir: Path, console, pred_dir: Path) -> list[Path]:
     """Case-level classification metrics when the ground truth has case labels (else nothing)."""
-    from organdetr.atomic import write_json, write_text
-    from organdetr.errors import InputError
     from organdetr.evaluation.classification import (
         classification_markdown,
         evaluate_classification,
         plot_classification,
     )
+    from organdetr.runtime.atomic import write_json, write_text
+    from organdetr.runtime.errors import InputError
 
     if not preds.case_probabilities:
         console.print(
@@ -162,7 +162,7 @@ def _evaluate_label_maps(
     from organdetr.evaluation.segmentation import evaluate_segmentation
     from organdetr.evaluation.segmentation_io import load_label_map_truth, pair_predictions, read_pairs
     from organdetr.evaluation.segmentation_report import print_seg_table, write_seg_report
-    from organdetr.outputs import check_output_folder
+    from organdetr.runtime.outputs import check_output_folder
 
     out_dir = check_output_folder(output or pred_dir / "evaluation", "report folder")
     truth = load_label_map_truth(gt, split=split)

@@ -26,13 +26,19 @@ def export(
     """Export a trained detector to ONNX: images [B,1,I,J,K] -> pred_logits, pred_boxes (raw DETR outputs).
 
     The grid size is the training grid (plans.json, stored in the ONNX metadata as "organdetr.plans");
-    the batch axis is dynamic. Decode the outputs with organdetr.postprocess.postprocess.
+    the batch axis is dynamic. Decode the outputs with organdetr.models.organdetr.postprocess.postprocess.
     """
     import numpy as np
     import torch
 
-    from organdetr.export import check_opset, export_network, load_exportable, load_session, onnx_detect
-    from organdetr.outputs import check_output_file
+    from organdetr.inference.export import (
+        check_opset,
+        export_network,
+        load_exportable,
+        load_session,
+        onnx_detect,
+    )
+    from organdetr.runtime.outputs import check_output_file
 
     check_opset(opset)
     check_output_file(out, "ONNX file")

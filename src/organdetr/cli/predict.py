@@ -125,10 +125,10 @@ def predict(
 
     import torch
 
-    from organdetr.errors import InputError
     from organdetr.formats.run_outputs import RunOutputs
-    from organdetr.outputs import check_output_folder
-    from organdetr.predict import Predictor, find_scans, group_channels, predict_scans
+    from organdetr.inference.predict import Predictor, find_scans, group_channels, predict_scans
+    from organdetr.runtime.errors import InputError
+    from organdetr.runtime.outputs import check_output_folder
 
     if not (math.isfinite(score_threshold) and 0.0 <= score_threshold <= 1.0):
         raise typer.BadParameter(
@@ -191,7 +191,7 @@ def predict(
 
 def _predict_dicomweb(checkpoint, url, study, series, out, device, timeout, **options) -> None:
     from organdetr.formats.dicomweb import connect, find_series, predict_dicomweb
-    from organdetr.predict import Predictor
+    from organdetr.inference.predict import Predictor
 
     client = connect(url, timeout)
     remote = find_series(client, url, study, series)  # fail fast, before loading the model

@@ -66,7 +66,7 @@ def preprocess(
     from rich.console import Console
 
     from organdetr.datasets.nnunet import load_dataset
-    from organdetr.preprocess import (
+    from organdetr.preprocessing.cache import (
         PreprocessConfig,
         default_channel_norm,
         foreground_window,

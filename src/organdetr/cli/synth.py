@@ -72,7 +72,7 @@ def synth(
         _brain(out, cases, seed, size, spacing, spacing_jitter, hgg_fraction, workers, preview)
         return
 
-    from organdetr.data.phantom import (
+    from organdetr.datasets.synthetic.phantom import (
         PhantomConfig,
         case_seeds,
         generate_case,
@@ -100,7 +100,7 @@ def synth(
 def _brain(out, cases, seed, size, spacing, spacing_jitter, hgg_fraction, workers, preview) -> None:
     from rich.console import Console
 
-    from organdetr.data.brain_phantom import (
+    from organdetr.datasets.synthetic.brain import (
         BrainPhantomConfig,
         case_seeds,
         generate_brain_case,

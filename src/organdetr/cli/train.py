@@ -28,9 +28,9 @@ def train(
     """
     import time
 
-    from organdetr.config import load_config, read_config_dict
-    from organdetr.engine import fit, resume_config_path
-    from organdetr.errors import InputError
+    from organdetr.runtime.errors import InputError
+    from organdetr.training.config import load_config, read_config_dict
+    from organdetr.training.engine import fit, resume_config_path
 
     overrides = list(set_ or [])
     if cache is not None:

@@ -24,9 +24,9 @@ from scipy import ndimage
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
-from ..errors import InputError
-from ..preprocess import list_cases, load_case, load_plans, num_channels
-from .augment import AugmentConfig, augment_pair, left_right_swap_table, sample_params
+from organdetr.data.augment import AugmentConfig, augment_pair, left_right_swap_table, sample_params
+from organdetr.preprocessing.cache import list_cases, load_case, load_plans, num_channels
+from organdetr.runtime.errors import InputError
 
 
 def class_map_from_plans(plans: dict, path: str | Path | None = None) -> dict[int, str]:

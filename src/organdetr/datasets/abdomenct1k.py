@@ -43,7 +43,7 @@ from organdetr.datasets.conversion import (
     select_cases,
 )
 from organdetr.datasets.labels import class_map_description, class_map_source, load_class_map
-from organdetr.errors import InputError
+from organdetr.runtime.errors import InputError
 
 FORMAT = "abdomenct1k"
 # label set name (convert --classes) -> class map name (labels/<name>.json)

@@ -30,7 +30,7 @@ from organdetr.datasets.conversion import (
     select_cases,
 )
 from organdetr.datasets.labels import class_map_source, load_class_map, official_names, snake_case
-from organdetr.errors import InputError
+from organdetr.runtime.errors import InputError
 
 FORMAT = "amos"
 MAX_CT_ID = 500

@@ -34,7 +34,7 @@ from organdetr.datasets.conversion import (
     select_cases,
 )
 from organdetr.datasets.labels import class_map_source, load_class_map, load_regions
-from organdetr.errors import InputError
+from organdetr.runtime.errors import InputError
 
 FORMAT = "brats"
 CHANNEL_NAMES = ("T1", "T1ce", "T2", "FLAIR")

@@ -35,11 +35,11 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from organdetr.core.geometry import Geometry
 from organdetr.datasets.nnunet import image_path, label_path, read_dataset_json, write_dataset_json
-from organdetr.errors import InputError
-from organdetr.geometry import Geometry
-from organdetr.io import integer_labels as cast_label_ids
-from organdetr.io import read_image, write_image
+from organdetr.io.images import integer_labels as cast_label_ids
+from organdetr.io.images import read_image, write_image
+from organdetr.runtime.errors import InputError
 
 FILE_ENDING = ".nii.gz"
 

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from organdetr.atomic import write_json
-from organdetr.errors import InputError
+from organdetr.runtime.atomic import write_json
+from organdetr.runtime.errors import InputError
 
 CHANNEL = "_0000"
 CASE_LABELS_FILE = "case_labels.json"

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from organdetr.core.geometry import Geometry
 from organdetr.datasets import LABEL_SETS as ALL_LABEL_SETS
 from organdetr.datasets.conversion import (
     ConversionSummary,
@@ -44,8 +45,7 @@ from organdetr.datasets.conversion import (
     select_cases,
 )
 from organdetr.datasets.labels import class_map_description, class_map_source, load_class_map
-from organdetr.errors import InputError
-from organdetr.geometry import Geometry
+from organdetr.runtime.errors import InputError
 
 OVERLAP_RULE = "masks painted in ascending official id order: the higher id wins where masks overlap"
 # format -> (class map name, image file name, channel name)

@@ -22,7 +22,7 @@ from organdetr.datasets.conversion import (
     select_cases,
 )
 from organdetr.datasets.labels import class_map_source, load_class_map
-from organdetr.errors import InputError
+from organdetr.runtime.errors import InputError
 
 FORMAT = "verse"
 IMAGE_SUFFIX = "_ct.nii.gz"

@@ -32,7 +32,8 @@ Conventions (details, worked examples and the MONAI differences: docs/metrics.md
   ground-truth organ matched at IoU >= 0.10 by the same greedy matching.
 """
 
-from .coco import (
+from organdetr.core.boxes.iou import box_iou_3d, box_iou_3d_monai
+from organdetr.evaluation.coco import (
     COCO,
     NNDETECTION,
     BoxArrays,
@@ -44,10 +45,9 @@ from .coco import (
     evaluate_arrays,
     evaluate_detections,
 )
-from .io import GroundTruthSet, PredictionSet, load_ground_truth, load_predictions
-from .iou import box_iou_3d, box_iou_3d_monai
-from .report import describe, print_table, write_report
-from .segmentation import SegmentationResult, evaluate_segmentation
+from organdetr.evaluation.io import GroundTruthSet, PredictionSet, load_ground_truth, load_predictions
+from organdetr.evaluation.report import describe, print_table, write_report
+from organdetr.evaluation.segmentation import SegmentationResult, evaluate_segmentation
 
 __all__ = [
     "COCO",

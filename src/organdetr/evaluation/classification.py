@@ -203,7 +203,7 @@ def plot_classification(result: ClassificationResult, path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from organdetr.atomic import write_figure
+    from organdetr.runtime.atomic import write_figure
 
     fig, (ax_roc, ax_cm) = plt.subplots(1, 2, figsize=(9, 4))
     for name, (fpr, tpr) in result.roc.items():

@@ -12,9 +12,8 @@ from typing import Literal
 
 import numpy as np
 
-from organdetr.errors import InputError
-
-from .matching import match_detections
+from organdetr.evaluation.matching import match_detections
+from organdetr.runtime.errors import InputError
 
 Mode = Literal["coco", "monai"]
 NUM_RECALL_POINTS = 101

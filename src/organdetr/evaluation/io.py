@@ -3,7 +3,7 @@
 Predictions: ``PRED_DIR/<case>.json`` as in docs/conventions.md; only ``case_id`` and, per detection,
 ``label``, ``score`` and ``box_mm`` are used. Ground truth: a preprocessed cache (``plans.json`` +
 ``cases/<case>.json`` records, field ``boxes[*].name`` / ``box_mm``) or an nnU-Net raw dataset
-(``dataset.json``; one box per organ from each label map via ``organdetr.label_boxes``).
+(``dataset.json``; one box per organ from each label map via ``organdetr.core.boxes.labels``).
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ from typing import Literal
 
 import numpy as np
 
-from organdetr.errors import InputError
-
-from .coco import Detection, GroundTruth
+from organdetr.evaluation.coco import Detection, GroundTruth
+from organdetr.runtime.errors import InputError
 
 Split = Literal["all", "tr", "ts"]
 
@@ -220,9 +219,9 @@ def _from_cache(cache_dir: Path) -> GroundTruthSet:
 def _from_dataset(root: Path, split: Split, progress: bool) -> GroundTruthSet:
     from tqdm.auto import tqdm
 
+    from organdetr.core.boxes.labels import boxes_from_labels
     from organdetr.datasets.nnunet import load_dataset
-    from organdetr.io import read_label_map
-    from organdetr.label_boxes import boxes_from_labels
+    from organdetr.io.images import read_label_map
 
     dataset = load_dataset(root)
     cases = []

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .iou import box_iou_3d, box_iou_3d_monai, paired_iou_3d, paired_iou_3d_monai
+from organdetr.core.boxes.iou import box_iou_3d, box_iou_3d_monai, paired_iou_3d, paired_iou_3d_monai
 
 # An IoU that equals a threshold up to float64 rounding of the mm coordinates counts (COCO mode).
 IOU_TOLERANCE = 1e-12

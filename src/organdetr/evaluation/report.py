@@ -12,9 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from organdetr.atomic import write_figure, write_json, write_text
-
-from .coco import EvaluationResult
+from organdetr.evaluation.coco import EvaluationResult
+from organdetr.runtime.atomic import write_figure, write_json, write_text
 
 COLUMNS = [
     ("num_gt", "GT"), ("num_det", "det"), ("AP", "AP"), ("AP50", "AP50"), ("AP75", "AP75"), ("AR", "AR"),

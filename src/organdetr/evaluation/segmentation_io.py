@@ -1,13 +1,13 @@
 """Read the inputs of ``organdetr evaluate --seg``: predicted and ground-truth label maps, paired by case.
 
 Predictions: ``PRED_DIR/<case>_seg.nii.gz`` (what ``organdetr predict`` writes for a segmenting model) or
-``PRED_DIR/<case>.nii.gz`` (nnU-Net / TotalSegmentator style; other image suffixes of ``organdetr.io``
+``PRED_DIR/<case>.nii.gz`` (nnU-Net / TotalSegmentator style; other image suffixes of ``organdetr.io.images``
 too). Ground truth: an nnU-Net raw dataset (``labelsTr`` / ``labelsTs``, class map of ``dataset.json``)
 or a preprocessed cache (each case record's original ``label`` file, class map of ``plans.json``).
 
 Each pair must share one grid (size, spacing, origin, direction: ``Geometry.is_close``), and a
 prediction may only hold label ids of the class map; both are checked before any score is computed and
-reported as :class:`~organdetr.errors.InputError` naming the prediction file.
+reported as :class:`~organdetr.runtime.errors.InputError` naming the prediction file.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from organdetr.errors import InputError
 from organdetr.evaluation.io import read_json
+from organdetr.runtime.errors import InputError
 
 PRED_SUFFIXES = ("_seg.nii.gz", ".nii.gz", ".nii", ".nrrd", ".mha")
 
@@ -114,7 +114,7 @@ def read_pairs(
 ) -> Iterator[tuple[np.ndarray, np.ndarray, tuple[float, float, float]]]:
     """Yield ``(pred [I, J, K], gt [I, J, K], spacing (i, j, k) mm)`` per ground-truth case, one at a time;
     a missing prediction is an all-background map."""
-    from organdetr.io import read_label_map
+    from organdetr.io.images import read_label_map
 
     known = set(paired.truth.classes)
     for case_id, gt_path in paired.truth.cases:

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from organdetr.atomic import write_figure, write_json, write_text
-
-from .report import _csv_value, markdown_rows, print_rows
-from .segmentation import SegmentationResult
+from organdetr.evaluation.report import _csv_value, markdown_rows, print_rows
+from organdetr.evaluation.segmentation import SegmentationResult
+from organdetr.runtime.atomic import write_figure, write_json, write_text
 
 COLUMNS = [
     ("num_gt", "GT"), ("num_pred", "pred"), ("num_missed", "missed"), ("num_spurious", "spurious"),

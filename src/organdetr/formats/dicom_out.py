@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from organdetr.atomic import atomic_path
+from organdetr.core.geometry import Geometry
 from organdetr.formats.dicom_source import check_dicom_source, read_source_series
-from organdetr.geometry import Geometry
+from organdetr.runtime.atomic import atomic_path
 
 ALGORITHM_NAME = "organdetr"
 

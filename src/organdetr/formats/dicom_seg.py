@@ -1,7 +1,8 @@
 """DICOM SEG of organ masks (highdicom): a label map on the source scan's grid -> a BINARY segment per organ.
 
 Input is a label map ``[I, J, K]`` of label ids on the original scan grid (the model's segmentation when it
-segments, else :func:`organdetr.predict.box_mask` of the detected boxes) plus the class map. Frame ``k`` of
+segments, else :func:`organdetr.inference.predict.box_mask` of the detected boxes) plus the class map. Frame
+``k`` of
 the SEG derives from the source slice at volume index ``k`` (``SourceSeries.datasets[k]``); a DICOM frame is
 ``rows x columns = J x I``, i.e. ``label_map[:, :, k].T``. Segment labels are the organ names; property
 types are the SNOMED CT codes of :mod:`organdetr.formats.organ_codes` (laterality as a modifier).
@@ -150,7 +151,7 @@ def read_segmentation(path: str | Path, source: SourceSeries) -> tuple[np.ndarra
 
 
 def _display_colours(names: list[str]) -> dict[str, tuple[int, int, int]]:
-    from organdetr.overlay import organ_colours
+    from organdetr.inference.overlay import organ_colours
 
     return {name: tuple(int(round(255 * c)) for c in rgba[:3]) for name, rgba in organ_colours(names).items()}
 

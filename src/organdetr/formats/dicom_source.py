@@ -1,11 +1,12 @@
 """The DICOM series a prediction came from: its headers, matched slice by slice to the volume read from it.
 
 DICOM SEG frames and SR references must name the source instances, so the headers of the series that
-:func:`organdetr.io.read_image` read are re-read here (pydicom, no pixel data) and each slice is assigned the
+:func:`organdetr.io.images.read_image` read are re-read here (pydicom, no pixel data) and each slice is
+assigned the
 ``k`` index of the volume ``[I, J, K]`` it became: ``ImagePositionPatient`` mapped through the volume's
 geometry must land on an integer ``k`` with ``i = j = 0``, and ``ImageOrientationPatient`` must be the
 volume's ``i`` / ``j`` directions. Anything else (a different series, a multi-frame file, an anonymised
-series without UIDs, not CT) is an :class:`~organdetr.errors.InputError` before anything is written.
+series without UIDs, not CT) is an :class:`~organdetr.runtime.errors.InputError` before anything is written.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset
 
-from organdetr.errors import InputError
-from organdetr.geometry import Geometry
+from organdetr.core.geometry import Geometry
+from organdetr.runtime.errors import InputError
 
 SOURCE_MODALITIES = ("CT",)
 """Modalities the DICOM routes accept (the detector is trained on CT)."""
@@ -58,7 +59,7 @@ class SourceSeries:
 
 def is_dicom_input(path: str | Path) -> bool:
     """``True`` for a folder holding DICOM files or a DICOM file (the rules of ``organdetr predict``)."""
-    from organdetr.predict import is_dicom_file, is_dicom_series
+    from organdetr.inference.predict import is_dicom_file, is_dicom_series
 
     path = Path(path)
     return is_dicom_series(path) if path.is_dir() else path.is_file() and is_dicom_file(path)
@@ -67,7 +68,7 @@ def is_dicom_input(path: str | Path) -> bool:
 def read_source_series(path: str | Path, geometry: Geometry) -> SourceSeries:
     """Headers of the DICOM series at ``path`` (folder or file) ordered by the volume's ``k`` index.
 
-    ``geometry`` is the geometry of the volume :func:`organdetr.io.read_image` returned for ``path``.
+    ``geometry`` is the geometry of the volume :func:`organdetr.io.images.read_image` returned for ``path``.
     Raises :class:`InputError` (naming ``path``) when no series there matches it slice for slice, when
     the series lacks the UIDs a derived object must reference, or when its modality is not CT.
     """

@@ -5,12 +5,14 @@ STOW-RS).
 Steps: QIDO-RS lists the study's series and picks the CT series (``--series``, or the CT series with the
 most instances), refusing a series that is not CT before anything is downloaded; WADO-RS streams its
 instances as stored (``transfer-syntax=*``: no server-side transcoding, so JPEG 2000 series work with
-servers that cannot decode them) into a temporary folder inside ``OUT``; ``organdetr.predict`` runs with
+servers that cannot decode them) into a temporary folder inside ``OUT``; ``organdetr.inference.predict`` runs
+with
 ``dicom_out``; STOW-RS stores ``<case>_seg.dcm`` and ``<case>_sr.dcm``. The temporary copy of the series is
 removed afterwards; ``OUT/<case>.json`` names the series by its DICOMweb URL.
 
 Every server failure (HTTP error, timeout, refused connection, unknown study, a series that is not CT, an
-instance the server refuses to store) is an :class:`~organdetr.errors.InputError`: one line naming the URL.
+instance the server refuses to store) is an :class:`~organdetr.runtime.errors.InputError`: one line naming
+the URL.
 Credentials come from the environment, never the command line: ``ORGANDETR_DICOMWEB_TOKEN`` (bearer
 token) or ``ORGANDETR_DICOMWEB_USER`` + ``ORGANDETR_DICOMWEB_PASSWORD`` (HTTP basic).
 """
@@ -26,9 +28,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from organdetr.atomic import atomic_path, write_json
-from organdetr.errors import InputError
 from organdetr.formats.dicom_source import SOURCE_MODALITIES
+from organdetr.runtime.atomic import atomic_path, write_json
+from organdetr.runtime.errors import InputError
 
 DEFAULT_TIMEOUT_S = 60.0
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -227,7 +229,7 @@ class DicomWebResult:
 
     series: RemoteSeries
     case_id: str
-    summary: object  # organdetr.predict.PredictSummary
+    summary: object  # organdetr.inference.predict.PredictSummary
     stored: list[str]
 
 
@@ -247,7 +249,7 @@ def predict_dicomweb(
     Outputs in ``out_dir`` are those of ``organdetr predict --dicom-out`` for case id = the series UID.
     Nothing is stored when the prediction fails (the failure is in the returned summary).
     """
-    from organdetr.predict import ScanInput, load_prediction, predict_scans
+    from organdetr.inference.predict import ScanInput, load_prediction, predict_scans
 
     url = series.url
     out_dir = Path(out_dir)

@@ -11,7 +11,8 @@ What the page shows, per scan (a selector switches scans):
   PNG overlays (patient right on the image's left; anterior up in the axial view, superior up in the
   others), pixels at their physical aspect ratio; a slice slider per view (also mouse wheel / arrow keys),
   a click in one view moves the other two to that point;
-* every organ box, in the organ's colour (:func:`organdetr.overlay.label_colour`): solid where the slice
+* every organ box, in the organ's colour (:func:`organdetr.inference.overlay.label_colour`): solid where the
+slice
   cuts the box, dotted where the box lies beyond the slice; ground truth white dashed where given; mask
   outlines when the model segments (``seg``: label ids ``[I, J, K]`` on the scan grid);
 * a table of organs: score, box size and volume, mask volume (segmenting models), box centre in LPS mm;
@@ -35,10 +36,10 @@ from pathlib import Path
 
 import numpy as np
 
-from organdetr.atomic import write_text
-from organdetr.geometry import Geometry, axis_codes, reorient_to_lps, resample, resize_grid
-from organdetr.io import Volume
-from organdetr.label_boxes import world_box_to_voxel
+from organdetr.core.boxes.labels import world_box_to_voxel
+from organdetr.core.geometry import Geometry, axis_codes, reorient_to_lps, resample, resize_grid
+from organdetr.io.images import Volume
+from organdetr.runtime.atomic import write_text
 
 DEFAULT_MAX_SIZE = 256
 """Largest number of voxels along one axis of a scan's display grid."""
@@ -66,7 +67,7 @@ def _hex(colour: Sequence[float]) -> str:
 def _organ_rows(
     detections: Sequence[Mapping], geometry: Geometry, voxel_ml: float, seg_counts: np.ndarray | None
 ) -> list[dict]:
-    from organdetr.overlay import label_colour
+    from organdetr.inference.overlay import label_colour
 
     rows = []
     for det in detections:
@@ -105,7 +106,7 @@ def case_payload(
     ``label_id``, ``score``, ``box_mm``); ``volume``: the scan in HU, any orientation; ``seg``: optional
     label ids ``[I, J, K]`` on ``volume``'s grid; ``ground_truth``: optional ``{label, box_mm}`` dicts.
     """
-    from organdetr.overlay import window_image
+    from organdetr.inference.overlay import window_image
 
     canonical = reorient_to_lps(volume)
     geometry = canonical.geometry
@@ -196,7 +197,7 @@ def write_viewer(
 ) -> Path:
     """The page for scans on disk: ``scans`` and ``predictions`` (prediction JSONs) keyed by case id,
     optional ``ground_truth`` boxes per case id (``{label, box_mm}``). Reads one scan at a time."""
-    from organdetr.io import read_image
+    from organdetr.io.images import read_image
 
     viewer = RunViewer(title=title, max_size=max_size)
     for case_id, prediction in predictions.items():

@@ -43,8 +43,8 @@ from typing import Any
 
 import numpy as np
 
-from organdetr.atomic import write_json
-from organdetr.errors import InputError
+from organdetr.runtime.atomic import write_json
+from organdetr.runtime.errors import InputError
 
 BOX_MODES = ("cccwhd", "xyzxyz", "xxyyzz", "xyxyzz", "xyzwhd")
 COORDINATES = ("world", "world-ras", "image")
@@ -233,8 +233,8 @@ def _parse_item(path: Path, key: str, n: int, entry: Any, root: Path, box_mode: 
 def _box_label_map(case, geometry, *, boxes: Mapping[str, tuple], coordinates: str) -> np.ndarray:
     """LabelReader for :func:`organdetr.datasets.conversion.convert_cases`: the case's boxes filled with
     their label id (``label + 1``) on the image grid, larger boxes first."""
-    from organdetr.label_boxes import world_box_to_voxel
-    from organdetr.predict import box_mask
+    from organdetr.core.boxes.labels import world_box_to_voxel
+    from organdetr.inference.predict import box_mask
 
     corners, labels = boxes[case.case_id]
     if coordinates == "image":

@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from organdetr.atomic import write_bytes
-from organdetr.errors import InputError
+from organdetr.runtime.atomic import write_bytes
+from organdetr.runtime.errors import InputError
 
 FORMAT = "nndetection"
 RAW_FOLDER = "raw_splitted"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from organdetr.errors import InputError
+from organdetr.runtime.errors import InputError
 
 _PIP_NAMES = {"highdicom": "highdicom", "dicomweb_client": "dicomweb-client"}
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from organdetr.errors import InputError
-from organdetr.io import Volume
+from organdetr.io.images import Volume
+from organdetr.runtime.errors import InputError
 
 PREDICTION_FORMATS = {
     "slicer": "3D Slicer: <case>_boxes.mrk.json (ROI per organ) + <case>.seg.nrrd",

@@ -4,7 +4,8 @@ Per scan (``organdetr predict --format slicer``):
 
 ``<case>_boxes.mrk.json``
     One markups ROI per organ (Slicer's ``markups-schema-v1.0.3.json``): named after the organ, coloured
-    like the organ everywhere else in the toolkit (:func:`organdetr.overlay.label_colour`), the score in
+    like the organ everywhere else in the toolkit (:func:`organdetr.inference.overlay.label_colour`), the
+    score in
     the control point's description. Coordinates are LPS mm (``"coordinateSystem": "LPS"``). The ROI is
     aligned with the scan's voxel axes (``orientation`` = the scan's direction, made a proper rotation),
     so it is the voxel box exactly, also on oblique scans; on axis-aligned scans it equals ``box_mm``.
@@ -25,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from organdetr.atomic import atomic_path, write_json
-from organdetr.errors import InputError
-from organdetr.geometry import Geometry
+from organdetr.core.geometry import Geometry
+from organdetr.runtime.atomic import atomic_path, write_json
+from organdetr.runtime.errors import InputError
 
 MARKUPS_SCHEMA = (
     "https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/Resources/Schema/"
@@ -63,7 +64,7 @@ def roi_box(detection: Mapping, geometry: Geometry | None) -> tuple[np.ndarray, 
 
 def roi_markup(detection: Mapping, geometry: Geometry | None = None) -> dict:
     """One markups ROI (a ``markups[]`` item of the schema) for a prediction JSON detection."""
-    from organdetr.overlay import label_colour
+    from organdetr.inference.overlay import label_colour
 
     centre, size, orientation = roi_box(detection, geometry)
     colour = [round(c, 4) for c in label_colour(int(detection.get("label_id", 1)))]
@@ -199,7 +200,7 @@ def ijk_to_lps(geometry: Geometry) -> np.ndarray:
 
 
 def _segment(label_value: int, label_id: int, name: str, extent: Sequence[int], layer: int = 0) -> dict:
-    from organdetr.overlay import label_colour
+    from organdetr.inference.overlay import label_colour
 
     return {
         "id": f"{name}_{label_id}".replace(" ", "_"),
@@ -251,9 +252,9 @@ def write_box_segmentation(path: str | Path, detections: Sequence[Mapping], geom
     """Write each detection's voxel box as a segment ``<organ> box`` of a ``.seg.nrrd`` on ``geometry``.
 
     Boxes overlap; each goes to the first layer where it overlaps no other box (label values 1.. per
-    layer), so no box loses voxels. Filled voxels are :func:`organdetr.predict.box_voxel_slices`.
+    layer), so no box loses voxels. Filled voxels are :func:`organdetr.inference.predict.box_voxel_slices`.
     """
-    from organdetr.predict import box_voxel_slices
+    from organdetr.inference.predict import box_voxel_slices
 
     slicerio = require_slicerio()
     shape = tuple(int(s) for s in geometry.size)

@@ -23,9 +23,7 @@ from typing import Any
 
 from torch import nn
 
-from ..criterion import LossConfig, build_criterion
-from ..matcher import MatcherConfig, build_matcher
-from .config import (
+from organdetr.models.config import (
     DECODER_KINDS,
     ENCODER_KINDS,
     PRESET_NAMES,
@@ -35,8 +33,10 @@ from .config import (
     Seg2BoxConfig,
     model_preset,
 )
-from .detector import DETRDetector
-from .organdetr import OrganDETR
+from organdetr.models.organdetr.criterion import LossConfig, build_criterion
+from organdetr.models.organdetr.detector import DETRDetector
+from organdetr.models.organdetr.matcher import MatcherConfig, build_matcher
+from organdetr.models.organdetr.network import OrganDETR
 
 ARCHITECTURES: tuple[str, ...] = ("organdetr", "retinanet", "seg2box", "maskmed", "mtmed3d")
 
@@ -70,7 +70,7 @@ def build_detector(
     if data is not None and data.in_channels != model_cfg.in_channels:
         model_cfg = replace(model_cfg, in_channels=data.in_channels)
     if arch == "maskmed":  # its own U-Net: only model.in_channels of the model section is read
-        from .maskmed import build_maskmed
+        from organdetr.models.maskmed.network import build_maskmed
 
         maskmed_cfg = arch_cfg or MaskMedConfig()
         if any(int(s) % maskmed_cfg.divisor for s in input_size):
@@ -80,7 +80,7 @@ def build_detector(
             )
         return build_maskmed(maskmed_cfg, num_classes, model_cfg.in_channels)
     if arch == "mtmed3d":  # its own encoder and strides (models/mtmed3d.py)
-        from .mtmed3d import build_mtmed3d
+        from organdetr.models.mtmed3d.network import build_mtmed3d
 
         return build_mtmed3d(model_cfg, arch_cfg or MTMed3DConfig(), num_classes, input_size, data)
     coarsest = model_cfg.strides[-1]
@@ -98,16 +98,16 @@ def build_detector(
         sigmoid = model_cfg.class_head == "sigmoid"
         criterion = build_criterion(num_classes, build_matcher(matcher_cfg, sigmoid), loss_cfg, sigmoid)
         if model_cfg.mask_head:  # class, box and mask per query; segments too
-            from .mask_detr import MaskDETRDetector
+            from organdetr.models.organdetr.mask_detr import MaskDETRDetector
 
             return MaskDETRDetector(network, criterion)
         return DETRDetector(network, criterion)
     if arch == "retinanet":  # MONAI RetinaNet on the same backbone (models/retinanet.py)
-        from .retinanet import build_retinanet
+        from organdetr.models.baselines.retinanet import build_retinanet
 
         return build_retinanet(model_cfg, num_classes, input_size)
     if arch == "seg2box":
-        from .seg2box import build_seg2box
+        from organdetr.models.baselines.seg2box import build_seg2box
 
         return build_seg2box(model_cfg, arch_cfg or Seg2BoxConfig(), num_classes)
     raise ValueError(f"unknown architecture {arch!r}; choose one of {ARCHITECTURES}")

@@ -1,0 +1,310 @@
+"""Organ-DETR training losses: classification, box (L1 + 3D GIoU), proposals, denoising, segmentation.
+
+``total = w_class * L_class + w_bbox * L_L1 + w_giou * L_GIoU + w_seg * L_seg``, summed over every decoder
+layer (aux loss), plus the same class/box terms for the encoder proposals (x ``weight_proposals``) and the
+denoising queries (x ``weight_denoising``). Defaults 2 / 5 / 5 / 2 (paper: cls/bbox/seg = 2/5/2, box =
+L1 + GIoU).
+
+Classification follows the network's class head:
+
+* sigmoid (default, Deformable DETR / DINO): sigmoid focal loss (alpha 0.25, gamma 2) over every query
+  and class, summed and divided by the matched pairs. Each class is scored independently, which suits
+  organs: several may be absent, and "absent" is a low score for that class, not a competition;
+* softmax (DETR): cross-entropy over ``K + 1`` classes, no-object down-weighted by ``eos_coef``.
+
+Box losses are summed over matched (query, organ) pairs and divided by the number of pairs in the batch
+(DETR); under DQM that is the repeated count. Organs absent from a scan are simply not in its targets, so
+they contribute no box loss. Encoder proposals are supervised densely (``models.proposals``: every token in
+an organ's central region); denoising queries by construction (``models.denoising``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from organdetr.core.boxes.ops import box_cxcyczwhd_to_xyzxyz, generalized_box_iou_3d
+from organdetr.models.organdetr.matcher import HungarianMatcher
+
+
+@dataclass
+class LossConfig:
+    """Loss weights. ``weight_bbox`` scales L1, ``weight_giou`` scales 1 - GIoU."""
+
+    weight_class: float = 2.0
+    weight_bbox: float = 5.0
+    weight_giou: float = 5.0
+    weight_seg: float = 2.0
+    weight_proposals: float = 1.0  # multiplier of the encoder-proposal class / box terms
+    weight_denoising: float = 1.0  # multiplier of the denoising queries' class / box terms
+    eos_coef: float = 0.1  # softmax head: weight of the no-object class in the CE
+    focal_alpha: float = 0.25  # sigmoid head: focal loss alpha (Deformable DETR)
+    focal_gamma: float = 2.0
+    aux_loss: bool = True  # class + box losses on every decoder layer
+    seg_dice: bool = True  # CE + Dice (False: CE only)
+    weight_mask: float = 5.0  # model.mask_head: BCE of the matched queries' masks
+    weight_mask_dice: float = 5.0  # model.mask_head: Dice of the matched queries' masks
+
+    def __post_init__(self) -> None:
+        for name in (
+            "weight_class",
+            "weight_bbox",
+            "weight_giou",
+            "weight_seg",
+            "weight_proposals",
+            "weight_denoising",
+            "weight_mask",
+            "weight_mask_dice",
+            "focal_gamma",
+        ):
+            if getattr(self, name) < 0:
+                raise ValueError(f"LossConfig.{name} must be >= 0")
+        if not 0 < self.eos_coef <= 1:
+            raise ValueError(f"LossConfig.eos_coef must be in (0, 1], got {self.eos_coef}")
+        if not 0 < self.focal_alpha < 1:
+            raise ValueError(f"LossConfig.focal_alpha must be in (0, 1), got {self.focal_alpha}")
+
+
+def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
+    """Element-wise focal loss (Lin et al. 2017) of ``logits`` against 0/1 ``targets`` (same shape)."""
+    logits, targets = logits.float(), targets.float()
+    prob = logits.sigmoid()
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_t = prob * targets + (1 - prob) * (1 - targets)
+    return ce * (1 - p_t) ** gamma * (alpha * targets + (1 - alpha) * (1 - targets))
+
+
+def dice_loss(logits: Tensor, target: Tensor, eps: float = 1e-5) -> Tensor:
+    """Soft Dice loss over foreground classes, batch-wise (nnU-Net "batch dice").
+
+    ``logits [B, K+1, i, j, k]``, ``target [B, i, j, k]`` int64 in ``0..K`` -> scalar ``1 - mean Dice``.
+    """
+    prob = logits.float().softmax(1)[:, 1:]
+    onehot = F.one_hot(target, logits.shape[1]).movedim(-1, 1)[:, 1:].to(prob.dtype)
+    dims = (0, 2, 3, 4)
+    intersection = (prob * onehot).sum(dims)
+    denominator = prob.sum(dims) + onehot.sum(dims)
+    return 1 - ((2 * intersection + eps) / (denominator + eps)).mean()
+
+
+def downsample_labels(seg: Tensor, size: tuple[int, ...]) -> Tensor:
+    """Nearest-neighbour downsampling of labels ``[B, I, J, K]`` to ``size`` -> ``[B, *size]`` int64."""
+    if tuple(seg.shape[1:]) == tuple(size):
+        return seg
+    return F.interpolate(seg[:, None].float(), size=size, mode="nearest")[:, 0].long()
+
+
+def segmentation_loss(seg_logits: list[Tensor], seg: Tensor, dice: bool = True) -> Tensor:
+    """Mean over levels of CE (+ Dice) of ``seg_logits [B, K+1, i, j, k]`` against labels ``seg [B, I, J, K]``
+    (dense class + 1, 0 background) downsampled to each level."""
+    terms = []
+    for logits in seg_logits:
+        labels = downsample_labels(seg.to(logits.device).long(), tuple(logits.shape[2:]))
+        term = F.cross_entropy(logits.float(), labels)
+        if dice:
+            term = term + dice_loss(logits, labels)
+        terms.append(term)
+    return torch.stack(terms).mean()
+
+
+def _global_count(total: float, device: torch.device) -> float:
+    """``total`` averaged over the processes of a torch.distributed run (DETR), at least 1."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if dist.get_backend() == "nccl":
+            device = torch.device("cuda", torch.cuda.current_device())
+        count = torch.tensor([total], dtype=torch.float64, device=device)
+        dist.all_reduce(count)
+        total = float(count.item()) / dist.get_world_size()
+    return max(total, 1.0)
+
+
+class SetCriterion(nn.Module):
+    """DETR set loss with a pluggable matcher (one-to-one or DQM), plus proposal and denoising terms.
+
+    ``forward(outputs, targets) -> dict[str, Tensor]`` of already-weighted terms plus ``"loss"``, their
+    sum: ``loss_class``, ``loss_bbox``, ``loss_giou`` (last decoder layer), the same with ``_<i>`` for
+    earlier layer ``i``, with ``_enc`` for the encoder proposals, with ``_dn`` / ``_dn_<i>`` for the
+    denoising queries, and ``loss_seg``. Targets: ``labels [M]`` int64, ``boxes [M, 6]`` normalised
+    cxcyczwhd, optional ``seg [I, J, K]`` int64 (0 background, c + 1 for class c).
+    """
+
+    def __init__(self, num_classes: int, matcher: HungarianMatcher, cfg: LossConfig, sigmoid: bool = False):
+        super().__init__()
+        self.num_classes = num_classes
+        self.matcher = matcher
+        self.cfg = cfg
+        self.sigmoid = sigmoid
+        empty_weight = torch.ones(num_classes + 1)
+        empty_weight[-1] = cfg.eos_coef
+        self.register_buffer("empty_weight", empty_weight)
+
+    # ------------------------------------------------------------------------------ single terms
+
+    def class_loss(
+        self, logits: Tensor, labels: Tensor, num_pairs: float, valid: Tensor | None = None
+    ) -> Tensor:
+        """``logits [B, N, C]`` against per-query labels ``[B, N]`` (``num_classes`` = no object);
+        ``valid [B, N]`` (optional) masks queries out."""
+        if self.sigmoid:
+            onehot = F.one_hot(labels, self.num_classes + 1)[..., : self.num_classes].to(logits.dtype)
+            loss = sigmoid_focal_loss(logits, onehot, self.cfg.focal_alpha, self.cfg.focal_gamma)
+            if valid is not None:
+                loss = loss * valid[..., None]
+            return loss.sum() / num_pairs
+        if valid is not None:
+            labels = torch.where(valid, labels, torch.full_like(labels, -100))
+        return F.cross_entropy(logits.float().transpose(1, 2), labels, self.empty_weight, ignore_index=-100)
+
+    @staticmethod
+    def box_losses(src: Tensor, tgt: Tensor, num_pairs: float, anchor: Tensor) -> tuple[Tensor, Tensor]:
+        """``(L1, 1 - GIoU)`` sums of paired boxes ``[P, 6]`` / ``num_pairs``; ``anchor`` keeps the graph
+        (for DDP) when there is no pair."""
+        if src.numel() == 0:
+            zero = anchor.sum() * 0.0
+            return zero, zero
+        src, tgt = src.float(), tgt.float().to(src.device)
+        l1 = F.l1_loss(src, tgt, reduction="none").sum() / num_pairs
+        giou = torch.diag(generalized_box_iou_3d(box_cxcyczwhd_to_xyzxyz(src), box_cxcyczwhd_to_xyzxyz(tgt)))
+        return l1, (1 - giou).sum() / num_pairs
+
+    def _weighted(self, cls: Tensor, l1: Tensor, giou: Tensor, scale: float = 1.0) -> dict[str, Tensor]:
+        return {
+            "loss_class": scale * self.cfg.weight_class * cls,
+            "loss_bbox": scale * self.cfg.weight_bbox * l1,
+            "loss_giou": scale * self.cfg.weight_giou * giou,
+        }
+
+    # ------------------------------------------------------------------------------ groups of terms
+
+    def matched_losses(self, outputs: dict, targets: list[dict], num_pairs: float) -> dict[str, Tensor]:
+        """Class and box terms of one decoder layer's matching queries (Hungarian / DQM assignment)."""
+        logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
+        indices = self.matcher(outputs, targets)
+        labels = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)
+        for b, (query_idx, target_idx) in enumerate(indices):
+            labels[b, query_idx.to(logits.device)] = targets[b]["labels"][target_idx.to(logits.device)]
+        src = torch.cat([boxes[b, q.to(boxes.device)] for b, (q, _) in enumerate(indices)])
+        tgt = torch.cat([targets[b]["boxes"][t.to(boxes.device)] for b, (_, t) in enumerate(indices)])
+        l1, giou = self.box_losses(src, tgt, num_pairs, boxes)
+        return self._weighted(self.class_loss(logits, labels, num_pairs), l1, giou)
+
+    def proposal_losses(self, enc: dict, targets: list[dict]) -> dict[str, Tensor]:
+        """Dense terms of the encoder proposals (``models.proposals.assign_proposals``); always focal."""
+        from organdetr.models.organdetr.proposals import assign_proposals
+
+        logits, boxes = enc["pred_logits"], enc["pred_boxes"]  # [B, S, K], [B, S, 6]
+        onehot = torch.zeros_like(logits)
+        src, tgt = [], []
+        for b, target in enumerate(targets):
+            index, positive = assign_proposals(enc["anchors"], enc["spacing"], target)
+            if positive.any():
+                labels = target["labels"].to(logits.device)[index[positive]]
+                onehot[b, positive.nonzero()[:, 0], labels] = 1.0
+                src.append(boxes[b, positive])
+                tgt.append(target["boxes"].to(boxes.device)[index[positive]])
+        num_positive = _global_count(float(onehot.sum()), logits.device)
+        cls = (
+            sigmoid_focal_loss(logits, onehot, self.cfg.focal_alpha, self.cfg.focal_gamma).sum()
+            / num_positive
+        )
+        src_t = torch.cat(src) if src else boxes.new_zeros(0, 6)
+        tgt_t = torch.cat(tgt) if tgt else boxes.new_zeros(0, 6)
+        l1, giou = self.box_losses(src_t, tgt_t, num_positive, boxes)
+        return self._weighted(cls, l1, giou, self.cfg.weight_proposals)
+
+    def denoising_losses(self, layer: dict, plan, targets: list[dict]) -> dict[str, Tensor]:
+        """Terms of one layer's denoising queries: positives reconstruct their organ (class + box),
+        negatives predict no object, padding slots are ignored."""
+        logits, boxes = layer["pred_logits"], layer["pred_boxes"]  # [B, G*2P, C], [B, G*2P, 6]
+        labels = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)
+        valid = torch.zeros(logits.shape[:2], dtype=torch.bool, device=logits.device)
+        src, tgt = [], []
+        for b, target in enumerate(targets):
+            slots, organ = plan.positive_slots(b)
+            slots, organ = slots.to(logits.device), organ.to(logits.device)
+            labels[b, slots] = target["labels"][organ]
+            valid[b, slots] = True
+            valid[b, slots + plan.pad] = True
+            src.append(boxes[b, slots])
+            tgt.append(target["boxes"][organ])
+        num_positive = _global_count(float(sum(plan.groups * m for m in plan.num_organs)), logits.device)
+        cls = self.class_loss(logits, labels, num_positive, valid)
+        l1, giou = self.box_losses(torch.cat(src), torch.cat(tgt), num_positive, boxes)
+        return self._weighted(cls, l1, giou, self.cfg.weight_denoising)
+
+    def mask_losses(self, outputs: dict, targets: list[dict], num_pairs: float) -> dict[str, Tensor]:
+        """``model.mask_head``: BCE + Dice of the last layer's matched queries' masks against their organs'
+        masks (``seg == label + 1``); the matcher runs again on the last layer (a second Hungarian solve)."""
+        from organdetr.models.maskmed.criterion import matched_mask_losses
+
+        indices = self.matcher(outputs, targets)
+        masks = [t["seg"][None] == (t["labels"][:, None, None, None] + 1) for t in targets]
+        bce, dice = matched_mask_losses(outputs["pred_masks"], indices, masks, num_pairs)
+        return {"loss_mask": self.cfg.weight_mask * bce, "loss_mask_dice": self.cfg.weight_mask_dice * dice}
+
+    def num_pairs(self, num_queries: int, targets: list[dict]) -> float:
+        """Matched pairs per process (``repeats * M`` per image under DQM), at least 1.
+
+        Under torch.distributed this is the mean over all processes (as in DETR), so that every rank
+        normalises by the same number and DDP's gradient averaging gives the single-process loss.
+        """
+        total = float(
+            sum(
+                self.matcher.repeats(num_queries, int(t["labels"].numel())) * int(t["labels"].numel())
+                for t in targets
+            )
+        )
+        device = targets[0]["labels"].device if targets else torch.device("cpu")
+        return _global_count(total, device)
+
+    def forward(self, outputs: dict, targets: list[dict]) -> dict[str, Tensor]:
+        num_pairs = self.num_pairs(outputs["pred_logits"].shape[1], targets)
+        losses = self.matched_losses(outputs, targets, num_pairs)
+        if self.cfg.aux_loss:
+            for i, aux in enumerate(outputs.get("aux_outputs", [])):
+                losses.update(
+                    {f"{k}_{i}": v for k, v in self.matched_losses(aux, targets, num_pairs).items()}
+                )
+        if "enc_outputs" in outputs:
+            losses.update(
+                {f"{k}_enc": v for k, v in self.proposal_losses(outputs["enc_outputs"], targets).items()}
+            )
+        if "dn_outputs" in outputs:
+            layers, plan = outputs["dn_outputs"]["layers"], outputs["dn_outputs"]["plan"]
+            if not self.cfg.aux_loss:
+                layers = layers[-1:]
+            for i, layer in enumerate(layers):
+                suffix = "_dn" if i == len(layers) - 1 else f"_dn_{i}"
+                losses.update(
+                    {f"{k}{suffix}": v for k, v in self.denoising_losses(layer, plan, targets).items()}
+                )
+        if "pred_masks" in outputs and all("seg" in t for t in targets):
+            losses.update(self.mask_losses(outputs, targets, num_pairs))
+        seg_logits = outputs.get("seg_logits", [])
+        if seg_logits and all("seg" in t for t in targets):
+            seg = torch.stack([t["seg"] for t in targets])
+            losses["loss_seg"] = self.cfg.weight_seg * segmentation_loss(seg_logits, seg, self.cfg.seg_dice)
+        losses["loss"] = torch.stack(list(losses.values())).sum()
+        return losses
+
+
+def build_criterion(
+    num_classes: int, matcher: HungarianMatcher, cfg: LossConfig, sigmoid: bool = False
+) -> SetCriterion:
+    """SetCriterion for ``num_classes`` organ classes; ``sigmoid``: the network's class head is sigmoid."""
+    return SetCriterion(num_classes, matcher, cfg, sigmoid)
+
+
+__all__ = [
+    "LossConfig",
+    "SetCriterion",
+    "build_criterion",
+    "dice_loss",
+    "downsample_labels",
+    "segmentation_loss",
+    "sigmoid_focal_loss",
+]

@@ -1,0 +1,174 @@
+"""Atomic file writes: a crash never leaves a half-written file that a later run trusts.
+
+Every writer goes to a temporary file in the destination folder, flushes and fsyncs it, then
+``os.replace``-s it onto the final name (atomic on POSIX and Windows for same-volume renames); folder
+swaps (checkpoints) also fsync the parent folder (:func:`fsync_folder`). Temporary names start with ``.``
+and hold ``.tmp`` (:func:`is_temp_name`), so that a later run that owns the folder (it holds the folder's
+lock, ``organdetr.runtime.locking``) can remove what a killed writer left (:func:`remove_stale_temps`). A
+write
+that fails because the disk is full raises :class:`~organdetr.runtime.errors.DiskFullError` naming the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from organdetr.runtime.errors import DiskFullError
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+_TEMP_NAME = re.compile(r"^\..+\.tmp")  # ".<stem>.<random>.tmp<suffix>", ".<name>.tmp-<pid>", ...
+_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is moved onto ``path``, on error removed.
+
+    The temporary name keeps the final suffix(es) so that libraries choosing a format by extension
+    (SimpleITK, safetensors, matplotlib) behave as they would on ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes) if path.suffixes else ""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{suffix}", dir=path.parent)
+    except OSError as err:
+        full = _disk_full(path, err)
+        if full is not None:
+            raise full from None
+        raise
+    os.close(fd)
+    tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; finished files get the usual permissions
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, path)
+    except Exception as err:
+        tmp_path.unlink(missing_ok=True)
+        full = None if isinstance(err, DiskFullError) else _disk_full(path, err)
+        if full is not None:
+            raise full from None
+        raise
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+_FULL_MESSAGES = ("No space left on device", "StorageFull", "Disk quota exceeded", "requested and")
+
+
+def _disk_full(path: Path, err: Exception) -> DiskFullError | None:
+    """A :class:`DiskFullError` for ``path`` when ``err`` means the disk is full, else ``None``.
+
+    Writers report a full disk differently: ``OSError`` with ``ENOSPC``, numpy's short write ``"N requested
+    and M written"`` (no errno), safetensors' ``IoError(... StorageFull ...)``, torch's ``file write
+    failed``. An errno says so outright; otherwise a telling message or any write error while the folder
+    has under 1 MiB free does.
+    """
+    if getattr(err, "errno", None) not in _FULL_ERRNOS:
+        message = str(err)
+        if not isinstance(err, OSError | RuntimeError) and not any(m in message for m in _FULL_MESSAGES):
+            return None
+        try:
+            if shutil.disk_usage(path.parent).free > 1 << 20:
+                return None
+        except OSError:
+            return None
+    try:
+        free = f"{shutil.disk_usage(path.parent).free / 2**20:.1f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    return DiskFullError(path, f"disk full: no space left on the device of {path.parent} ({free})")
+
+
+def fsync_folder(folder: str | Path) -> None:
+    """fsync a folder so that renames into it survive a power loss (no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def is_temp_name(name: str) -> bool:
+    """``True`` for organdetr's temporary names (``.<stem>.<random>.tmp...``, ``.<name>.tmp-<pid>``)."""
+    return bool(_TEMP_NAME.match(name))
+
+
+def remove_stale_temps(folder: str | Path) -> list[Path]:
+    """Remove the temporary files and folders (:func:`is_temp_name`) directly in ``folder``; return them.
+
+    Only call this while holding the folder's exclusive lock: then every temporary is a dead writer's.
+    """
+    folder = Path(folder)
+    removed = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        if not is_temp_name(entry.name):
+            continue
+        with contextlib.suppress(OSError):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            removed.append(entry)
+    return removed
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write UTF-8 ``text`` to ``path`` atomically."""
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | Path, obj: Any, indent: int = 2) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically (NaN/Inf are rejected, never written)."""
+    write_text(path, json.dumps(obj, indent=indent, allow_nan=False) + "\n")
+
+
+def write_figure(fig, path: str | Path, **savefig_kwargs) -> Path:
+    """Save the matplotlib ``fig`` to ``path`` atomically (format from the suffix unless given), close it and
+    return ``path``."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    savefig_kwargs.setdefault("format", path.suffix.lstrip(".") or "png")
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, **savefig_kwargs)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def write_npy(path: str | Path, array: np.ndarray) -> None:
+    """Write ``array`` as ``.npy`` to ``path`` atomically (loadable with ``np.load(mmap_mode='r')``)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, np.ascontiguousarray(array), allow_pickle=False)

@@ -1,0 +1,103 @@
+"""Folder locks: one writer per cache or run folder, readers beside each other, never a writer beside them.
+
+:func:`folder_lock` takes ``fcntl.flock`` on ``FOLDER/.organdetr.lock`` without waiting: exclusive for a
+writer (``organdetr preprocess`` on its cache, ``organdetr train`` on its run folder), shared for a reader
+(``train`` on its cache). A second writer, or a writer beside a reader, is refused at once with an
+:class:`~organdetr.runtime.errors.InputError` that names the folder and the process holding it. The kernel
+drops
+the lock when its holder dies (even by ``kill -9``), so a lock is never stale; a holder's temporary files
+are then a dead writer's and the next writer removes them (``organdetr.runtime.atomic.remove_stale_temps``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from organdetr.runtime.errors import InputError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; runs are then not protected from each other
+    fcntl = None
+
+LOCK_NAME = ".organdetr.lock"
+
+
+def _open_lock_file(path: Path) -> int | None:
+    """A descriptor of the lock file (created when possible), or ``None`` in a folder that cannot hold one."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:
+        pass
+    try:
+        return os.open(path, os.O_RDONLY)  # a read-only folder: flock works on read-only descriptors
+    except OSError:
+        return None
+
+
+def _holder(path: Path) -> str:
+    """`` (organdetr preprocess, pid 123 on host)`` from the lock file while its writer lives, else ``""``."""
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+        pid, host = int(info["pid"]), str(info.get("host", ""))
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    if host == socket.gethostname():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return ""
+        except PermissionError:
+            pass
+    return f" ({info.get('purpose', 'organdetr')}, pid {pid} on {host or 'unknown host'})"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | Path, *, exclusive: bool, purpose: str = "organdetr") -> Iterator[bool]:
+    """Hold the lock of ``folder`` (which must exist) for the ``with`` block.
+
+    Yields ``True`` while locked, ``False`` where no lock file can exist (a read-only folder without one:
+    nobody can write there, and the caller must not either). Raises :class:`InputError` naming ``folder``
+    when another process holds a conflicting lock. ``purpose`` (e.g. ``"organdetr preprocess"``) is
+    recorded by exclusive holders for that message.
+    """
+    folder = Path(folder)
+    if fcntl is None:
+        yield True
+        return
+    path = folder / LOCK_NAME
+    fd = _open_lock_file(path)
+    if fd is None:
+        yield False
+        return
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        action = "written" if not exclusive else "used"
+        raise InputError(
+            folder,
+            f"is being {action} by another organdetr process{_holder(path)}; "
+            "wait for it to finish or use another folder",
+        ) from None
+    except OSError:  # a file system without flock support: go on unprotected rather than refuse all work
+        pass
+    try:
+        if exclusive:
+            info = {"pid": os.getpid(), "host": socket.gethostname(), "purpose": purpose}
+            info["command"] = " ".join(sys.argv)[:500]
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, (json.dumps(info) + "\n").encode("utf-8"), 0)
+        yield True
+    finally:
+        os.close(fd)
+
+
+__all__ = ["LOCK_NAME", "folder_lock"]

@@ -1,0 +1,349 @@
+"""Training configuration: nested typed dataclasses, loaded from YAML with strict validation.
+
+``TrainConfig`` groups the model, matcher and loss configs of the model code with the engine's own
+sections (data, augment, optim, train). YAML files (and ``--set a.b=c`` overrides) are checked on load:
+an unknown key is an error naming the key path and the allowed keys, values are coerced to the field
+types (``tuple``, ``Literal`` choices, ``X | None``) and each section's own ``__post_init__`` validation runs.
+
+Presets ``tiny`` (unit tests), ``small`` (CPU demo) and ``paper`` live in ``organdetr/configs/*.yaml``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from organdetr.data.augment import AugmentConfig
+from organdetr.models.config import MaskMedConfig, ModelConfig, MTMed3DConfig, Seg2BoxConfig
+from organdetr.models.organdetr.criterion import LossConfig
+from organdetr.models.organdetr.matcher import MatcherConfig
+from organdetr.runtime.errors import InputError
+
+ScheduleKind = Literal["cosine", "step", "constant"]
+AmpMode = Literal["auto", "off", "bf16", "fp16"]
+
+
+@dataclass
+class DataConfig:
+    """Where the preprocessed cache is and how it is split and loaded.
+
+    The split: explicit ``train_cases`` / ``val_cases`` lists win; otherwise ``val_fraction`` of the cache's
+    cases (at least one when there are >= 2 cases and the fraction is > 0), drawn with ``split_seed``, are
+    held out for validation and the rest train.
+    """
+
+    cache_dir: str = ""
+    train_cases: list[str] | None = None
+    val_cases: list[str] | None = None
+    val_fraction: float = 0.2
+    split_seed: int = 0
+    batch_size: int = 2  # per process (per GPU)
+    num_workers: int = 2  # DataLoader worker processes per process
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.batch_size < 1:
+            raise ValueError(f"data.batch_size must be >= 1, got {self.batch_size}")
+        if self.num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up then a cosine / step / constant schedule (per optimizer step)."""
+
+    lr: float = 2e-4
+    backbone_lr_scale: float = 1.0  # lr of parameters under ``*.backbone.*`` = lr * this
+    transformer_lr_scale: float = 1.0  # lr of parameters under ``*.transformer.*`` = lr * this (MaskMed)
+    weight_decay: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 0.1  # max global grad norm (DETR); 0 = off
+    schedule: ScheduleKind = "cosine"
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.01  # cosine floor, as a fraction of lr
+    step_milestones: tuple[float, ...] = (0.67,)  # step schedule: fractions of the total steps
+    step_gamma: float = 0.1
+    ema: bool = False  # keep an exponential moving average of the weights (used for validation/export)
+    ema_decay: float = 0.999
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(float(b) for b in self.betas)
+        self.step_milestones = tuple(float(m) for m in self.step_milestones)
+        if self.lr <= 0:
+            raise ValueError(f"optim.lr must be > 0, got {self.lr}")
+        if min(self.backbone_lr_scale, self.transformer_lr_scale, self.weight_decay, self.grad_clip) < 0:
+            raise ValueError(
+                "optim.backbone_lr_scale, transformer_lr_scale, weight_decay and grad_clip must be >= 0"
+            )
+        if self.warmup_steps < 0:
+            raise ValueError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"optim.ema_decay must be in (0, 1), got {self.ema_decay}")
+        if any(not 0.0 < m < 1.0 for m in self.step_milestones):
+            raise ValueError(f"optim.step_milestones must be fractions in (0, 1), got {self.step_milestones}")
+
+
+@dataclass
+class LoopConfig:
+    """The training loop: length, validation and checkpoint cadence, precision, seeding, logging."""
+
+    epochs: int = 100
+    steps: int | None = None  # optimizer-step budget: ends training there, the lr schedule spans exactly it
+    val_every: int = 1  # validate every N epochs (0 = never: no best/, load_detector uses last/)
+    checkpoint_every: int = 1  # save the "last" checkpoint every N epochs (and always at the end)
+    amp: AmpMode = "auto"  # auto = bf16 on a CUDA GPU that supports it, off on CPU
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    seed: int = 0
+    deterministic: bool = False  # torch.use_deterministic_algorithms (slower on GPU)
+    log_every: int = 10  # optimizer steps between CSV / TensorBoard rows
+    max_detections: int = 1  # per class, for validation mAP
+    best_metric: str = "mAP"  # validation metric that picks best/ (higher is better): mAP, Dice, cls_AUC, ...
+    progress: bool = True  # progress bar (rank 0 only)
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"train.epochs must be >= 1, got {self.epochs}")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"train.steps must be >= 1 (or null: epochs decide), got {self.steps}")
+        if self.val_every < 0 or self.checkpoint_every < 1 or self.log_every < 1:
+            raise ValueError("train.val_every must be >= 0; checkpoint_every and log_every >= 1")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; dumped as ``config.yaml`` into the run folder."""
+
+    arch: str = "organdetr"  # organdetr | retinanet | seg2box | maskmed | mtmed3d
+    model: ModelConfig = field(default_factory=ModelConfig)
+    seg2box: Seg2BoxConfig = field(default_factory=Seg2BoxConfig)
+    maskmed: MaskMedConfig = field(default_factory=MaskMedConfig)
+    mtmed3d: MTMed3DConfig = field(default_factory=MTMed3DConfig)
+    matcher: MatcherConfig = field(default_factory=MatcherConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: LoopConfig = field(default_factory=LoopConfig)
+
+
+PRESETS: tuple[str, ...] = (
+    "tiny", "small", "demo", "paper", "detr", "seg2box", "maskmed", "maskmed_tiny",
+    "mtmed3d", "mtmed3d_small", "mtmed3d_tiny",
+)  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------------
+# dict <-> dataclass with validation
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check / convert ``value`` to the annotated type ``tp``; ``ValueError`` naming ``key`` otherwise."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ValueError as err:
+                errors.append(str(err))
+        raise ValueError(errors[0] if errors else f"{key}: got {value!r}")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ValueError(f"{key}: {value!r} is not one of {list(choices)}")
+        return value
+    if origin in (tuple, list):
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"{key}: expected a list, got {value!r}")
+        args = typing.get_args(tp)
+        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+            items = [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+        elif origin is tuple and args:
+            if len(value) != len(args):
+                raise ValueError(f"{key}: expected {len(args)} values, got {len(value)}")
+            items = [_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True))]
+        else:
+            item_tp = args[0] if args else Any
+            items = [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+            with contextlib.suppress(ValueError):
+                value = float(value)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ValueError(f"{key}: expected a finite number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{key}: expected a string, got {value!r}")
+        return value
+    if isinstance(tp, type) and is_dataclass(tp):
+        return _build(tp, value, key)
+    raise ValueError(f"{key}: unsupported field type {_type_name(tp)}")
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys (missing keys keep defaults)."""
+    section = prefix or "the top level"
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{section}: expected a mapping of keys, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    allowed = [f.name for f in fields(cls) if f.init]
+    unknown = [k for k in data if k not in allowed]
+    if unknown:
+        path = f"{prefix}.{unknown[0]}" if prefix else str(unknown[0])
+        raise ValueError(f"unknown key '{path}'; allowed keys in {section}: {', '.join(allowed)}")
+    kwargs = {
+        name: _coerce(value, hints[name], f"{prefix}.{name}" if prefix else name)
+        for name, value in data.items()
+    }
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{section}: {err}") from None
+
+
+def config_from_dict(data: dict, *, path: str | Path | None = None) -> TrainConfig:
+    """Validated ``TrainConfig`` from a plain dict; ``InputError(path, ...)`` on any bad key or value."""
+    try:
+        return _build(TrainConfig, data, "")
+    except ValueError as err:
+        raise InputError(path, str(err)) from None
+
+
+def config_to_dict(cfg: TrainConfig) -> dict:
+    """Plain-YAML-ready dict (tuples become lists)."""
+
+    def plain(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        if isinstance(x, list | tuple):
+            return [plain(v) for v in x]
+        return x
+
+    return plain(asdict(cfg))
+
+
+def dump_config(cfg: TrainConfig) -> str:
+    """YAML text of ``cfg`` (round-trips through :func:`load_config`)."""
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
+
+
+def apply_overrides(
+    data: dict, overrides: list[str] | tuple[str, ...], *, path: str | Path | None = None
+) -> dict:
+    """Apply ``["a.b=c", ...]`` to the raw dict; values are YAML (``3``, ``1e-4``, ``[1,2]``, ``null``).
+
+    Intermediate sections are created when missing; whether the key exists is checked by the later
+    validation, so a typo reports the allowed keys there.
+    """
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise InputError(path, f"--set expects KEY.PATH=VALUE, got {item!r}")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as err:
+            raise InputError(path, f"--set {key}: cannot parse value {raw!r} ({err.problem})") from None
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise InputError(path, f"--set {key}: '{part}' is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A YAML path as given, or the packaged preset of that name (``tiny``, ``small``, ``paper``)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    if str(name_or_path) in PRESETS:
+        return Path(str(resources.files("organdetr") / "configs" / f"{name_or_path}.yaml"))
+    raise InputError(path, f"no such config file and not a preset name (presets: {', '.join(PRESETS)})")
+
+
+def read_config_dict(name_or_path: str | Path) -> tuple[dict, Path]:
+    """Raw dict of a YAML config (or preset) and the file it came from."""
+    path = resolve_config_path(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(path, f"cannot read config ({err})") from None
+    except yaml.YAMLError as err:
+        raise InputError(path, f"not valid YAML ({' '.join(str(err).split())})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise InputError(path, "config must be a YAML mapping of sections (model:, data:, optim:, ...)")
+    return data, path
+
+
+def load_config(name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """Load a YAML config or preset, apply ``--set`` overrides, validate. Raises ``InputError``."""
+    data, path = read_config_dict(name_or_path)
+    data = apply_overrides(data, overrides, path=path)
+    return config_from_dict(data, path=path)
+
+
+def replace_section(cfg: TrainConfig, section: str, **changes: Any) -> TrainConfig:
+    """Copy of ``cfg`` with fields of one section changed (validated by the section's dataclass)."""
+    return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **changes)})
+
+
+__all__ = [
+    "PRESETS",
+    "AmpMode",
+    "DataConfig",
+    "LoopConfig",
+    "OptimConfig",
+    "ScheduleKind",
+    "TrainConfig",
+    "apply_overrides",
+    "config_from_dict",
+    "config_to_dict",
+    "dump_config",
+    "load_config",
+    "read_config_dict",
+    "replace_section",
+    "resolve_config_path",
+]
