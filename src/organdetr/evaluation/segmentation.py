@@ -115,6 +115,14 @@ def _cropped_distances(
     return out[0], out[1]
 
 
+def dice_score(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Dice ``2 |P & G| / (|P| + |G|)`` of two boolean masks of one shape; NaN when both are empty."""
+    n_pred, n_gt = int(np.count_nonzero(pred)), int(np.count_nonzero(gt))
+    if n_pred == 0 and n_gt == 0:
+        return math.nan
+    return 2.0 * int(np.count_nonzero(pred & gt)) / (n_pred + n_gt)
+
+
 def _scores_from_crop(
     pred: np.ndarray,
     gt: np.ndarray,
@@ -128,7 +136,7 @@ def _scores_from_crop(
         return math.nan, math.nan, math.nan
     if n_pred == 0 or n_gt == 0:
         return 0.0, 0.0, worst
-    dice = 2.0 * int(np.count_nonzero(pred & gt)) / (n_pred + n_gt)
+    dice = dice_score(pred, gt)
     to_gt, to_pred = _cropped_distances(pred, gt, sampling)
     nsd = (int((to_gt <= tolerance_mm).sum()) + int((to_pred <= tolerance_mm).sum())) / (
         to_gt.size + to_pred.size
@@ -414,6 +422,7 @@ __all__ = [
     "METRICS",
     "SegmentationResult",
     "case_scores",
+    "dice_score",
     "evaluate_segmentation",
     "mask_surface",
     "organ_scores",

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from organdetr.data.cache_dataset import CacheDataset, EpochSampler, collate, split_cases
+from organdetr.evaluation.segmentation import dice_score
 from organdetr.preprocessing.cache import list_cases, load_plans, verify_cases
 from organdetr.runtime import atomic
 from organdetr.runtime.atomic import remove_stale_temps
@@ -343,12 +344,8 @@ def _task_scores(outputs: dict, b: int, target: dict, num_classes: int) -> dict:
     scores: dict = {}
     if "seg" in outputs:
         pred, truth = outputs["seg"][b].cpu(), target["seg"].cpu()
-        dice = []
-        for c in range(1, num_classes + 1):
-            p, t = pred == c, truth == c
-            total = int(p.sum()) + int(t.sum())
-            if total:
-                dice.append(2.0 * int((p & t).sum()) / total)
+        dice = [dice_score((pred == c).numpy(), (truth == c).numpy()) for c in range(1, num_classes + 1)]
+        dice = [d for d in dice if not math.isnan(d)]  # classes in neither map are not scored
         scores["dice"] = float(np.mean(dice)) if dice else math.nan
     if "case_probs" in outputs:
         scores["case_probs"] = outputs["case_probs"][b].float().cpu().tolist()
