@@ -48,7 +48,8 @@ def score(pred_dir: Path, truth: LabelMapSet, tolerance: float) -> dict[str, flo
 
 
 def predict_run(run: Path, truth: LabelMapSet, out: Path) -> Path:
-    from organdetr.inference.predict import Predictor, predict_scans
+    from organdetr.inference.predict import predict_scans
+    from organdetr.inference.predictor import Predictor
 
     if not any(out.glob("*_seg.nii.gz")):
         predictor = Predictor.from_checkpoint(run / "last", device="cpu")

@@ -16,13 +16,15 @@ from typer.testing import CliRunner
 from _cache_factory import save_random_checkpoint
 from _dicom_factory import write_ct_series
 from organdetr.cli import app
+from organdetr.core.boxes.raster import box_mask
 from organdetr.core.geometry import Geometry
 from organdetr.formats.dicom_out import write_dicom_outputs
 from organdetr.formats.dicom_seg import read_segmentation
 from organdetr.formats.dicom_source import read_source_series
 from organdetr.formats.dicom_sr import box_faces, read_measurement_report
 from organdetr.formats.organ_codes import FALLBACK_SCHEME, organ_code
-from organdetr.inference.predict import Predictor, box_mask, predict_scans
+from organdetr.inference.predict import predict_scans
+from organdetr.inference.predictor import Predictor
 from organdetr.io.images import read_image
 from organdetr.runtime.errors import InputError
 

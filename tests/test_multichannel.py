@@ -12,7 +12,8 @@ from organdetr.core.geometry import Geometry
 from organdetr.data.cache_dataset import CacheDataset
 from organdetr.data.properties import DataProperties
 from organdetr.datasets.nnunet import image_path, label_path, load_dataset, write_dataset_json
-from organdetr.inference.predict import Predictor, ScanInput, group_channels
+from organdetr.inference.predictor import Predictor
+from organdetr.io.discovery import ScanInput, group_channels
 from organdetr.io.images import write_image
 from organdetr.models import detector_from_config
 from organdetr.preprocessing.cache import (

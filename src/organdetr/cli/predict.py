@@ -126,7 +126,9 @@ def predict(
     import torch
 
     from organdetr.formats.run_outputs import RunOutputs
-    from organdetr.inference.predict import Predictor, find_scans, group_channels, predict_scans
+    from organdetr.inference.predict import predict_scans
+    from organdetr.inference.predictor import Predictor
+    from organdetr.io.discovery import find_scans, group_channels
     from organdetr.runtime.errors import InputError
     from organdetr.runtime.outputs import check_output_folder
 
@@ -190,8 +192,9 @@ def predict(
 
 
 def _predict_dicomweb(checkpoint, url, study, series, out, device, timeout, **options) -> None:
-    from organdetr.formats.dicomweb import connect, find_series, predict_dicomweb
-    from organdetr.inference.predict import Predictor
+    from organdetr.formats.dicomweb import connect, find_series
+    from organdetr.inference.dicomweb import predict_dicomweb
+    from organdetr.inference.predictor import Predictor
 
     client = connect(url, timeout)
     remote = find_series(client, url, study, series)  # fail fast, before loading the model

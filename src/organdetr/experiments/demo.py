@@ -370,7 +370,9 @@ def _evaluate_held_out(cfg, runs, dataset_root, cache_dir, train_ids, test_ids, 
     the boxes of their label maps -> ``({row name: EvaluationResult}, held-out data of the detector)``."""
     from organdetr.datasets.nnunet import image_path
     from organdetr.evaluation import Detection, GroundTruth, evaluate_detections
-    from organdetr.inference.predict import Predictor, ScanInput, predict_scans
+    from organdetr.inference.predict import predict_scans
+    from organdetr.inference.predictor import Predictor
+    from organdetr.io.discovery import ScanInput
     from organdetr.models.baselines.prior import fit_box_prior, prior_detections
     from organdetr.preprocessing.cache import load_case
 
@@ -474,7 +476,9 @@ def _predict_real_ct(
 ) -> list[dict]:
     """Predict the real CT scans of the shared data pack (skipped with a message when absent)."""
     from organdetr.inference.overlay import render_overlay
-    from organdetr.inference.predict import Predictor, ScanInput, case_id_of, predict_scans
+    from organdetr.inference.predict import predict_scans
+    from organdetr.inference.predictor import Predictor
+    from organdetr.io.discovery import ScanInput, case_id_of
     from organdetr.io.images import read_image
 
     shared = find_shared_data(cfg.shared_data)

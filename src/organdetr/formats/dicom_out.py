@@ -18,9 +18,13 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+from pydicom.sr.codedict import codes
 
+from organdetr import __version__
 from organdetr.core.geometry import Geometry
+from organdetr.formats.dicom_seg import build_segmentation
 from organdetr.formats.dicom_source import check_dicom_source, read_source_series
+from organdetr.formats.dicom_sr import OrganFinding, build_measurement_report
 from organdetr.runtime.atomic import atomic_path
 
 ALGORITHM_NAME = "organdetr"
@@ -59,11 +63,6 @@ def write_dicom_outputs(
     Raises :class:`InputError` naming the source when the series cannot be referenced.
     """
     import highdicom as hd
-    from pydicom.sr.codedict import codes
-
-    from organdetr import __version__
-    from organdetr.formats.dicom_seg import build_segmentation
-    from organdetr.formats.dicom_sr import OrganFinding, build_measurement_report
 
     out_dir = Path(out_dir)
     source = read_source_series(prediction["image"], geometry)

@@ -1,11 +1,10 @@
 """DICOM SEG of organ masks (highdicom): a label map on the source scan's grid -> a BINARY segment per organ.
 
 Input is a label map ``[I, J, K]`` of label ids on the original scan grid (the model's segmentation when it
-segments, else :func:`organdetr.inference.predict.box_mask` of the detected boxes) plus the class map. Frame
-``k`` of
-the SEG derives from the source slice at volume index ``k`` (``SourceSeries.datasets[k]``); a DICOM frame is
-``rows x columns = J x I``, i.e. ``label_map[:, :, k].T``. Segment labels are the organ names; property
-types are the SNOMED CT codes of :mod:`organdetr.formats.organ_codes` (laterality as a modifier).
+segments, else :func:`organdetr.core.boxes.raster.box_mask` of the detected boxes) plus the class map. Frame
+``k`` of the SEG derives from the source slice at volume index ``k`` (``SourceSeries.datasets[k]``); a DICOM
+frame is ``rows x columns = J x I``, i.e. ``label_map[:, :, k].T``. Segment labels are the organ names;
+property types are the SNOMED CT codes of :mod:`organdetr.formats.organ_codes` (laterality as a modifier).
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from organdetr import __version__
 from organdetr.formats.dicom_source import SourceSeries
 from organdetr.formats.organ_codes import coding_scheme_identification, organ_code
 
@@ -72,39 +72,9 @@ def build_segmentation(
     segments = segments_of(label_map, classes)
     if not segments:
         raise ValueError("label map is empty: no organ to write into a DICOM SEG")
-    lut = np.zeros(int(label_map.max()) + 1, dtype=np.uint16 if len(segments) > 255 else np.uint8)
-    for seg in segments:
-        lut[seg.label_id] = seg.number
-    frames = np.stack([lut[label_map[:, :, k].T] for k in range(label_map.shape[2])])  # (K, J, I)
-
-    colours = _display_colours([s.name for s in segments])
+    frames = _segment_frames(label_map, segments)
     what = "organ box (detection)" if boxes else "organ segmentation"
-    descriptions = []
-    any_fallback = False
-    for seg in segments:
-        code = organ_code(seg.name)
-        any_fallback |= code.fallback
-        description = hd.seg.SegmentDescription(
-            segment_number=seg.number,
-            segment_label=seg.name[:64],
-            segmented_property_category=code.category,
-            segmented_property_type=code.property_type,
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-            algorithm_identification=algorithm,
-            tracking_uid=(tracking_uids or {}).get(seg.label_id) or hd.UID(),
-            tracking_id=f"{seg.name} (label {seg.label_id})"[:64],
-            anatomic_regions=[code.region] if code.region is not None else None,
-            display_color=hd.color.CIELabColor.from_rgb(*colours[seg.name]),
-        )
-        description.SegmentDescription = what
-        if code.laterality is not None:
-            modifier = [hd.sr.CodedConcept.from_code(code.laterality)]
-            if code.region is not None:
-                description.AnatomicRegionSequence[0].AnatomicRegionModifierSequence = modifier
-            else:
-                description.SegmentedPropertyTypeModifierCodeSequence = modifier
-        descriptions.append(description)
-
+    descriptions, any_fallback = _segment_descriptions(segments, algorithm, tracking_uids or {}, what)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name.*")
         segmentation = hd.seg.Segmentation(
@@ -118,7 +88,7 @@ def build_segmentation(
             instance_number=1,
             manufacturer=MANUFACTURER,
             manufacturer_model_name=MANUFACTURER,
-            software_versions=_version(),
+            software_versions=__version__,
             device_serial_number="none",
             content_description=f"{what}s"[:64],
             content_label="ORGANS",
@@ -128,6 +98,51 @@ def build_segmentation(
     if any_fallback:
         segmentation.CodingSchemeIdentificationSequence = [coding_scheme_identification()]
     return segmentation
+
+
+def _segment_frames(label_map: np.ndarray, segments: list[Segment]) -> np.ndarray:
+    """The SEG frames ``(K, J, I)``: per source slice ``k``, the segment numbers of ``label_map[:, :, k].T``
+    (a DICOM frame is ``rows x columns = J x I``)."""
+    lut = np.zeros(int(label_map.max()) + 1, dtype=np.uint16 if len(segments) > 255 else np.uint8)
+    for seg in segments:
+        lut[seg.label_id] = seg.number
+    return np.stack([lut[label_map[:, :, k].T] for k in range(label_map.shape[2])])
+
+
+def _segment_descriptions(
+    segments: list[Segment], algorithm, tracking_uids: Mapping[int, str], what: str
+) -> tuple[list, bool]:
+    """One ``highdicom.seg.SegmentDescription`` per segment (SNOMED CT codes, colour, tracking UID), and
+    whether any organ code is a fallback code (the SEG then names the fallback coding scheme)."""
+    import highdicom as hd
+
+    colours = _display_colours([s.name for s in segments])
+    descriptions = []
+    any_fallback = False
+    for seg in segments:
+        code = organ_code(seg.name)
+        any_fallback |= code.fallback
+        description = hd.seg.SegmentDescription(
+            segment_number=seg.number,
+            segment_label=seg.name[:64],
+            segmented_property_category=code.category,
+            segmented_property_type=code.property_type,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+            tracking_uid=tracking_uids.get(seg.label_id) or hd.UID(),
+            tracking_id=f"{seg.name} (label {seg.label_id})"[:64],
+            anatomic_regions=[code.region] if code.region is not None else None,
+            display_color=hd.color.CIELabColor.from_rgb(*colours[seg.name]),
+        )
+        description.SegmentDescription = what
+        if code.laterality is not None:
+            modifier = [hd.sr.CodedConcept.from_code(code.laterality)]
+            if code.region is not None:
+                description.AnatomicRegionSequence[0].AnatomicRegionModifierSequence = modifier
+            else:
+                description.SegmentedPropertyTypeModifierCodeSequence = modifier
+        descriptions.append(description)
+    return descriptions, any_fallback
 
 
 def read_segmentation(path: str | Path, source: SourceSeries) -> tuple[np.ndarray, dict[int, str]]:
@@ -154,12 +169,6 @@ def _display_colours(names: list[str]) -> dict[str, tuple[int, int, int]]:
     from organdetr.inference.overlay import organ_colours
 
     return {name: tuple(int(round(255 * c)) for c in rgba[:3]) for name, rgba in organ_colours(names).items()}
-
-
-def _version() -> str:
-    from organdetr import __version__
-
-    return __version__
 
 
 __all__ = ["SEG_SERIES_NUMBER", "Segment", "build_segmentation", "read_segmentation", "segments_of"]

@@ -16,9 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pydicom
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 
 from organdetr.core.geometry import Geometry
+from organdetr.io.discovery import is_dicom_file, is_dicom_series
 from organdetr.runtime.errors import InputError
 
 SOURCE_MODALITIES = ("CT",)
@@ -59,8 +62,6 @@ class SourceSeries:
 
 def is_dicom_input(path: str | Path) -> bool:
     """``True`` for a folder holding DICOM files or a DICOM file (the rules of ``organdetr predict``)."""
-    from organdetr.inference.predict import is_dicom_file, is_dicom_series
-
     path = Path(path)
     return is_dicom_series(path) if path.is_dir() else path.is_file() and is_dicom_file(path)
 
@@ -126,9 +127,6 @@ def check_source_header(path: str | Path, ds: Dataset) -> None:
 
 def _image_headers(path: Path):
     """Headers (no pixel data) of the DICOM image slices at ``path`` (folder or file), in file-name order."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
     files = (
         sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
         if path.is_dir()

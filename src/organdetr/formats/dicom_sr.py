@@ -17,7 +17,9 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
 
+from organdetr import __version__
 from organdetr.formats.dicom_source import SourceSeries
 from organdetr.formats.organ_codes import coding_scheme_identification, organ_code
 
@@ -66,54 +68,14 @@ def build_measurement_report(
     report refers to (the DICOM SEG), listed with the source series in the evidence sequence.
     """
     import highdicom as hd
-    from pydicom.sr.codedict import codes
 
-    from organdetr import __version__
-
-    observer = hd.sr.ObserverContext(
-        observer_type=codes.cid270.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=hd.UID(), name="organdetr", manufacturer_name="organdetr", model_name="organdetr"
-        ),
-    )
+    observer = _device_observer()
     groups = []
     any_fallback = False
     for finding in findings:
         code = organ_code(finding.name)
         any_fallback |= code.fallback
-        surface = hd.sr.VolumeSurface(
-            graphic_type=hd.sr.GraphicTypeValues3D.POLYGON,
-            graphic_data=box_faces(finding.box_mm),
-            frame_of_reference_uid=source.frame_of_reference_uid,
-            source_series=hd.sr.SourceSeriesForSegmentation(source.series_uid),
-        )
-        measurements = [
-            hd.sr.Measurement(
-                name=codes.SCT.Volume,
-                value=round(finding.volume_mm3 / 1000.0, 6),
-                unit=codes.UCUM.CubicCentimeter,
-            ),
-            hd.sr.Measurement(
-                name=codes.DCM.Probability,
-                value=round(float(finding.score), 6),
-                unit=codes.UCUM.NoUnits,
-            ),
-        ]
-        groups.append(
-            hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=finding.tracking_uid, identifier=f"{finding.name} (label {finding.label_id})"[:64]
-                ),
-                referenced_volume_surface=surface,
-                finding_type=code.property_type,
-                finding_category=code.category,
-                finding_sites=[
-                    hd.sr.FindingSite(anatomic_location=code.anatomic_location, laterality=code.laterality)
-                ],
-                algorithm_id=algorithm,
-                measurements=measurements,
-            )
-        )
+        groups.append(_measurement_group(finding, code, source, algorithm))
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=codes.LN.CTUnspecifiedBodyRegion,
@@ -138,6 +100,55 @@ def build_measurement_report(
     return sr
 
 
+def _device_observer():
+    """The report's observer: this program, as a device (``highdicom.sr.ObserverContext``)."""
+    import highdicom as hd
+
+    return hd.sr.ObserverContext(
+        observer_type=codes.cid270.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=hd.UID(), name="organdetr", manufacturer_name="organdetr", model_name="organdetr"
+        ),
+    )
+
+
+def _measurement_group(finding: OrganFinding, code, source: SourceSeries, algorithm):
+    """One organ's TID 1411 group: its box as a volume surface, its volume (cm3) and score, its codes."""
+    import highdicom as hd
+
+    surface = hd.sr.VolumeSurface(
+        graphic_type=hd.sr.GraphicTypeValues3D.POLYGON,
+        graphic_data=box_faces(finding.box_mm),
+        frame_of_reference_uid=source.frame_of_reference_uid,
+        source_series=hd.sr.SourceSeriesForSegmentation(source.series_uid),
+    )
+    measurements = [
+        hd.sr.Measurement(
+            name=codes.SCT.Volume,
+            value=round(finding.volume_mm3 / 1000.0, 6),
+            unit=codes.UCUM.CubicCentimeter,
+        ),
+        hd.sr.Measurement(
+            name=codes.DCM.Probability,
+            value=round(float(finding.score), 6),
+            unit=codes.UCUM.NoUnits,
+        ),
+    ]
+    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=finding.tracking_uid, identifier=f"{finding.name} (label {finding.label_id})"[:64]
+        ),
+        referenced_volume_surface=surface,
+        finding_type=code.property_type,
+        finding_category=code.category,
+        finding_sites=[
+            hd.sr.FindingSite(anatomic_location=code.anatomic_location, laterality=code.laterality)
+        ],
+        algorithm_id=algorithm,
+        measurements=measurements,
+    )
+
+
 def read_measurement_report(path: str | Path) -> list[dict]:
     """Organ entries of a report written by :func:`build_measurement_report`, read with highdicom.
 
@@ -146,7 +157,6 @@ def read_measurement_report(path: str | Path) -> list[dict]:
     ``frame_of_reference_uid``.
     """
     import highdicom as hd
-    from pydicom.sr.codedict import codes
 
     sr = hd.sr.srread(str(path))
     entries = []

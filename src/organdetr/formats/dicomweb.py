@@ -1,14 +1,12 @@
-"""`predict --dicomweb URL --study UID [--series UID]`: fetch a CT series from a DICOMweb server (PACS),
-predict, and store the DICOM SEG and SR back into the same study (dicomweb-client: QIDO-RS, WADO-RS,
-STOW-RS).
+"""The DICOMweb client of `predict --dicomweb`: connect to a server (PACS), find a study's CT series, fetch
+it, store derived instances back (dicomweb-client: QIDO-RS, WADO-RS, STOW-RS).
 
-Steps: QIDO-RS lists the study's series and picks the CT series (``--series``, or the CT series with the
-most instances), refusing a series that is not CT before anything is downloaded; WADO-RS streams its
-instances as stored (``transfer-syntax=*``: no server-side transcoding, so JPEG 2000 series work with
-servers that cannot decode them) into a temporary folder inside ``OUT``; ``organdetr.inference.predict`` runs
-with
-``dicom_out``; STOW-RS stores ``<case>_seg.dcm`` and ``<case>_sr.dcm``. The temporary copy of the series is
-removed afterwards; ``OUT/<case>.json`` names the series by its DICOMweb URL.
+:func:`find_series` lists the study's series (QIDO-RS) and picks the CT series (``--series``, or the CT series
+with the most instances), refusing a series that is not CT before anything is downloaded;
+:func:`download_series` streams its instances as stored (WADO-RS, ``transfer-syntax=*``: no server-side
+transcoding, so JPEG 2000 series work with servers that cannot decode them); :func:`store_instances` stores
+DICOM files into a study (STOW-RS). The workflow around them (predict, store the SEG and SR back) is
+:func:`organdetr.inference.dicomweb.predict_dicomweb`.
 
 Every server failure (HTTP error, timeout, refused connection, unknown study, a series that is not CT, an
 instance the server refuses to store) is an :class:`~organdetr.runtime.errors.InputError`: one line naming
@@ -22,14 +20,16 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import pydicom
+from tqdm.auto import tqdm
+
 from organdetr.formats.dicom_source import SOURCE_MODALITIES
-from organdetr.runtime.atomic import atomic_path, write_json
+from organdetr.formats.optional import require
+from organdetr.runtime.atomic import atomic_path
 from organdetr.runtime.errors import InputError
 
 DEFAULT_TIMEOUT_S = 60.0
@@ -66,8 +66,6 @@ def connect(url: str, timeout: float = DEFAULT_TIMEOUT_S):
     ``timeout`` (seconds) bounds connecting and each read; a server that does not answer in time is an
     :class:`InputError`, not a hang.
     """
-    from organdetr.formats.optional import require
-
     require("dicomweb_client", "--dicomweb")
     require("highdicom", "--dicomweb")
     from dicomweb_client.api import DICOMwebClient
@@ -176,8 +174,6 @@ def _remote_series(url: str, study_uid: str, answer: dict) -> RemoteSeries:
 def download_series(client, series: RemoteSeries, folder: str | Path, *, progress: bool = True) -> int:
     """WADO-RS: every instance of ``series`` into ``folder`` as ``<SOPInstanceUID>.dcm``, as stored
     (no transcoding). Returns the number of instances."""
-    from tqdm.auto import tqdm
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     count = 0
@@ -205,8 +201,6 @@ def store_instances(client, url: str, paths: Sequence[str | Path], study_uid: st
 
     Raises :class:`InputError` when the server refuses any of them.
     """
-    import pydicom
-
     datasets = [pydicom.dcmread(p) for p in paths]
     with server_errors(url, f"STOW-RS store into study {study_uid}"):
         response = client.store_instances(datasets, study_instance_uid=study_uid)
@@ -223,82 +217,12 @@ def store_instances(client, url: str, paths: Sequence[str | Path], study_uid: st
     return stored or [str(ds.SOPInstanceUID) for ds in datasets]
 
 
-@dataclass
-class DicomWebResult:
-    """What ``predict --dicomweb`` did: the series predicted, the local outputs, the UIDs stored back."""
-
-    series: RemoteSeries
-    case_id: str
-    summary: object  # organdetr.inference.predict.PredictSummary
-    stored: list[str]
-
-
-def predict_dicomweb(
-    predictor,
-    client,
-    series: RemoteSeries,
-    out_dir: str | Path,
-    *,
-    score_threshold: float = 0.0,
-    overlay: bool = True,
-    progress: bool = True,
-) -> DicomWebResult:
-    """Fetch ``series`` (from :func:`find_series`) with ``client`` (from :func:`connect`), predict it into
-    ``out_dir`` with DICOM outputs, store the SEG + SR back into its study.
-
-    Outputs in ``out_dir`` are those of ``organdetr predict --dicom-out`` for case id = the series UID.
-    Nothing is stored when the prediction fails (the failure is in the returned summary).
-    """
-    from organdetr.inference.predict import ScanInput, load_prediction, predict_scans
-
-    url = series.url
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    case_id = series.series_uid
-    folder = Path(tempfile.mkdtemp(prefix=".dicomweb-", dir=out_dir))
-    try:
-        download_series(client, series, folder, progress=progress)
-        summary = predict_scans(
-            predictor,
-            [ScanInput(folder, case_id)],
-            out_dir,
-            score_threshold=score_threshold,
-            overlay=overlay,
-            dicom_out=True,
-            progress=progress,
-        )
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-    summary.failed = [
-        (series.wado_url, reason.replace(str(folder), series.wado_url)) for _, reason in summary.failed
-    ]
-    stored: list[str] = []
-    if summary.done:
-        json_path = out_dir / f"{case_id}.json"
-        prediction = load_prediction(json_path)
-        prediction["image"] = series.wado_url
-        objects = prediction.get("dicom", {})
-        stored = store_instances(
-            client, url, [out_dir / o["file"] for o in objects.values()], series.study_uid
-        )
-        prediction["dicomweb"] = {
-            "url": url,
-            "study_uid": series.study_uid,
-            "series_uid": series.series_uid,
-            "stored": stored,
-        }
-        write_json(json_path, prediction)
-    return DicomWebResult(series, case_id, summary, stored)
-
-
 __all__ = [
     "DEFAULT_TIMEOUT_S",
-    "DicomWebResult",
     "RemoteSeries",
     "connect",
     "download_series",
     "find_series",
-    "predict_dicomweb",
     "server_errors",
     "store_instances",
 ]

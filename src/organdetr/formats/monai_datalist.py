@@ -234,7 +234,7 @@ def _box_label_map(case, geometry, *, boxes: Mapping[str, tuple], coordinates: s
     """LabelReader for :func:`organdetr.datasets.conversion.convert_cases`: the case's boxes filled with
     their label id (``label + 1``) on the image grid, larger boxes first."""
     from organdetr.core.boxes.labels import world_box_to_voxel
-    from organdetr.inference.predict import box_mask
+    from organdetr.core.boxes.raster import box_mask
 
     corners, labels = boxes[case.case_id]
     if coordinates == "image":

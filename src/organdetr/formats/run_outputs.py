@@ -21,6 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from organdetr.formats.html_viewer import RunViewer
+from organdetr.formats.monai_datalist import check_options, require_monai, write_datalist
+from organdetr.formats.nndetection import write_prediction
+from organdetr.formats.slicer import require_slicerio, write_slicer_files
 from organdetr.io.images import Volume
 from organdetr.runtime.errors import InputError
 
@@ -45,7 +49,7 @@ class RunOutputs:
     title: str = "organdetr predictions"
     classes: Mapping[int, str] | None = None  # the model's label id -> organ name (set by predict)
     _predictions: list[dict] = field(default_factory=list, repr=False)
-    _viewer: object = field(default=None, repr=False)
+    _viewer: RunViewer | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
@@ -54,17 +58,11 @@ class RunOutputs:
         if unknown:
             raise InputError(None, f"--format {unknown[0]!r} is not one of {', '.join(PREDICTION_FORMATS)}")
         if "monai" in self.formats:
-            from organdetr.formats.monai_datalist import check_options, require_monai
-
             check_options(self.monai_box_mode, self.monai_coordinates)
             require_monai()  # MONAI installed? say so now, not after the whole run
         if "slicer" in self.formats:
-            from organdetr.formats.slicer import require_slicerio
-
             require_slicerio()
         if self.html:
-            from organdetr.formats.html_viewer import RunViewer
-
             self._viewer = RunViewer(title=self.title)
 
     @property
@@ -83,12 +81,8 @@ class RunOutputs:
         """Write the per-scan files of one prediction JSON; keep what the run-level files need."""
         written: list[Path] = []
         if "slicer" in self.formats:
-            from organdetr.formats.slicer import write_slicer_files
-
             written += write_slicer_files(prediction, self.out_dir, seg=seg, classes=self.classes)
         if "nndetection" in self.formats:
-            from organdetr.formats.nndetection import write_prediction
-
             written.append(write_prediction(prediction, self.out_dir))
         if "monai" in self.formats:
             self._predictions.append(
@@ -104,8 +98,6 @@ class RunOutputs:
         """Write the run-level files (``monai_datalist.json``, ``viewer.html``); returns their paths."""
         written: list[Path] = []
         if "monai" in self.formats:
-            from organdetr.formats.monai_datalist import write_datalist
-
             written.append(
                 write_datalist(
                     self.out_dir / MONAI_FILE,

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from organdetr.core.boxes.raster import box_voxel_slices
 from organdetr.core.geometry import Geometry
 from organdetr.runtime.atomic import atomic_path, write_json
 from organdetr.runtime.errors import InputError
@@ -252,10 +253,8 @@ def write_box_segmentation(path: str | Path, detections: Sequence[Mapping], geom
     """Write each detection's voxel box as a segment ``<organ> box`` of a ``.seg.nrrd`` on ``geometry``.
 
     Boxes overlap; each goes to the first layer where it overlaps no other box (label values 1.. per
-    layer), so no box loses voxels. Filled voxels are :func:`organdetr.inference.predict.box_voxel_slices`.
+    layer), so no box loses voxels. Filled voxels are :func:`organdetr.core.boxes.raster.box_voxel_slices`.
     """
-    from organdetr.inference.predict import box_voxel_slices
-
     slicerio = require_slicerio()
     shape = tuple(int(s) for s in geometry.size)
     layers: list[list[tuple[slice, ...]]] = []

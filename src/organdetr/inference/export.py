@@ -2,13 +2,12 @@
 
 The exported graph maps ``images [B, 1, I, J, K]`` (float32, preprocessed as in ``plans.json``) to
 ``pred_logits [B, N, K+1]`` and ``pred_boxes [B, N, 6]`` (normalised cxcyczwhd); the batch axis is dynamic,
-the grid size is fixed to the training grid. :func:`organdetr.models.organdetr.postprocess.postprocess` turns
-ORT outputs
-into boxes exactly as for PyTorch (:func:`onnx_detect`). The model's ``plans.json`` (classes, grid,
-normalisation) is stored in the ONNX metadata under ``organdetr.plans`` and the class activation
-(``sigmoid`` / ``softmax``) under ``organdetr.class_activation``, so the file alone is enough to preprocess a
-scan and name its organs. Opset 20 is the default: the deformable decoder samples volumes with 5-D
-``GridSample``, which ONNX has from opset 20.
+the grid size is fixed to the training grid. :func:`organdetr.models.organdetr.postprocess.postprocess`
+turns ORT outputs into boxes exactly as for PyTorch (:func:`onnx_detect`). The model's ``plans.json``
+(classes, grid, normalisation) is stored in the ONNX metadata under ``organdetr.plans`` and the class
+activation (``sigmoid`` / ``softmax``) under ``organdetr.class_activation``, so the file alone is enough to
+preprocess a scan and name its organs. Opset 20 is the default: the deformable decoder samples volumes with
+5-D ``GridSample``, which ONNX has from opset 20.
 """
 
 from __future__ import annotations
@@ -21,8 +20,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from organdetr.models.organdetr.detector import DETRDetector
+from organdetr.models.organdetr.postprocess import postprocess
 from organdetr.runtime.atomic import atomic_path
 from organdetr.runtime.errors import InputError
+from organdetr.training.checkpoint import load_detector
 
 OUTPUT_NAMES = ("pred_logits", "pred_boxes")
 PLANS_METADATA_KEY = "organdetr.plans"
@@ -133,9 +135,6 @@ def _onnx_export(wrapper: nn.Module, example: torch.Tensor, path: Path, opset: i
 
 def load_exportable(checkpoint: str | Path):
     """``(detector, plans)`` of a run/checkpoint folder; InputError unless it is a DETR-style detector."""
-    from organdetr.models.organdetr.detector import DETRDetector
-    from organdetr.training.checkpoint import load_detector
-
     detector, _, plans = load_detector(checkpoint, "cpu")
     if not isinstance(detector, DETRDetector):
         kind = type(detector).__name__
@@ -171,8 +170,6 @@ def onnx_plans(session) -> dict | None:
 
 def onnx_detect(session, images: np.ndarray) -> list[dict[str, torch.Tensor]]:
     """Run the ORT session on ``images [B, 1, I, J, K]`` and postprocess like ``Detector.detect``."""
-    from organdetr.models.organdetr.postprocess import postprocess
-
     logits, boxes = session.run(
         list(OUTPUT_NAMES), {"images": np.ascontiguousarray(images, dtype=np.float32)}
     )
