@@ -1,25 +1,20 @@
-"""organdetr.formats.monai_datalist: datalists round-tripped through MONAI's own loaders and box_utils."""
+"""MONAI datalists (formats.monai_datalist writes, datasets.monai_datalist reads, core.boxes.modes converts):
+round-tripped through MONAI's own loaders and box_utils."""
 
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
 
 from organdetr.core.boxes.labels import boxes_from_labels
+from organdetr.core.boxes.modes import BOX_MODES, from_mode, lps_to_ras, to_mode
 from organdetr.core.geometry import Geometry
+from organdetr.datasets.monai_datalist import convert, read_datalist
 from organdetr.datasets.nnunet import load_dataset
-from organdetr.formats.monai_datalist import (
-    BOX_MODES,
-    convert,
-    datalist_document,
-    from_mode,
-    lps_to_ras,
-    read_datalist,
-    to_mode,
-    write_datalist,
-)
+from organdetr.formats.monai_datalist import datalist_document, write_datalist
 from organdetr.io.images import read_label_map, write_image
 from organdetr.runtime.errors import InputError
 
@@ -61,6 +56,21 @@ def test_modes_match_monai_box_utils():
         np.testing.assert_allclose(to_mode(corners, mode), expected)
         np.testing.assert_allclose(from_mode(expected, mode), corners, rtol=0, atol=1e-4)  # MONAI: float32
     np.testing.assert_allclose(lps_to_ras(lps_to_ras(corners)), corners)
+
+
+def test_modes_bit_for_bit_monai_both_ways():
+    """core.boxes.modes is numpy; it gives exactly MONAI's float64 results (float32 sizes included)."""
+    rng = np.random.default_rng(1)
+    lo = rng.normal(0, 300, (50, 3))
+    corners = np.concatenate([lo, lo + np.abs(rng.normal(0, 40, (50, 3)))], axis=1)
+    boxes = rng.normal(0, 100, (50, 6))  # any boxes in a mode, negative sizes too
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # MONAI warns about the negative sizes
+        for mode in BOX_MODES:
+            expected = box_utils.convert_box_mode(corners, src_mode="xyzxyz", dst_mode=mode)
+            np.testing.assert_array_equal(to_mode(corners, mode), expected)
+            expected = box_utils.convert_box_mode(boxes, src_mode=mode, dst_mode="xyzxyz")
+            np.testing.assert_array_equal(from_mode(boxes, mode), expected)
 
 
 def test_image_boxes_equal_monai_mask_to_box(tmp_path):

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from _cache_factory import save_random_checkpoint
 from organdetr.cli import app
-from organdetr.core.boxes.labels import voxel_box_to_world
+from organdetr.core.boxes.world import voxel_box_to_world
 from organdetr.core.geometry import Geometry
 from organdetr.inference.predict import Predictor, box_mask, case_id_of, find_scans, predict_scans
 from organdetr.io.images import read_image, write_image

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from organdetr.io.images import Volume
+from organdetr.core.volume import Volume
 from organdetr.runtime.errors import InputError
 
 PREDICTION_FORMATS = {
@@ -54,7 +54,8 @@ class RunOutputs:
         if unknown:
             raise InputError(None, f"--format {unknown[0]!r} is not one of {', '.join(PREDICTION_FORMATS)}")
         if "monai" in self.formats:
-            from organdetr.formats.monai_datalist import check_options, require_monai
+            from organdetr.core.boxes.modes import check_options
+            from organdetr.formats.monai_datalist import require_monai
 
             check_options(self.monai_box_mode, self.monai_coordinates)
             require_monai()  # MONAI installed? say so now, not after the whole run

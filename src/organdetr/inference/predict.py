@@ -44,8 +44,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from organdetr.core.geometry import Geometry, grid_box_to_original, grid_labels_to_original
-from organdetr.io.images import IMAGE_SUFFIXES, UnevenSlices, Volume, read_image, write_image
+from organdetr.core.boxes.world import grid_box_to_original
+from organdetr.core.geometry import Geometry
+from organdetr.core.volume import Volume, grid_labels_to_original
+from organdetr.io.images import IMAGE_SUFFIXES, UnevenSlices, read_image, write_image
 from organdetr.runtime.atomic import write_json
 from organdetr.runtime.errors import InputError
 
