@@ -53,7 +53,7 @@ def real_case(shared: Path, image: str, labels: str):
 
 def synthetic_case(slices: int):
     from organdetr.core.geometry import Geometry
-    from organdetr.io.images import Volume
+    from organdetr.core.volume import Volume
 
     rng = np.random.default_rng(0)
     array = np.full((512, 512, slices), -1000.0, dtype=np.float32)

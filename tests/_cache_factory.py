@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from organdetr.core.geometry import Geometry
-from organdetr.io.images import Volume
+from organdetr.core.volume import Volume
 from organdetr.preprocessing.cache import PreprocessConfig, make_plans, preprocess_volume, write_case
 from organdetr.runtime.atomic import write_json
 

@@ -12,11 +12,12 @@ import zlib
 import numpy as np
 import pytest
 
-from organdetr.core.boxes.labels import boxes_from_labels, world_box_to_voxel
-from organdetr.core.geometry import Geometry, reorient_to_lps
+from organdetr.core.boxes.labels import boxes_from_labels
+from organdetr.core.boxes.world import world_box_to_voxel
+from organdetr.core.colours import window_image
+from organdetr.core.geometry import Geometry
+from organdetr.core.volume import Volume, reorient_to_lps
 from organdetr.formats.html_viewer import RunViewer, case_payload, display_grid
-from organdetr.inference.overlay import window_image
-from organdetr.io.images import Volume
 
 # RAS-stored scan: the page must show it reoriented to LPS
 GEOMETRY = Geometry((48, 40, 24), (1.0, 1.2, 2.5), (30.0, 20.0, -50.0), (-1, 0, 0, 0, -1, 0, 0, 0, 1))

@@ -1,4 +1,5 @@
-"""organdetr.formats.monai_datalist: datalists round-tripped through MONAI's own loaders and box_utils."""
+"""MONAI datalists (formats.monai_datalist writes, datasets.monai_datalist reads, core.boxes.modes converts):
+round-tripped through MONAI's own loaders and box_utils."""
 
 from __future__ import annotations
 
@@ -8,18 +9,11 @@ import numpy as np
 import pytest
 
 from organdetr.core.boxes.labels import boxes_from_labels
+from organdetr.core.boxes.modes import BOX_MODES, from_mode, lps_to_ras, to_mode
 from organdetr.core.geometry import Geometry
+from organdetr.datasets.monai_datalist import convert, read_datalist
 from organdetr.datasets.nnunet import load_dataset
-from organdetr.formats.monai_datalist import (
-    BOX_MODES,
-    convert,
-    datalist_document,
-    from_mode,
-    lps_to_ras,
-    read_datalist,
-    to_mode,
-    write_datalist,
-)
+from organdetr.formats.monai_datalist import datalist_document, write_datalist
 from organdetr.io.images import read_label_map, write_image
 from organdetr.runtime.errors import InputError
 

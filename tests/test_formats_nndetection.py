@@ -1,4 +1,5 @@
-"""organdetr.formats.nndetection: raw Task layout -> nnU-Net, predictions in nnDetection's box convention."""
+"""nnDetection: raw Task layout -> nnU-Net (datasets.nndetection), predictions in nnDetection's box convention
+(formats.nndetection, core.boxes.modes)."""
 
 from __future__ import annotations
 
@@ -12,15 +13,11 @@ from typer.testing import CliRunner
 
 from organdetr.cli import app
 from organdetr.core.boxes.labels import boxes_from_labels
+from organdetr.core.boxes.modes import from_nndetection_boxes, to_nndetection_boxes
 from organdetr.core.geometry import Geometry
+from organdetr.datasets.nndetection import convert
 from organdetr.datasets.nnunet import load_dataset, read_dataset_json
-from organdetr.formats.nndetection import (
-    convert,
-    from_nndetection_boxes,
-    prediction_boxes,
-    to_nndetection_boxes,
-    write_prediction,
-)
+from organdetr.formats.nndetection import prediction_boxes, write_prediction
 from organdetr.io.images import read_label_map, write_image
 from organdetr.runtime.errors import InputError
 

@@ -8,7 +8,9 @@ import jsonschema
 import numpy as np
 import pytest
 
-from organdetr.core.boxes.labels import boxes_from_labels, voxel_box_to_world
+from organdetr.core.boxes.labels import boxes_from_labels
+from organdetr.core.boxes.world import voxel_box_to_world
+from organdetr.core.colours import label_colour
 from organdetr.core.geometry import Geometry
 from organdetr.formats.slicer import (
     MARKUPS_SCHEMA,
@@ -18,7 +20,6 @@ from organdetr.formats.slicer import (
     write_label_segmentation,
     write_slicer_files,
 )
-from organdetr.inference.overlay import label_colour
 
 slicerio = pytest.importorskip("slicerio")
 

@@ -8,20 +8,18 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from organdetr.core.boxes.labels import voxel_box_to_world
+from organdetr.core.boxes.world import grid_box_to_original, voxel_box_to_world
 from organdetr.core.geometry import (
     Geometry,
     Reorientation,
     axis_codes,
-    grid_box_to_original,
     lps_reorientation,
     pad_grid,
     reorient_geometry,
-    reorient_to_lps,
-    resample,
     resize_grid,
 )
-from organdetr.io.images import Volume, from_sitk, read_image, to_sitk
+from organdetr.core.volume import Volume, from_sitk, reorient_to_lps, resample, to_sitk
+from organdetr.io.images import read_image
 
 
 def signed_permutation(perm, signs) -> tuple[float, ...]:

@@ -11,8 +11,8 @@ import pytest
 import SimpleITK as sitk
 
 from organdetr.core.geometry import Geometry
+from organdetr.core.volume import from_sitk
 from organdetr.io.images import (
-    from_sitk,
     read_dicom_series_pydicom,
     read_image,
     read_label_map,

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from organdetr.core.boxes.labels import boxes_from_labels, voxel_box_to_world, world_box_to_voxel
+from organdetr.core.boxes.labels import boxes_from_labels
+from organdetr.core.boxes.world import voxel_box_to_world, world_box_to_voxel
 from organdetr.core.geometry import Geometry
 from organdetr.io.images import read_label_map
 from organdetr.runtime.errors import InputError

@@ -1,14 +1,17 @@
-"""organdetr.inference.overlay: windowing, slice choice and the three-view PNG on synthetic and real CT."""
+"""organdetr.core.colours and organdetr.inference.overlay: colours, windowing, slice choice and the three-view
+PNG on synthetic and real CT."""
 
 from __future__ import annotations
 
 import matplotlib.image as mpimg
 import numpy as np
 
-from organdetr.core.boxes.labels import voxel_box_to_world
+from organdetr.core.boxes.world import voxel_box_to_world
+from organdetr.core.colours import label_colour, organ_colours, slice_centre, window_image
 from organdetr.core.geometry import Geometry
-from organdetr.inference.overlay import organ_colours, render_overlay, slice_centre, window_image
-from organdetr.io.images import Volume, read_image
+from organdetr.core.volume import Volume
+from organdetr.inference.overlay import render_overlay
+from organdetr.io.images import read_image
 
 
 def test_window_image_soft_tissue():
@@ -26,6 +29,17 @@ def test_slice_centre_is_centre_of_union_or_scan():
 def test_colours_distinct_per_organ():
     colours = organ_colours(["liver", "spleen", "liver", "aorta"])
     assert len(colours) == 3 and len(set(colours.values())) == 3
+
+
+def test_palette_is_matplotlibs_tab20_then_tab20b():
+    """The stored hex codes give exactly the floats matplotlib holds (colours unchanged in every export)."""
+    import matplotlib
+
+    expected = list(matplotlib.colormaps["tab20"].colors) + list(matplotlib.colormaps["tab20b"].colors)
+    names = [f"organ_{n}" for n in range(len(expected))]
+    palette = [c[:3] for c in organ_colours(names).values()]
+    assert palette == [tuple(float(v) for v in c[:3]) for c in expected]
+    assert label_colour(1) == organ_colours(["a"])["a"][:3] and label_colour(41) == label_colour(1)
 
 
 def _box_volume() -> tuple[Volume, list[dict]]:

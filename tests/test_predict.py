@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from _cache_factory import save_random_checkpoint
 from organdetr.cli import app
-from organdetr.core.boxes.labels import voxel_box_to_world
 from organdetr.core.boxes.raster import box_mask
+from organdetr.core.boxes.world import voxel_box_to_world
 from organdetr.core.geometry import Geometry
 from organdetr.inference.predict import predict_scans
 from organdetr.inference.predictor import Predictor

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from _cache_factory import save_random_checkpoint
 from organdetr.cli import app
+from organdetr.core.boxes.modes import to_nndetection_boxes
 from organdetr.core.geometry import Geometry
-from organdetr.formats.nndetection import to_nndetection_boxes
 from organdetr.formats.slicer import read_markups_rois
 from organdetr.io.images import write_image
 

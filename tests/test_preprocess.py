@@ -7,9 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from organdetr.core.geometry import Geometry, grid_box_to_original
+from organdetr.core.boxes.world import grid_box_to_original
+from organdetr.core.geometry import Geometry
+from organdetr.core.volume import Volume
 from organdetr.datasets.nnunet import image_path, label_path, write_dataset_json
-from organdetr.io.images import Volume, read_label_table, write_image
+from organdetr.io.images import read_label_table, write_image
 from organdetr.preprocessing.cache import (
     PreprocessConfig,
     list_cases,

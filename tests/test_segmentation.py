@@ -9,10 +9,12 @@ from typer.testing import CliRunner
 
 from _cache_factory import save_random_checkpoint
 from organdetr.cli import app
-from organdetr.core.geometry import Geometry, grid_labels_to_original
+from organdetr.core.boxes.labels import largest_component_boxes
+from organdetr.core.geometry import Geometry
+from organdetr.core.volume import grid_labels_to_original
 from organdetr.io.images import read_image, read_label_map, write_image
 from organdetr.models import detector_from_config
-from organdetr.models.segmentation_detector import SegmentationDetector, largest_component_boxes
+from organdetr.models.segmentation_detector import SegmentationDetector
 from organdetr.training.config import load_config
 
 K = 3
@@ -83,7 +85,7 @@ def test_seg2box_builds_from_its_preset_and_trains():
 
 def test_grid_labels_back_to_an_oblique_original_grid():
     """Nearest-neighbour mapping of a model-grid label map onto a RAS scan's own grid: geometry exact."""
-    from organdetr.io.images import Volume
+    from organdetr.core.volume import Volume
     from organdetr.preprocessing.cache import PreprocessConfig, preprocess_volume
 
     size = (20, 16, 12)

@@ -1,4 +1,4 @@
-"""Image geometry: voxel <-> world (LPS mm) transforms, canonical orientation, resampling.
+"""Image geometry: voxel <-> world (LPS mm) transforms, canonical orientation, the preprocessed grid.
 
 Conventions (see docs/conventions.md): arrays are indexed ``(i, j, k)`` (ITK index order);
 spacing/origin are ``(3,)`` in that order; ``direction`` is ``(3, 3)`` whose *columns* are the
@@ -9,19 +9,19 @@ is a pure axis permutation + flip of the array (no interpolation); for oblique s
 signed permutation is used and the small residual rotation stays in ``direction`` (as SimpleITK's
 ``DICOMOrient`` does).
 
-Everything that maps between the preprocessed grid and the original scan lives here:
-:func:`grid_geometry` builds the grid, :func:`grid_box_to_original` goes back.
+Pure geometry maths (numpy, no SimpleITK, no voxel data): :class:`Geometry`, the canonical LPS
+reorientation of a grid (:func:`lps_reorientation`, :func:`reorient_geometry`) and the preprocessed grid
+(:func:`grid_geometry` builds it). Arrays on these grids (``Volume``, reorienting and resampling them
+with SimpleITK) live in :mod:`organdetr.core.volume`; boxes between grids and LPS mm, and from the
+preprocessed grid back to the original scan (``grid_box_to_original``), in :mod:`organdetr.core.boxes.world`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
-
-if TYPE_CHECKING:  # organdetr.io.images imports this module; Volume is only needed at call time
-    from organdetr.io.images import Volume
+from scipy.optimize import linear_sum_assignment
 
 
 @dataclass(frozen=True)
@@ -139,8 +139,6 @@ def lps_reorientation(geometry: Geometry) -> Reorientation:
 
 
 def _greedy_axis_assignment(matrix: np.ndarray) -> list[int]:
-    from scipy.optimize import linear_sum_assignment
-
     world, axis = linear_sum_assignment(-np.abs(matrix))
     permutation = [0, 0, 0]
     for w, a in zip(world, axis, strict=True):
@@ -165,17 +163,6 @@ def reorient_geometry(geometry: Geometry, reorientation: Reorientation | None = 
         origin=tuple(float(x) for x in geometry.index_to_world(first)),
         direction=tuple(float(x) for x in direction.ravel()),
     )
-
-
-def reorient_to_lps(volume: Volume) -> Volume:
-    """Reorient ``volume`` to canonical LPS by permuting/flipping its array (exact, no interpolation).
-
-    The returned array is a view of the input's (no copy); world positions of all voxels are unchanged.
-    """
-    from organdetr.io.images import Volume
-
-    r = lps_reorientation(volume.geometry)
-    return Volume(r.apply(volume.array), reorient_geometry(volume.geometry, r))
 
 
 # ----------------------------------------------------------------------------- the preprocessed grid
@@ -242,95 +229,3 @@ def pad_grid(
     resampled = np.maximum(np.round(extent / np.asarray(spacing, dtype=np.float64)), 1)
     start = np.floor((resampled - np.asarray(size)) / 2.0)
     return grid_geometry(canonical, spacing, size, start)
-
-
-def resample(
-    array: np.ndarray,
-    geometry: Geometry,
-    target: Geometry,
-    *,
-    interpolation: str = "linear",
-    default_value: float = 0.0,
-    output_dtype: np.dtype | None = None,
-) -> np.ndarray:
-    """Resample ``array [I, J, K]`` on ``geometry`` onto ``target`` (world-space, SimpleITK).
-
-    ``interpolation``: "linear", "nearest" (labels) or "bspline". Voxels of ``target`` outside the
-    source get ``default_value``. Returns ``[I', J', K']`` = ``target.size``.
-    """
-    import SimpleITK as sitk
-
-    from organdetr.io.images import to_sitk
-
-    interpolators = {
-        "linear": sitk.sitkLinear,
-        "nearest": sitk.sitkNearestNeighbor,
-        "bspline": sitk.sitkBSpline,
-    }
-    if interpolation not in interpolators:
-        raise ValueError(f"interpolation must be one of {sorted(interpolators)}, got {interpolation!r}")
-    source = to_sitk(array, geometry)
-    pixel_type = source.GetPixelID()
-    if output_dtype is not None:
-        pixel_type = sitk.GetImageFromArray(np.zeros((1, 1, 1), dtype=output_dtype)).GetPixelID()
-    out = sitk.Resample(
-        source,
-        [int(s) for s in target.size],
-        sitk.Transform(),
-        interpolators[interpolation],
-        [float(o) for o in target.origin],
-        [float(s) for s in target.spacing],
-        [float(d) for d in target.direction],
-        float(default_value),
-        pixel_type,
-    )
-    return np.transpose(sitk.GetArrayFromImage(out), (2, 1, 0))
-
-
-# ----------------------------------------------------------------------------- boxes back to the scan
-
-
-def _map_voxel_box(box: np.ndarray, scale: np.ndarray, offset: np.ndarray) -> np.ndarray:
-    """Voxel boxes ``[..., 6]`` through ``x' = x * scale + offset`` (continuous-index affine map)."""
-    lo = (box[..., :3] - 0.5) * scale + offset
-    hi = (box[..., 3:] - 0.5) * scale + offset
-    return np.concatenate([np.minimum(lo, hi) + 0.5, np.maximum(lo, hi) + 0.5], axis=-1)
-
-
-def grid_box_to_canonical(box_voxel_grid: np.ndarray, record: dict) -> np.ndarray:
-    """Voxel boxes ``[..., 6]`` on the preprocessed grid -> voxel boxes on the canonical (LPS) scan."""
-    box = np.asarray(box_voxel_grid, dtype=np.float64)
-    to_original = record["to_original"]
-    return _map_voxel_box(box, np.asarray(to_original["scale"]), np.asarray(to_original["offset"]))
-
-
-def grid_box_to_original(box_voxel_grid: np.ndarray, record: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Voxel boxes ``[..., 6]`` (xyzxyz) on the preprocessed grid -> the original scan.
-
-    ``record`` is the case record (see docs/conventions.md; needs ``original`` and ``to_original``).
-    Returns ``(box_voxel_original [..., 6], box_mm [..., 6])``: voxel boxes in the original file's
-    index order (before canonical reorientation) and LPS mm boxes. Exact inverse of the forward
-    resampling for scans whose direction is a signed permutation.
-    """
-    from organdetr.core.boxes.labels import voxel_box_to_world, world_box_to_voxel
-
-    original = Geometry.from_dict(record["original"])
-    canonical = reorient_geometry(original)
-    box_canonical = grid_box_to_canonical(box_voxel_grid, record)
-    box_mm = voxel_box_to_world(box_canonical, canonical)
-    box_original = world_box_to_voxel(box_mm, original)
-    return box_original, box_mm
-
-
-def grid_labels_to_original(labels_grid: np.ndarray, record: dict) -> np.ndarray:
-    """A label map ``[I, J, K]`` on the preprocessed grid -> the original scan's grid (nearest neighbour).
-
-    ``record`` is the case record (``grid`` and ``original`` geometries). The result has the original
-    file's size and index order; voxels outside the model grid (``fit="pad"`` crops) are 0.
-    """
-    grid = Geometry.from_dict(record["grid"])
-    original = Geometry.from_dict(record["original"])
-    labels_grid = np.ascontiguousarray(labels_grid)
-    return resample(
-        labels_grid, grid, original, interpolation="nearest", default_value=0, output_dtype=labels_grid.dtype
-    )

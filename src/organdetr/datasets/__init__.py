@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from organdetr.datasets.conversion import ConversionSummary
 
-# format name -> (module, fixed keyword arguments of its ``convert``)
+# format name -> (module of organdetr.datasets, fixed keyword arguments of its ``convert``)
 FORMATS: dict[str, tuple[str, dict]] = {
     "abdomenct1k": ("abdomenct1k", {}),
     "word": ("word", {}),
@@ -23,9 +23,9 @@ FORMATS: dict[str, tuple[str, dict]] = {
     "totalsegmentator": ("totalsegmentator", {"variant": "totalsegmentator"}),
     "totalsegmentator_mr": ("totalsegmentator", {"variant": "totalsegmentator_mr"}),
     "brats": ("brats", {}),
-    # sister toolkits' layouts (modules named in full: they live in organdetr.formats)
-    "monai-datalist": ("organdetr.formats.monai_datalist", {}),
-    "nndetection": ("organdetr.formats.nndetection", {}),
+    # sister toolkits' layouts
+    "monai-datalist": ("monai_datalist", {}),
+    "nndetection": ("nndetection", {}),
 }
 
 # format -> label set name (``convert --classes``; the first is the default) -> class map name
@@ -42,8 +42,7 @@ def get_converter(fmt: str) -> Callable[..., ConversionSummary]:
     if fmt not in FORMATS:
         raise KeyError(f"unknown dataset format {fmt!r}; known: {', '.join(FORMATS)}")
     module_name, fixed = FORMATS[fmt]
-    full_name = module_name if "." in module_name else f"organdetr.datasets.{module_name}"
-    module = importlib.import_module(full_name)
+    module = importlib.import_module(f"organdetr.datasets.{module_name}")
     return partial(module.convert, **fixed)
 
 

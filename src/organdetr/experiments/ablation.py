@@ -260,7 +260,7 @@ def write_perturbed_cache(cache: Path, out: Path, case_ids: list[str], kind: str
     gets a smaller box; one pushed out entirely leaves the ground truth) and mapped to mm through the case
     record as the preprocessing does. Reused when complete.
     """
-    from organdetr.core.geometry import grid_box_to_original
+    from organdetr.core.boxes.world import grid_box_to_original
     from organdetr.data.augment import augment_pair
     from organdetr.preprocessing.cache import list_cases, load_case, load_plans, write_case
 

@@ -166,7 +166,7 @@ def read_segmentation(path: str | Path, source: SourceSeries) -> tuple[np.ndarra
 
 
 def _display_colours(names: list[str]) -> dict[str, tuple[int, int, int]]:
-    from organdetr.inference.overlay import organ_colours
+    from organdetr.core.colours import organ_colours
 
     return {name: tuple(int(round(255 * c)) for c in rgba[:3]) for name, rgba in organ_colours(names).items()}
 

@@ -36,9 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
-from organdetr.core.boxes.labels import world_box_to_voxel
-from organdetr.core.geometry import Geometry, axis_codes, reorient_to_lps, resample, resize_grid
-from organdetr.io.images import Volume
+from organdetr.core.boxes.world import world_box_to_voxel
+from organdetr.core.geometry import Geometry, axis_codes, resize_grid
+from organdetr.core.volume import Volume, reorient_to_lps, resample
 from organdetr.runtime.atomic import write_text
 
 DEFAULT_MAX_SIZE = 256
@@ -67,7 +67,7 @@ def _hex(colour: Sequence[float]) -> str:
 def _organ_rows(
     detections: Sequence[Mapping], geometry: Geometry, voxel_ml: float, seg_counts: np.ndarray | None
 ) -> list[dict]:
-    from organdetr.inference.overlay import label_colour
+    from organdetr.core.colours import label_colour
 
     rows = []
     for det in detections:
@@ -106,7 +106,7 @@ def case_payload(
     ``label_id``, ``score``, ``box_mm``); ``volume``: the scan in HU, any orientation; ``seg``: optional
     label ids ``[I, J, K]`` on ``volume``'s grid; ``ground_truth``: optional ``{label, box_mm}`` dicts.
     """
-    from organdetr.inference.overlay import window_image
+    from organdetr.core.colours import window_image
 
     canonical = reorient_to_lps(volume)
     geometry = canonical.geometry

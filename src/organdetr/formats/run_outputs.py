@@ -21,11 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
+from organdetr.core.boxes.modes import check_options, require_monai
+from organdetr.core.volume import Volume
 from organdetr.formats.html_viewer import RunViewer
-from organdetr.formats.monai_datalist import check_options, require_monai, write_datalist
+from organdetr.formats.monai_datalist import write_datalist
 from organdetr.formats.nndetection import write_prediction
 from organdetr.formats.slicer import require_slicerio, write_slicer_files
-from organdetr.io.images import Volume
 from organdetr.runtime.errors import InputError
 
 PREDICTION_FORMATS = {

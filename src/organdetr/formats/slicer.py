@@ -65,7 +65,7 @@ def roi_box(detection: Mapping, geometry: Geometry | None) -> tuple[np.ndarray, 
 
 def roi_markup(detection: Mapping, geometry: Geometry | None = None) -> dict:
     """One markups ROI (a ``markups[]`` item of the schema) for a prediction JSON detection."""
-    from organdetr.inference.overlay import label_colour
+    from organdetr.core.colours import label_colour
 
     centre, size, orientation = roi_box(detection, geometry)
     colour = [round(c, 4) for c in label_colour(int(detection.get("label_id", 1)))]
@@ -201,7 +201,7 @@ def ijk_to_lps(geometry: Geometry) -> np.ndarray:
 
 
 def _segment(label_value: int, label_id: int, name: str, extent: Sequence[int], layer: int = 0) -> dict:
-    from organdetr.inference.overlay import label_colour
+    from organdetr.core.colours import label_colour
 
     return {
         "id": f"{name}_{label_id}".replace(" ", "_"),

@@ -8,6 +8,8 @@ physical aspect ratio (spacing in mm).
 Boxes are given in world mm (``box_mm``, LPS; the prediction JSON's field), so the same function draws
 predictions and ground truth on any scan, whatever its on-disk orientation. Every box is drawn in all
 three views as its projection: solid where the shown slice cuts the box, dotted where it does not.
+Colours, the HU window and the slice the views cut through come from :mod:`organdetr.core.colours`;
+matplotlib is imported when a picture is drawn.
 """
 
 from __future__ import annotations
@@ -17,13 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from organdetr.core.boxes.labels import world_box_to_voxel
-from organdetr.core.geometry import reorient_to_lps
-from organdetr.io.images import Volume
+from organdetr.core.boxes.world import world_box_to_voxel
+from organdetr.core.colours import SOFT_TISSUE_WINDOW, organ_colours, slice_centre, window_image
+from organdetr.core.volume import Volume, reorient_to_lps
 from organdetr.runtime.atomic import write_figure
-
-SOFT_TISSUE_WINDOW = (400.0, 40.0)
-"""(width, level) in HU: the abdominal soft-tissue window W400/L40 -> [-160, 240] HU."""
 
 # (view name, axis the slice is taken along, (row axis, column axis), row direction flipped)
 _VIEWS = (
@@ -31,46 +30,6 @@ _VIEWS = (
     ("coronal", 1, (2, 0), True),  # rows k (superior up), columns i
     ("sagittal", 0, (2, 1), True),  # rows k (superior up), columns j (anterior on the left)
 )
-
-
-def _palette() -> list[tuple[float, float, float]]:
-    """40 distinct RGB colours in [0, 1]: matplotlib's tab20, then tab20b."""
-    import matplotlib
-
-    colours = list(matplotlib.colormaps["tab20"].colors) + list(matplotlib.colormaps["tab20b"].colors)
-    return [tuple(float(c) for c in colour[:3]) for colour in colours]
-
-
-def organ_colours(names: Sequence[str]) -> dict[str, tuple[float, float, float, float]]:
-    """A distinct RGBA colour per organ name (tab20, then tab20b; stable for a given name order)."""
-    palette = _palette()
-    unique = list(dict.fromkeys(names))
-    return {name: (*palette[i % len(palette)], 1.0) for i, name in enumerate(unique)}
-
-
-def label_colour(label_id: int) -> tuple[float, float, float]:
-    """RGB colour in [0, 1] of an organ by its label id: the same organ gets the same colour in every
-    scan and every export format (3D Slicer files, the HTML viewer)."""
-    palette = _palette()
-    return palette[(int(label_id) - 1) % len(palette)]
-
-
-def window_image(array: np.ndarray, window: tuple[float, float] = SOFT_TISSUE_WINDOW) -> np.ndarray:
-    """HU ``array`` -> float32 in ``[0, 1]`` for a (width, level) window."""
-    width, level = window
-    low = level - width / 2.0
-    out = (np.asarray(array, dtype=np.float32) - low) / float(width)
-    return np.clip(out, 0.0, 1.0, out=out)
-
-
-def slice_centre(boxes_voxel: np.ndarray, size: Sequence[int]) -> np.ndarray:
-    """Index ``(i, j, k)`` the views cut through: the centre of all boxes' union, else the scan centre."""
-    size = np.asarray(size)
-    if len(boxes_voxel) == 0:
-        return size // 2
-    lo, hi = boxes_voxel[:, :3].min(axis=0), boxes_voxel[:, 3:].max(axis=0)
-    centre = np.floor((lo + hi) / 2.0)
-    return np.clip(centre, 0, size - 1).astype(int)
 
 
 def render_overlay(
@@ -220,11 +179,4 @@ def _add_legend(fig, detections, colours, *, has_ground_truth: bool) -> None:
     ).get_title().set_color("white")
 
 
-__all__ = [
-    "SOFT_TISSUE_WINDOW",
-    "label_colour",
-    "organ_colours",
-    "render_overlay",
-    "slice_centre",
-    "window_image",
-]
+__all__ = ["render_overlay"]

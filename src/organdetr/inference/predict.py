@@ -42,7 +42,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from organdetr.core.boxes.raster import box_mask
-from organdetr.core.geometry import Geometry, grid_labels_to_original
+from organdetr.core.geometry import Geometry
+from organdetr.core.volume import Volume, grid_labels_to_original
 from organdetr.formats.dicom_out import write_dicom_outputs
 from organdetr.formats.dicom_source import check_dicom_source
 from organdetr.formats.optional import require
@@ -50,7 +51,7 @@ from organdetr.formats.run_outputs import RunOutputs
 from organdetr.inference.overlay import render_overlay
 from organdetr.inference.predictor import Predictor, PreparedScan
 from organdetr.io.discovery import ScanInput, find_scans, group_channels
-from organdetr.io.images import UnevenSlices, Volume, read_image, write_image
+from organdetr.io.images import UnevenSlices, read_image, write_image
 from organdetr.runtime.atomic import write_json
 from organdetr.runtime.errors import InputError
 from organdetr.runtime.text import one_line

@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from organdetr.core.geometry import grid_box_to_original
+from organdetr.core.boxes.world import grid_box_to_original
+from organdetr.core.volume import Volume
 from organdetr.data.cache_dataset import case_classes_from_plans, class_map_from_plans
 from organdetr.io.discovery import ScanInput
-from organdetr.io.images import UnevenSlices, Volume, read_image
+from organdetr.io.images import UnevenSlices, read_image
 from organdetr.preprocessing.cache import config_from_plans, num_channels, preprocess_image
 from organdetr.runtime.devices import autocast_dtype, resolve_device
 from organdetr.training.checkpoint import load_detector

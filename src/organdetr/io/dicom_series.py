@@ -21,8 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pydicom
 
 from organdetr.runtime.errors import InputError
+from organdetr.runtime.text import collapse
 
 STEP_TOLERANCE = (0.01, 1e-3)
 """Steps count as equal within ``1 % of the median step + 1e-3 mm`` (positions are stored to ~1e-3 mm)."""
@@ -133,14 +135,12 @@ def read_slice_layout(folder: Path, files: list[Path]) -> SliceLayout:
     InputError naming the slice for unreadable headers, missing or inconsistent geometry tags, a
     non-orthonormal ImageOrientationPatient or multi-frame files.
     """
-    import pydicom
-
     headers = []
     for file in files:
         try:
             headers.append(pydicom.dcmread(file, stop_before_pixels=True, specific_tags=_GEOMETRY_TAGS))
         except Exception as err:
-            raise InputError(file, f"cannot read DICOM header ({' '.join(str(err).split())[:200]})") from None
+            raise InputError(file, f"cannot read DICOM header ({collapse(str(err), 200)})") from None
     first = headers[0]
     try:
         orientation = np.asarray(first.ImageOrientationPatient, dtype=np.float64)

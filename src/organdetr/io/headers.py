@@ -19,14 +19,19 @@ and NRRD (``.nrrd``, ``.nhdr``). Other formats get the memory cap and the geomet
 
 from __future__ import annotations
 
+import gzip
 import os
 import re
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
+from nibabel.openers import ImageOpener
 
 from organdetr.runtime.errors import InputError
+from organdetr.runtime.text import format_vector, one_line
 
 MAX_BYTES_ENV = "ORGANDETR_MAX_IMAGE_BYTES"
 MEMORY_FRACTION = 0.25
@@ -121,9 +126,9 @@ def check_geometry(
     spacing = np.asarray(spacing, dtype=np.float64)
     n = len(spacing)
     if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
-        raise InputError(path, f"voxel spacing {_fmt(spacing)} mm is not positive and finite")
+        raise InputError(path, f"voxel spacing {format_vector(spacing)} mm is not positive and finite")
     if not np.all(np.isfinite(np.asarray(origin, dtype=np.float64))):
-        raise InputError(path, f"origin {_fmt(origin)} is not finite")
+        raise InputError(path, f"origin {format_vector(origin)} is not finite")
     matrix = np.asarray(direction, dtype=np.float64).reshape(n, n)
     if not np.all(np.isfinite(matrix)):
         raise InputError(path, "direction matrix holds NaN or infinite values")
@@ -131,17 +136,9 @@ def check_geometry(
     if error > ORTHONORMAL_TOL:
         raise InputError(
             path,
-            f"direction matrix {_fmt(matrix.ravel())} is not orthonormal (sheared or scaled axes, "
+            f"direction matrix {format_vector(matrix.ravel())} is not orthonormal (sheared or scaled axes, "
             f"|D^T D - I| = {error:.3g}); expected rotation/flip cosines",
         )
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split())[:200] or type(err).__name__
-
-
-def _fmt(values) -> str:
-    return "[" + ", ".join(f"{float(v):.4g}" for v in np.asarray(values).ravel()) + "]"
 
 
 # ----------------------------------------------------------------------------- bytes on disk
@@ -180,9 +177,6 @@ def _check_deflate(path: Path, compressed: int, claimed: int, header_bytes: int 
 
 def _raw_nifti_header(path: Path):
     """The NIfTI-1/2 header as stored (nibabel's ``nib.load`` silently fixes zero and negative pixdim)."""
-    import nibabel as nib
-    from nibabel.openers import ImageOpener
-
     with ImageOpener(str(path), "rb") as fh:
         block = fh.read(540)
     sizeof_hdr = int.from_bytes(block[:4], "little")
@@ -203,9 +197,11 @@ def check_nifti_pixdim(path: Path) -> None:
         ndim = int(header["dim"][0])
         pixdim = np.asarray(header["pixdim"][1 : 1 + min(max(ndim, 1), 3)], dtype=np.float64)
     except Exception as err:
-        raise InputError(path, f"cannot read image (bad NIfTI header: {_one_line(err)})") from None
+        raise InputError(path, f"cannot read image (bad NIfTI header: {one_line(err, limit=200)})") from None
     if not np.all(np.isfinite(pixdim)) or np.any(pixdim <= 0):
-        raise InputError(path, f"NIfTI pixdim {_fmt(pixdim)} (voxel size, mm) is not positive and finite")
+        raise InputError(
+            path, f"NIfTI pixdim {format_vector(pixdim)} (voxel size, mm) is not positive and finite"
+        )
 
 
 def _check_nifti(path: Path, claimed: int) -> None:
@@ -213,7 +209,7 @@ def _check_nifti(path: Path, claimed: int) -> None:
     try:
         offset = int(_raw_nifti_header(path).get_data_offset())
     except Exception as err:
-        raise InputError(path, f"cannot read image (bad NIfTI header: {_one_line(err)})") from None
+        raise InputError(path, f"cannot read image (bad NIfTI header: {one_line(err, limit=200)})") from None
     size = path.stat().st_size
     if path.name.lower().endswith(".nii"):
         _check_raw(path, path, size - offset, claimed)
@@ -228,9 +224,6 @@ def _check_gzip_complete(path: Path, expected: int) -> None:
     Only when the trailer disagrees with the header's size is the stream decompressed (in 16 MiB chunks,
     bounded memory) to tell a truncated file from one with trailing bytes.
     """
-    import gzip
-    import zlib
-
     with open(path, "rb") as fh:
         fh.seek(-4, 2)
         if int.from_bytes(fh.read(4), "little") == expected % 2**32:

@@ -1,27 +1,31 @@
 """Reading and writing CT volumes with SimpleITK (NIfTI, NRRD, MHA/MHD, DICOM series folders).
 
-Arrays come back in ``(i, j, k)`` order (SimpleITK's ``(k, j, i)`` is transposed here and only here),
-with a :class:`~organdetr.core.geometry.Geometry` in the LPS world frame. Every reader validates its input
-and raises :class:`~organdetr.runtime.errors.InputError` naming the file: the header first, before any voxel
-is
-read (3D, scalar, not more voxels than ``max_voxels``, claimed bytes within the memory cap and within what
-the file holds, spacing > 0, orthonormal direction: ``organdetr.io.headers``), DICOM slice positions
+Readers return a :class:`~organdetr.core.volume.Volume`: the array in ``(i, j, k)`` order (SimpleITK's
+``(k, j, i)`` is transposed by :mod:`organdetr.core.volume`, the SimpleITK bridge) with a
+:class:`~organdetr.core.geometry.Geometry` in the LPS world frame. Every reader validates its input and raises
+:class:`~organdetr.runtime.errors.InputError` naming the file: the header first, before any voxel is read (3D,
+scalar, not more voxels than ``max_voxels``, claimed bytes within the memory cap and within what the file
+holds, spacing > 0, orthonormal direction: ``organdetr.io.headers``), DICOM slice positions
 (``organdetr.io.dicom_series``), then the voxels (complete, finite). A DICOM series that SimpleITK/GDCM
 cannot decode falls back to pydicom (+pylibjpeg).
 """
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import nibabel as nib
 import numpy as np
+import pydicom
 import SimpleITK as sitk
 
 from organdetr.core.geometry import Geometry
+from organdetr.core.volume import Volume, from_sitk, to_sitk
 from organdetr.io.dicom_series import SliceLayout, read_slice_layout, resample_slices
 from organdetr.io.headers import (
     check_claimed_bytes,
@@ -33,6 +37,7 @@ from organdetr.io.headers import (
 )
 from organdetr.runtime.atomic import atomic_path
 from organdetr.runtime.errors import InputError
+from organdetr.runtime.text import collapse
 
 MAX_VOXELS = 2_000_000_000
 """Largest volume :func:`read_image` accepts (2e9 voxels = 4 GB as int16): beyond this is a wrong file."""
@@ -40,46 +45,6 @@ MAX_VOXELS = 2_000_000_000
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
 
 UnevenSlices = Literal["refuse", "resample"]
-
-
-@dataclass
-class Volume:
-    """A 3D array ``[I, J, K]`` and its geometry; ``warnings`` says what reading had to repair."""
-
-    array: np.ndarray
-    geometry: Geometry
-    warnings: list[str] = field(default_factory=list)
-
-
-def geometry_of(image: sitk.Image) -> Geometry:
-    """Geometry of a 3D SimpleITK image."""
-    return Geometry(
-        size=tuple(int(s) for s in image.GetSize()),
-        spacing=tuple(float(s) for s in image.GetSpacing()),
-        origin=tuple(float(o) for o in image.GetOrigin()),
-        direction=tuple(float(d) for d in image.GetDirection()),
-    )
-
-
-def to_sitk(array: np.ndarray, geometry: Geometry) -> sitk.Image:
-    """``(I, J, K)`` array + geometry -> SimpleITK image.
-
-    A Fortran-ordered ``(I, J, K)`` array (what :func:`from_sitk` returns) is passed without a copy.
-    """
-    image = sitk.GetImageFromArray(np.ascontiguousarray(np.transpose(array, (2, 1, 0))))
-    image.SetSpacing([float(s) for s in geometry.spacing])
-    image.SetOrigin([float(o) for o in geometry.origin])
-    image.SetDirection([float(d) for d in geometry.direction])
-    return image
-
-
-def from_sitk(image: sitk.Image) -> Volume:
-    """SimpleITK image -> :class:`Volume` with an ``(I, J, K)`` array.
-
-    The array is the transposed view of SimpleITK's ``(k, j, i)`` buffer (Fortran-ordered, no copy).
-    """
-    array = np.transpose(sitk.GetArrayFromImage(image), (2, 1, 0))
-    return Volume(array, geometry_of(image))
 
 
 # ----------------------------------------------------------------------------- reading
@@ -210,12 +175,10 @@ def _check_finite(path: Path, array: np.ndarray) -> None:
 
 def _check_finite_nifti(path: Path) -> None:
     """ITK's NIfTI reader turns NaN into 0, so float NIfTIs are checked on disk with nibabel."""
-    import nibabel as nib
-
     try:
         raw = np.asanyarray(nib.load(str(path)).dataobj.get_unscaled())
     except Exception as err:
-        raise InputError(path, f"cannot read image data ({' '.join(str(err).split())})") from None
+        raise InputError(path, f"cannot read image data ({collapse(str(err))})") from None
     if raw.dtype.kind == "f":
         _check_finite(path, raw)
 
@@ -292,8 +255,6 @@ def _series_image(stack: np.ndarray, layout: SliceLayout) -> sitk.Image:
 
 def _pydicom_pixels(layout: SliceLayout) -> np.ndarray:
     """Pixels of the layout's slices as a ``(k, j, i)`` HU stack (int16 when exact, else float32)."""
-    import pydicom
-
     pixels = np.empty((len(layout.files), layout.rows, layout.columns), dtype=np.float32)
     for k, file in enumerate(layout.files):
         try:
@@ -301,7 +262,7 @@ def _pydicom_pixels(layout: SliceLayout) -> np.ndarray:
             stored = ds.pixel_array
         except Exception as err:
             raise InputError(
-                file, f"cannot decode DICOM pixels ({' '.join(str(err).split())[:200]})"
+                file, f"cannot decode DICOM pixels ({collapse(str(err), 200)})"
             ) from None
         if stored.shape != pixels.shape[1:]:
             raise InputError(file, f"pixel data shape {stored.shape} differs from Rows x Columns")
@@ -343,8 +304,6 @@ def read_label_table(path: str | Path) -> dict[int, str] | None:
     path = Path(path)
     if not path.name.endswith((".nii", ".nii.gz")):
         return None
-    import nibabel as nib
-
     try:
         header = nib.load(str(path)).header
     except Exception:
@@ -385,9 +344,6 @@ def write_image(path: str | Path, array: np.ndarray, geometry: Geometry, compres
         with atomic_path(path) as tmp:
             sitk.WriteImage(image, str(tmp), useCompression=compress)
         return
-    import os
-    import tempfile
-
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent) as tmp_dir:
         sitk.WriteImage(image, str(Path(tmp_dir) / path.name), useCompression=compress)

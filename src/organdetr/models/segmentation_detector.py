@@ -16,43 +16,11 @@ per-voxel class logits; :class:`SegmentationDetector` makes it a detector like e
 
 from __future__ import annotations
 
-import numpy as np
 import torch
-from scipy import ndimage
 from torch import Tensor, nn
 
+from organdetr.core.boxes.labels import largest_component_boxes
 from organdetr.models.organdetr.criterion import segmentation_loss
-
-_CONNECTIVITY = ndimage.generate_binary_structure(3, 1)  # 6-connected, as TotalSegmentator's post-processing
-
-
-def largest_component_boxes(labels: np.ndarray, probs: np.ndarray, num_classes: int) -> dict[str, np.ndarray]:
-    """Boxes of one image from arg-max ``labels [I, J, K]`` (dense class + 1) and ``probs [K+1, I, J, K]``.
-
-    Returns numpy ``labels [D]`` (dense class), ``scores [D]``, ``boxes [D, 6]`` voxel xyzxyz, sorted by
-    descending score; ``D`` = classes present.
-    """
-    found_labels, scores, boxes = [], [], []
-    for cls, region in enumerate(ndimage.find_objects(labels.astype(np.int32), max_label=num_classes)):
-        if region is None:
-            continue
-        mask = labels[region] == cls + 1
-        components, n = ndimage.label(mask, structure=_CONNECTIVITY)
-        if n > 1:
-            sizes = np.bincount(components.ravel())[1:]
-            mask = components == int(np.argmax(sizes)) + 1
-        inner = ndimage.find_objects(mask.astype(np.int32))[0]
-        lo = [r.start + i.start for r, i in zip(region, inner, strict=True)]
-        hi = [r.start + i.stop for r, i in zip(region, inner, strict=True)]
-        found_labels.append(cls)
-        scores.append(float(probs[cls + 1][region][mask].mean()))
-        boxes.append(lo + hi)
-    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
-    return {
-        "labels": np.asarray(found_labels, dtype=np.int64)[order],
-        "scores": np.asarray(scores, dtype=np.float32)[order],
-        "boxes": np.asarray(boxes, dtype=np.float32).reshape(-1, 6)[order],
-    }
 
 
 class SegmentationDetector(nn.Module):
@@ -101,4 +69,4 @@ class SegmentationDetector(nn.Module):
         return results
 
 
-__all__ = ["SegmentationDetector", "largest_component_boxes"]
+__all__ = ["SegmentationDetector"]

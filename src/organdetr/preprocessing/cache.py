@@ -36,17 +36,18 @@ from pathlib import Path
 
 import numpy as np
 
-from organdetr.core.boxes.labels import OrganBox, boxes_from_labels, world_box_to_voxel
+from organdetr.core.boxes.labels import OrganBox, boxes_from_labels
+from organdetr.core.boxes.world import world_box_to_voxel
 from organdetr.core.geometry import (
     Geometry,
     GridMapping,
     axis_codes,
     pad_grid,
     reorient_geometry,
-    resample,
     resize_grid,
 )
-from organdetr.io.images import Volume, read_image, read_label_map
+from organdetr.core.volume import Volume, resample
+from organdetr.io.images import read_image, read_label_map
 from organdetr.runtime.atomic import remove_stale_temps, write_json, write_npy
 from organdetr.runtime.errors import DiskFullError, InputError
 

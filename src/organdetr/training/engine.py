@@ -289,7 +289,7 @@ def evaluate(
     """
     from tqdm.auto import tqdm
 
-    from organdetr.core.geometry import grid_box_to_original
+    from organdetr.core.boxes.world import grid_box_to_original
     from organdetr.evaluation import Detection, GroundTruth, evaluate_detections
 
     was_training = detector.training

@@ -2,10 +2,14 @@
 
 Box conventions (docs/conventions.md): voxel boxes are ``xyzxyz`` half-open ``[min, max)`` in index
 units (an organ on voxels ``lo..hi`` has the box ``(lo, hi + 1)``); world boxes ``box_mm`` are the
-axis-aligned LPS bounds of the continuous index interval ``[lo - 0.5, hi + 0.5]`` (voxel edges).
+axis-aligned LPS bounds of the continuous index interval ``[lo - 0.5, hi + 0.5]`` (voxel edges), see
+:mod:`organdetr.core.boxes.world`.
 
 Extraction is one pass over the label map (``scipy.ndimage.find_objects`` for the bounding slices,
-``np.bincount`` for the voxel counts), not one ``np.where`` per class.
+``np.bincount`` for the voxel counts), not one ``np.where`` per class. :func:`boxes_from_labels` reads
+ground-truth label maps (26-connected components); :func:`largest_component_boxes` reads a segmenting
+model's arg-max map (6-connected, scored by the mean class probability). Both keep an organ's largest
+connected component through :func:`largest_connected_component`.
 """
 
 from __future__ import annotations
@@ -16,11 +20,12 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from organdetr.core.boxes.world import voxel_box_to_world
 from organdetr.core.geometry import Geometry
 from organdetr.runtime.errors import InputError
 
-# unit-cube corner selectors: 8 corners x 3 axes, 0 = min side, 1 = max side
-_CORNERS = np.array([[(c >> a) & 1 for a in range(3)] for c in range(8)], dtype=bool)
+_FULL_CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)  # 26-connected: ground-truth organs
+_FACE_CONNECTIVITY = ndimage.generate_binary_structure(3, 1)  # 6-connected, as TotalSegmentator
 
 
 @dataclass
@@ -42,26 +47,6 @@ class OrganBox:
             "box_mm": [round(float(v), 4) for v in self.box_mm],
             "voxels": int(self.voxels),
         }
-
-
-def voxel_box_to_world(box_voxel: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """Voxel boxes ``[..., 6]`` (half-open, index units) -> LPS mm boxes ``[..., 6]`` (voxel edges)."""
-    box = np.asarray(box_voxel, dtype=np.float64)
-    lo, hi = box[..., None, :3] - 0.5, box[..., None, 3:] - 0.5  # continuous edges [..., 1, 3]
-    corners = np.where(_CORNERS, hi, lo)  # [..., 8, 3]
-    world = geometry.index_to_world(corners)
-    return np.concatenate([world.min(axis=-2), world.max(axis=-2)], axis=-1)
-
-
-def world_box_to_voxel(box_mm: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """LPS mm boxes ``[..., 6]`` -> voxel boxes ``[..., 6]`` (continuous).
-
-    Exact inverse of :func:`voxel_box_to_world` for signed-permutation directions.
-    """
-    box = np.asarray(box_mm, dtype=np.float64)
-    corners = np.where(_CORNERS, box[..., None, 3:], box[..., None, :3])
-    index = geometry.world_to_index(corners)
-    return np.concatenate([index.min(axis=-2) + 0.5, index.max(axis=-2) + 0.5], axis=-1)
 
 
 def boxes_from_labels(
@@ -123,21 +108,60 @@ def _label_counts(labels: np.ndarray, path: str | Path | None) -> np.ndarray:
     return np.bincount(flat)
 
 
+def largest_connected_component(
+    mask: np.ndarray, structure: np.ndarray
+) -> tuple[np.ndarray, tuple[slice, slice, slice], int]:
+    """The largest connected component of ``mask``, a bool ``[I, J, K]`` cropped to its own bounding box.
+
+    Returns ``(component, region, voxels)``: the component's mask (``mask``'s shape), its bounding slices
+    within ``mask`` and its voxel count. ``structure`` is the connectivity (``scipy.ndimage.label``); between
+    components of equal size the first in scan order wins. A single component is ``mask`` itself: its region
+    is the whole crop.
+    """
+    components, n = ndimage.label(mask, structure=structure)
+    if n <= 1:  # the crop is already the component's bounding box
+        return mask, tuple(slice(0, s) for s in mask.shape), int(np.count_nonzero(mask))
+    sizes = np.bincount(components.ravel())
+    sizes[0] = 0
+    best = int(np.argmax(sizes))
+    region = ndimage.find_objects(components, max_label=best)[best - 1]
+    return components == best, region, int(sizes[best])
+
+
 def _largest_component(mask: np.ndarray, offset: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     """Bounds (absolute, half-open) and size of the largest 26-connected component of ``mask``.
 
     ``mask`` is the organ cropped to its bounding box, whose first voxel sits at ``offset``.
     """
-    components, n = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
-    if n == 1:  # the crop is already the component's bounding box
-        return offset, offset + np.array(mask.shape), int(np.count_nonzero(mask))
-    sizes = np.bincount(components.ravel())
-    sizes[0] = 0
-    best = int(np.argmax(sizes))
-    region = ndimage.find_objects(components, max_label=best)[best - 1]
+    _, region, voxels = largest_connected_component(mask, _FULL_CONNECTIVITY)
     lo = offset + np.array([s.start for s in region])
     hi = offset + np.array([s.stop for s in region])
-    return lo, hi, int(sizes[best])
+    return lo, hi, voxels
+
+
+def largest_component_boxes(labels: np.ndarray, probs: np.ndarray, num_classes: int) -> dict[str, np.ndarray]:
+    """Boxes of one image from arg-max ``labels [I, J, K]`` (dense class + 1) and ``probs [K+1, I, J, K]``.
+
+    Per class present, the box (half-open voxel ``xyzxyz``) of its largest 6-connected component, scored by
+    the mean probability of the class inside that component. Returns numpy ``labels [D]`` (dense class),
+    ``scores [D]``, ``boxes [D, 6]`` voxel xyzxyz, sorted by descending score; ``D`` = classes present.
+    """
+    found_labels, scores, boxes = [], [], []
+    for cls, region in enumerate(ndimage.find_objects(labels.astype(np.int32), max_label=num_classes)):
+        if region is None:
+            continue
+        mask, inner, _ = largest_connected_component(labels[region] == cls + 1, _FACE_CONNECTIVITY)
+        lo = [r.start + i.start for r, i in zip(region, inner, strict=True)]
+        hi = [r.start + i.stop for r, i in zip(region, inner, strict=True)]
+        found_labels.append(cls)
+        scores.append(float(probs[cls + 1][region][mask].mean()))
+        boxes.append(lo + hi)
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    return {
+        "labels": np.asarray(found_labels, dtype=np.int64)[order],
+        "scores": np.asarray(scores, dtype=np.float32)[order],
+        "boxes": np.asarray(boxes, dtype=np.float32).reshape(-1, 6)[order],
+    }
 
 
 def boxes_to_records(boxes: list[OrganBox]) -> list[dict]:

@@ -400,7 +400,7 @@ def save_preview(
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    from organdetr.inference.overlay import organ_colours, window_image
+    from organdetr.core.colours import organ_colours, window_image
     from organdetr.runtime.atomic import write_figure
 
     classes = PHANTOM_CLASSES if classes is None else classes

@@ -66,7 +66,7 @@ def prior_detections(prior: BoxPrior, records: Iterable[dict], kind: str = "mm")
     ``records``: the test cases' records (``case_id``, and for ``kind="fov"`` the geometry fields that
     :func:`organdetr.core.geometry.grid_box_to_original` needs).
     """
-    from organdetr.core.geometry import grid_box_to_original
+    from organdetr.core.boxes.world import grid_box_to_original
     from organdetr.evaluation import Detection
 
     if kind not in PRIOR_KINDS:

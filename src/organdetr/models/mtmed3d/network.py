@@ -41,10 +41,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from organdetr.core.boxes.labels import largest_component_boxes
 from organdetr.core.boxes.ops import box_cxcyczwhd_to_xyzxyz
 from organdetr.models.config import MTMED3D_TASKS, ModelConfig, MTMed3DConfig
 from organdetr.models.organdetr.criterion import segmentation_loss
-from organdetr.models.segmentation_detector import largest_component_boxes
 
 SWIN_STRIDE = 32  # patch size 2 and four patch mergings
 GROUP_NORM_GROUPS = 4  # divides every Swin-UNETR width (multiples of 12)
