@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from organdetr.runtime.atomic import write_figure
+
 
 @dataclass
 class ClassificationResult:
@@ -202,8 +204,6 @@ def plot_classification(result: ClassificationResult, path: str | Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from organdetr.runtime.atomic import write_figure
 
     fig, (ax_roc, ax_cm) = plt.subplots(1, 2, figsize=(9, 4))
     for name, (fpr, tpr) in result.roc.items():

@@ -16,7 +16,10 @@ from typing import Literal
 
 import numpy as np
 
+from organdetr.core.boxes.labels import boxes_from_labels
+from organdetr.datasets.nnunet import load_dataset
 from organdetr.evaluation.coco import Detection, GroundTruth
+from organdetr.io.images import read_label_map
 from organdetr.runtime.errors import InputError
 
 Split = Literal["all", "tr", "ts"]
@@ -218,10 +221,6 @@ def _from_cache(cache_dir: Path) -> GroundTruthSet:
 
 def _from_dataset(root: Path, split: Split, progress: bool) -> GroundTruthSet:
     from tqdm.auto import tqdm
-
-    from organdetr.core.boxes.labels import boxes_from_labels
-    from organdetr.datasets.nnunet import load_dataset
-    from organdetr.io.images import read_label_map
 
     dataset = load_dataset(root)
     cases = []

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from organdetr.datasets.nnunet import load_dataset
 from organdetr.evaluation.io import read_json
+from organdetr.io.images import read_label_map
 from organdetr.runtime.errors import InputError
 
 PRED_SUFFIXES = ("_seg.nii.gz", ".nii.gz", ".nii", ".nrrd", ".mha")
@@ -47,8 +49,6 @@ def load_label_map_truth(path: str | Path, *, split: str = "all") -> LabelMapSet
     """Ground-truth label maps of an nnU-Net dataset (``split``: tr, ts, all) or a preprocessed cache."""
     path = Path(path)
     if (path / "dataset.json").is_file():
-        from organdetr.datasets.nnunet import load_dataset
-
         dataset = load_dataset(path)
         cases = []
         if split in ("all", "tr"):
@@ -114,8 +114,6 @@ def read_pairs(
 ) -> Iterator[tuple[np.ndarray, np.ndarray, tuple[float, float, float]]]:
     """Yield ``(pred [I, J, K], gt [I, J, K], spacing (i, j, k) mm)`` per ground-truth case, one at a time;
     a missing prediction is an all-background map."""
-    from organdetr.io.images import read_label_map
-
     known = set(paired.truth.classes)
     for case_id, gt_path in paired.truth.cases:
         gt = read_label_map(gt_path)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from organdetr import __version__
+from organdetr.core.colours import organ_colours
 from organdetr.formats.dicom_source import SourceSeries
 from organdetr.formats.organ_codes import coding_scheme_identification, organ_code
 
@@ -166,8 +167,6 @@ def read_segmentation(path: str | Path, source: SourceSeries) -> tuple[np.ndarra
 
 
 def _display_colours(names: list[str]) -> dict[str, tuple[int, int, int]]:
-    from organdetr.core.colours import organ_colours
-
     return {name: tuple(int(round(255 * c)) for c in rgba[:3]) for name, rgba in organ_colours(names).items()}
 
 

@@ -37,8 +37,10 @@ from pathlib import Path
 import numpy as np
 
 from organdetr.core.boxes.world import world_box_to_voxel
+from organdetr.core.colours import label_colour, window_image
 from organdetr.core.geometry import Geometry, axis_codes, resize_grid
 from organdetr.core.volume import Volume, reorient_to_lps, resample
+from organdetr.io.images import read_image
 from organdetr.runtime.atomic import write_text
 
 DEFAULT_MAX_SIZE = 256
@@ -67,8 +69,6 @@ def _hex(colour: Sequence[float]) -> str:
 def _organ_rows(
     detections: Sequence[Mapping], geometry: Geometry, voxel_ml: float, seg_counts: np.ndarray | None
 ) -> list[dict]:
-    from organdetr.core.colours import label_colour
-
     rows = []
     for det in detections:
         box_mm = np.asarray(det["box_mm"], dtype=np.float64)
@@ -106,8 +106,6 @@ def case_payload(
     ``label_id``, ``score``, ``box_mm``); ``volume``: the scan in HU, any orientation; ``seg``: optional
     label ids ``[I, J, K]`` on ``volume``'s grid; ``ground_truth``: optional ``{label, box_mm}`` dicts.
     """
-    from organdetr.core.colours import window_image
-
     canonical = reorient_to_lps(volume)
     geometry = canonical.geometry
     target = display_grid(geometry, max_size)
@@ -197,8 +195,6 @@ def write_viewer(
 ) -> Path:
     """The page for scans on disk: ``scans`` and ``predictions`` (prediction JSONs) keyed by case id,
     optional ``ground_truth`` boxes per case id (``{label, box_mm}``). Reads one scan at a time."""
-    from organdetr.io.images import read_image
-
     viewer = RunViewer(title=title, max_size=max_size)
     for case_id, prediction in predictions.items():
         truth = (ground_truth or {}).get(case_id, ())

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from organdetr.core.boxes.raster import box_voxel_slices
+from organdetr.core.colours import label_colour
 from organdetr.core.geometry import Geometry
 from organdetr.runtime.atomic import atomic_path, write_json
 from organdetr.runtime.errors import InputError
@@ -65,8 +66,6 @@ def roi_box(detection: Mapping, geometry: Geometry | None) -> tuple[np.ndarray, 
 
 def roi_markup(detection: Mapping, geometry: Geometry | None = None) -> dict:
     """One markups ROI (a ``markups[]`` item of the schema) for a prediction JSON detection."""
-    from organdetr.core.colours import label_colour
-
     centre, size, orientation = roi_box(detection, geometry)
     colour = [round(c, 4) for c in label_colour(int(detection.get("label_id", 1)))]
     name = str(detection["label"])
@@ -201,8 +200,6 @@ def ijk_to_lps(geometry: Geometry) -> np.ndarray:
 
 
 def _segment(label_value: int, label_id: int, name: str, extent: Sequence[int], layer: int = 0) -> dict:
-    from organdetr.core.colours import label_colour
-
     return {
         "id": f"{name}_{label_id}".replace(" ", "_"),
         "name": name,
