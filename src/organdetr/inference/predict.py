@@ -224,8 +224,12 @@ class Predictor:
     """
 
     def __init__(self, detector: torch.nn.Module, plans: dict, device: torch.device | str = "cpu"):
-        from organdetr.data.cache_dataset import case_classes_from_plans, class_map_from_plans
-        from organdetr.preprocessing.cache import config_from_plans, num_channels
+        from organdetr.preprocessing.plans import (
+            case_classes_from_plans,
+            class_map_from_plans,
+            config_from_plans,
+            num_channels,
+        )
 
         self.device = torch.device(device)
         self.detector = detector.to(self.device).eval()
@@ -257,7 +261,7 @@ class Predictor:
         ``uneven_slices="resample"`` accepts DICOM series with uneven slice steps (interpolated; the
         warning lands in ``record["warnings"]`` and the prediction JSON).
         """
-        from organdetr.preprocessing.cache import preprocess_image
+        from organdetr.preprocessing.resampling import preprocess_image
 
         if self.preprocess_config.channel_norm:  # a multi-channel (or z-scored) cache: one volume per channel
             paths = list(scan.channels or (scan.path,))
