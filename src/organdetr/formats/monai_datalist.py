@@ -271,8 +271,9 @@ def convert(
     test images. Class names: ``label_names`` (for labels 0, 1, ...), else the datalist's ``labels``,
     else ``class_<label>``. ``options``: ``keep_classes``, ``workers``, ``resume``, ``progress``.
     """
-    from organdetr.datasets.conversion import SourceCase, convert_cases, nifti_stem, select_cases
+    from organdetr.datasets.conversion import convert_cases
     from organdetr.datasets.labels import snake_case
+    from organdetr.datasets.source import SourceCase, nifti_stem, select_cases
 
     src = Path(src)
     if not src.is_file():

@@ -92,7 +92,7 @@ def write_prediction(prediction: Mapping, out_dir: str | Path) -> Path:
 def find_task(src: str | Path) -> Path:
     """The task folder (holding ``dataset.yaml``/``dataset.json`` and ``raw_splitted/``) at ``src``, its
     parent (when ``src`` is ``raw_splitted``), or one level below."""
-    from organdetr.datasets.conversion import require_folder
+    from organdetr.datasets.source import require_folder
 
     src = require_folder(src)
     candidates = [src, src.parent, *sorted(p for p in src.iterdir() if p.is_dir())]
@@ -147,7 +147,7 @@ def read_task_info(task: Path) -> dict:
 
 def discover_cases(task: Path) -> list:
     """Cases of ``raw_splitted/images{Tr,Ts}`` (modality ``_0000``) with their instance maps when present."""
-    from organdetr.datasets.conversion import SourceCase
+    from organdetr.datasets.source import SourceCase
 
     raw = task / RAW_FOLDER
     cases = []
@@ -181,7 +181,7 @@ def read_instances(path: Path) -> dict[int, int]:
 
 def _semantic_labels(case, geometry, *, num_classes: int) -> np.ndarray:
     """LabelReader: the case's instance map -> label ids (instance of class ``c`` -> ``c + 1``)."""
-    from organdetr.datasets.conversion import read_label_file
+    from organdetr.datasets.source_checks import read_label_file
 
     instance_map = read_label_file(case, geometry)
     json_path = case.label.with_name(case.label.name[: -len(".nii.gz")] + ".json")
@@ -213,7 +213,8 @@ def convert(
     ``options``: ``keep_classes``, ``workers``, ``resume``, ``progress`` of
     :func:`organdetr.datasets.conversion.convert_cases`.
     """
-    from organdetr.datasets.conversion import convert_cases, select_cases
+    from organdetr.datasets.conversion import convert_cases
+    from organdetr.datasets.source import select_cases
 
     task = find_task(src)
     info = read_task_info(task)
