@@ -21,13 +21,8 @@ import numpy as np
 
 
 def main() -> None:
-    from organdetr.preprocessing.cache import (
-        PreprocessConfig,
-        is_complete,
-        make_plans,
-        verify_cases,
-        write_case,
-    )
+    from organdetr.preprocessing.cache import is_complete, verify_cases, write_case
+    from organdetr.preprocessing.plans import PreprocessConfig, make_plans
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=8)

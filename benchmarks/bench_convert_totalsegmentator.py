@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from organdetr.core.geometry import Geometry
-from organdetr.datasets.conversion import SourceCase, convert_case, dense_class_map
+from organdetr.datasets.conversion import convert_case, dense_class_map
 from organdetr.datasets.labels import load_class_map
+from organdetr.datasets.source import SourceCase
 from organdetr.datasets.totalsegmentator import merge_structure_masks
 from organdetr.io.images import write_image
 

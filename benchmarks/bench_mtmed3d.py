@@ -65,7 +65,9 @@ GRID = 32
 def prepare_data(out: Path, cases: int, data_seed: int) -> tuple[Path, dict[str, list[str]]]:
     """The phantom dataset and its 32^3 cache (reused when complete) and the fixed train / test split."""
     from organdetr.datasets.synthetic.brain import write_brain_dataset
-    from organdetr.preprocessing.cache import PreprocessConfig, list_cases, preprocess_dataset
+    from organdetr.preprocessing.cache import list_cases
+    from organdetr.preprocessing.plans import PreprocessConfig
+    from organdetr.preprocessing.run import preprocess_dataset
 
     raw, cache = out / "data" / "raw", out / "data" / "cache"
     if len(list_cases(cache)) != cases:

@@ -42,7 +42,7 @@ def write_checkpoint(run: Path, preset: str, grid: int) -> None:
     import torch
 
     from organdetr.models import build_detector
-    from organdetr.preprocessing.cache import PreprocessConfig, make_plans
+    from organdetr.preprocessing.plans import PreprocessConfig, make_plans
     from organdetr.training.checkpoint import save_checkpoint
     from organdetr.training.config import dump_config, load_config
 

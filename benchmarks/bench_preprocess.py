@@ -16,7 +16,8 @@ import SimpleITK as sitk
 import torch
 
 from organdetr.io.images import read_image, read_label_map, read_label_table
-from organdetr.preprocessing.cache import PreprocessConfig, preprocess_volume
+from organdetr.preprocessing.plans import PreprocessConfig
+from organdetr.preprocessing.resampling import preprocess_volume
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

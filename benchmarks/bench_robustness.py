@@ -26,7 +26,8 @@ import torch
 import yaml
 
 from organdetr.experiments.ablation import robustness_scores, write_perturbed_caches
-from organdetr.preprocessing.cache import list_cases, load_plans
+from organdetr.preprocessing.cache import list_cases
+from organdetr.preprocessing.plans import load_plans
 from organdetr.training.checkpoint import load_detector
 
 KEYS = ("mAP", "AP50", "AP75", "mAR", "mAP_10_50")

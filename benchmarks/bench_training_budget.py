@@ -35,7 +35,9 @@ import torch
 
 from organdetr.datasets.synthetic.phantom import write_synthetic_dataset
 from organdetr.experiments.ablation import prior_metrics, robustness_scores, write_perturbed_caches
-from organdetr.preprocessing.cache import PreprocessConfig, list_cases, preprocess_dataset
+from organdetr.preprocessing.cache import list_cases
+from organdetr.preprocessing.plans import PreprocessConfig
+from organdetr.preprocessing.run import preprocess_dataset
 from organdetr.training.checkpoint import load_detector
 from organdetr.training.config import load_config
 from organdetr.training.engine import fit

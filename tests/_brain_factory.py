@@ -6,7 +6,8 @@ from pathlib import Path
 
 from organdetr.datasets.synthetic.brain import BrainPhantomConfig, generate_brain_case, write_brain_dataset
 from organdetr.io.images import write_image
-from organdetr.preprocessing.cache import PreprocessConfig, preprocess_dataset
+from organdetr.preprocessing.plans import PreprocessConfig
+from organdetr.preprocessing.run import preprocess_dataset
 
 # 32^3 at 6 mm: a 192 mm head, tumour cores large enough that a 32^3 model grid resolves the rim
 SMALL = BrainPhantomConfig(size=(32, 32, 32), spacing=(6.0, 6.0, 6.0), core_mm=(28.0, 34.0))

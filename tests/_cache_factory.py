@@ -8,7 +8,9 @@ import numpy as np
 
 from organdetr.core.geometry import Geometry
 from organdetr.core.volume import Volume
-from organdetr.preprocessing.cache import PreprocessConfig, make_plans, preprocess_volume, write_case
+from organdetr.preprocessing.cache import write_case
+from organdetr.preprocessing.plans import PreprocessConfig, make_plans
+from organdetr.preprocessing.resampling import preprocess_volume
 from organdetr.runtime.atomic import write_json
 
 CLASSES = {1: "liver", 2: "kidney_left", 3: "kidney_right", 4: "spleen"}

@@ -217,7 +217,8 @@ def test_train_names_a_broken_cache_file_before_training(tmp_path, capsys, cache
 
 def test_nan_in_a_cache_without_checksums_is_named_at_load(tmp_path, cache):
     from organdetr.data.cache_dataset import CacheDataset
-    from organdetr.preprocessing.cache import load_plans, verify_cases
+    from organdetr.preprocessing.cache import verify_cases
+    from organdetr.preprocessing.plans import load_plans
     from organdetr.runtime.errors import InputError
 
     record_path = cache / "cases" / "case_001.json"
@@ -254,7 +255,8 @@ def test_train_resume_refuses_a_pickled_training_state_in_one_line(tmp_path, cap
 
 
 def test_preprocess_redoes_a_truncated_case(tmp_path, capsys):
-    from organdetr.preprocessing.cache import is_complete, load_plans
+    from organdetr.preprocessing.cache import is_complete
+    from organdetr.preprocessing.plans import load_plans
 
     root = make_dataset(tmp_path / "raw")
     cache = tmp_path / "cache"

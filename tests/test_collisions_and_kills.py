@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from _cache_factory import make_cache
-from organdetr.preprocessing.cache import is_complete, list_cases, load_plans, verify_case
+from organdetr.preprocessing.cache import is_complete, list_cases, verify_case
+from organdetr.preprocessing.plans import load_plans
 from organdetr.runtime.atomic import is_temp_name
 from test_preprocess import make_dataset
 

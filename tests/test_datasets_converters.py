@@ -15,15 +15,11 @@ from typer.testing import CliRunner
 from organdetr.cli import app
 from organdetr.core.geometry import Geometry
 from organdetr.datasets import FORMATS, get_converter
-from organdetr.datasets.conversion import (
-    SourceCase,
-    SourceMismatchError,
-    check_is_image,
-    dense_class_map,
-    select_cases,
-)
+from organdetr.datasets.conversion import dense_class_map
 from organdetr.datasets.labels import load_class_map
 from organdetr.datasets.nnunet import load_dataset
+from organdetr.datasets.source import SourceCase, select_cases
+from organdetr.datasets.source_checks import SourceMismatchError, check_is_image
 from organdetr.io.images import read_image, write_image
 from organdetr.runtime.errors import InputError
 

@@ -16,14 +16,10 @@ from organdetr.inference.predictor import Predictor
 from organdetr.io.discovery import ScanInput, group_channels
 from organdetr.io.images import write_image
 from organdetr.models import detector_from_config
-from organdetr.preprocessing.cache import (
-    PreprocessConfig,
-    default_channel_norm,
-    load_case,
-    make_plans,
-    normalise_zscore,
-    preprocess_dataset,
-)
+from organdetr.preprocessing.cache import load_case
+from organdetr.preprocessing.intensity import normalise_zscore
+from organdetr.preprocessing.plans import PreprocessConfig, default_channel_norm, make_plans
+from organdetr.preprocessing.run import preprocess_dataset
 from organdetr.runtime.errors import InputError
 from organdetr.training.config import load_config
 

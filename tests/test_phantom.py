@@ -13,13 +13,13 @@ from organdetr.cli import app
 from organdetr.datasets.synthetic.phantom import (
     PHANTOM_CLASSES,
     PhantomConfig,
-    case_seeds,
     generate_case,
     generate_case_with_info,
     save_preview,
     write_synthetic_dataset,
 )
 from organdetr.datasets.synthetic.shapes import Grid, Superquadric, Tube
+from organdetr.datasets.synthetic.writing import case_seeds
 from organdetr.runtime.errors import InputError
 
 IDS = {name: i for i, name in PHANTOM_CLASSES.items()}

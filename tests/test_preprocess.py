@@ -12,15 +12,10 @@ from organdetr.core.geometry import Geometry
 from organdetr.core.volume import Volume
 from organdetr.datasets.nnunet import image_path, label_path, write_dataset_json
 from organdetr.io.images import read_label_table, write_image
-from organdetr.preprocessing.cache import (
-    PreprocessConfig,
-    list_cases,
-    load_case,
-    load_plans,
-    preprocess_dataset,
-    preprocess_image,
-    preprocess_volume,
-)
+from organdetr.preprocessing.cache import list_cases, load_case
+from organdetr.preprocessing.plans import PreprocessConfig, load_plans
+from organdetr.preprocessing.resampling import preprocess_image, preprocess_volume
+from organdetr.preprocessing.run import preprocess_dataset
 from organdetr.runtime.errors import InputError
 
 RAS = (-1.0, 0, 0, 0, -1.0, 0, 0, 0, 1.0)
@@ -166,7 +161,7 @@ def test_preprocess_dataset_cache_failures_resume_and_plans(tmp_path):
 
 def test_foreground_window_is_the_labelled_voxels_percentiles(tmp_path):
     from organdetr.io.images import read_image, read_label_map
-    from organdetr.preprocessing.cache import foreground_window
+    from organdetr.preprocessing.intensity import foreground_window
 
     root = make_dataset(tmp_path / "raw", n_good=3)
     rng = np.random.default_rng(0)

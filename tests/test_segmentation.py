@@ -86,7 +86,8 @@ def test_seg2box_builds_from_its_preset_and_trains():
 def test_grid_labels_back_to_an_oblique_original_grid():
     """Nearest-neighbour mapping of a model-grid label map onto a RAS scan's own grid: geometry exact."""
     from organdetr.core.volume import Volume
-    from organdetr.preprocessing.cache import PreprocessConfig, preprocess_volume
+    from organdetr.preprocessing.plans import PreprocessConfig
+    from organdetr.preprocessing.resampling import preprocess_volume
 
     size = (20, 16, 12)
     geometry = Geometry(size, (1.5, 1.2, 3.0), (30.0, 20.0, -50.0), (-1.0, 0, 0, 0, -1.0, 0, 0, 0, 1.0))

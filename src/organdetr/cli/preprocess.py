@@ -66,12 +66,9 @@ def preprocess(
     from rich.console import Console
 
     from organdetr.datasets.nnunet import load_dataset
-    from organdetr.preprocessing.cache import (
-        PreprocessConfig,
-        default_channel_norm,
-        foreground_window,
-        preprocess_dataset,
-    )
+    from organdetr.preprocessing.intensity import foreground_window
+    from organdetr.preprocessing.plans import PreprocessConfig, default_channel_norm
+    from organdetr.preprocessing.run import preprocess_dataset
 
     channels = load_dataset(dataset).channels
     if norm == Norm.auto:

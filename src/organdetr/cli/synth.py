@@ -74,11 +74,11 @@ def synth(
 
     from organdetr.datasets.synthetic.phantom import (
         PhantomConfig,
-        case_seeds,
         generate_case,
         save_preview,
         write_synthetic_dataset,
     )
+    from organdetr.datasets.synthetic.writing import case_seeds
 
     try:
         cfg = PhantomConfig(
@@ -106,7 +106,7 @@ def _brain(out, cases, seed, size, spacing, spacing_jitter, hgg_fraction, worker
         save_brain_preview,
         write_brain_dataset,
     )
-    from organdetr.datasets.synthetic.phantom import case_seeds
+    from organdetr.datasets.synthetic.writing import case_seeds
 
     try:
         cfg = BrainPhantomConfig(

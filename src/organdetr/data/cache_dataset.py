@@ -25,30 +25,15 @@ from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
 from organdetr.data.augment import AugmentConfig, augment_pair, left_right_swap_table, sample_params
-from organdetr.preprocessing.cache import list_cases, load_case, load_plans, num_channels
+from organdetr.preprocessing.cache import list_cases, load_case
+from organdetr.preprocessing.plans import (
+    case_classes_from_plans,
+    class_map_from_plans,
+    load_plans,
+    num_channels,
+    regions_from_plans,
+)
 from organdetr.runtime.errors import InputError
-
-
-def class_map_from_plans(plans: dict, path: str | Path | None = None) -> dict[int, str]:
-    """``plans["classes"]`` as ``{label_id: name}`` sorted by id (the dense index order)."""
-    try:
-        classes = {int(k): str(v) for k, v in plans["classes"].items()}
-    except (KeyError, AttributeError, ValueError) as err:
-        raise InputError(path, f"plans.json has no valid 'classes' map ({err})") from None
-    if not classes or min(classes) < 1:
-        raise InputError(path, "plans.json 'classes' must map label ids >= 1 to organ names")
-    return dict(sorted(classes.items()))
-
-
-def case_classes_from_plans(plans: dict) -> list[str]:
-    """Case-level class names in index order (``plans["case_classes"]``; empty when the cache has none)."""
-    table = plans.get("case_classes") or {}
-    return [str(table[k]) for k in sorted(table, key=int)]
-
-
-def regions_from_plans(plans: dict) -> dict[str, tuple[int, ...]]:
-    """Region name -> label ids it unites (``plans["regions"]``; empty when the dataset declares none)."""
-    return {str(name): tuple(int(i) for i in ids) for name, ids in (plans.get("regions") or {}).items()}
 
 
 def region_table(classes: dict[int, str], regions: dict[str, tuple[int, ...]]) -> np.ndarray:
@@ -269,11 +254,8 @@ __all__ = [
     "CacheDataset",
     "EpochSampler",
     "boxes_from_seg",
-    "case_classes_from_plans",
-    "class_map_from_plans",
     "collate",
     "dense_lut",
     "region_table",
-    "regions_from_plans",
     "split_cases",
 ]

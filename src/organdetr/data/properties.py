@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from organdetr.data.cache_dataset import case_classes_from_plans, class_map_from_plans, regions_from_plans
+from organdetr.preprocessing.plans import case_classes_from_plans, dense_regions_from_plans, num_channels
 
 
 @dataclass(frozen=True)
@@ -24,10 +24,7 @@ class DataProperties:
 
     @classmethod
     def from_plans(cls, plans: dict) -> DataProperties:
-        from organdetr.preprocessing.cache import num_channels
-
-        dense = {label_id: d for d, label_id in enumerate(class_map_from_plans(plans))}
-        regions = {name: tuple(dense[i] for i in ids) for name, ids in regions_from_plans(plans).items()}
+        regions = dense_regions_from_plans(plans)
         return cls(num_channels(plans), regions, tuple(case_classes_from_plans(plans)))
 
 

@@ -33,16 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from organdetr.datasets import LABEL_SETS as ALL_LABEL_SETS
-from organdetr.datasets.conversion import (
-    ConversionSummary,
-    SourceCase,
-    check_paths,
-    convert_cases,
-    nifti_stem,
-    require_folder,
-    select_cases,
-)
+from organdetr.datasets.conversion import ConversionSummary, convert_cases
 from organdetr.datasets.labels import class_map_description, class_map_source, load_class_map
+from organdetr.datasets.source import SourceCase, check_paths, nifti_stem, require_folder, select_cases
 from organdetr.runtime.errors import InputError
 
 FORMAT = "abdomenct1k"

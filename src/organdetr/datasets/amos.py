@@ -19,17 +19,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from organdetr.datasets.conversion import (
-    ConversionSummary,
+from organdetr.datasets.conversion import ConversionSummary, convert_cases
+from organdetr.datasets.labels import class_map_source, load_class_map, official_names, snake_case
+from organdetr.datasets.source import (
     SourceCase,
     check_paths,
-    convert_cases,
     find_root,
     nifti_stem,
     require_folder,
     select_cases,
 )
-from organdetr.datasets.labels import class_map_source, load_class_map, official_names, snake_case
 from organdetr.runtime.errors import InputError
 
 FORMAT = "amos"

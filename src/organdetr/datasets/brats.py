@@ -25,15 +25,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from organdetr.datasets.conversion import (
-    ConversionSummary,
-    SourceCase,
-    check_paths,
-    convert_cases,
-    require_folder,
-    select_cases,
-)
+from organdetr.datasets.conversion import ConversionSummary, convert_cases
 from organdetr.datasets.labels import class_map_source, load_class_map, load_regions
+from organdetr.datasets.source import SourceCase, check_paths, require_folder, select_cases
 from organdetr.runtime.errors import InputError
 
 FORMAT = "brats"

@@ -24,8 +24,9 @@ import numpy as np
 from organdetr.core.boxes.modes import check_options, from_mode, lps_to_ras
 from organdetr.core.boxes.raster import box_mask
 from organdetr.core.boxes.world import world_box_to_voxel
-from organdetr.datasets.conversion import SourceCase, convert_cases, nifti_stem, select_cases
+from organdetr.datasets.conversion import convert_cases
 from organdetr.datasets.labels import snake_case
+from organdetr.datasets.source import SourceCase, nifti_stem, select_cases
 from organdetr.runtime.errors import InputError
 
 DEFAULT_KEYS = ("training", "validation")

@@ -28,14 +28,10 @@ from typing import Any
 import numpy as np
 import yaml
 
-from organdetr.datasets.conversion import (
-    SourceCase,
-    convert_cases,
-    read_label_file,
-    require_folder,
-    select_cases,
-)
+from organdetr.datasets.conversion import convert_cases
 from organdetr.datasets.labels import snake_case
+from organdetr.datasets.source import SourceCase, require_folder, select_cases
+from organdetr.datasets.source_checks import read_label_file
 from organdetr.runtime.errors import InputError
 from organdetr.runtime.text import collapse
 

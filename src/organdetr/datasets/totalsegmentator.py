@@ -34,17 +34,10 @@ import SimpleITK as sitk
 
 from organdetr.core.geometry import Geometry
 from organdetr.datasets import LABEL_SETS as ALL_LABEL_SETS
-from organdetr.datasets.conversion import (
-    ConversionSummary,
-    SourceCase,
-    check_paths,
-    check_same_geometry,
-    convert_cases,
-    nifti_stem,
-    require_folder,
-    select_cases,
-)
+from organdetr.datasets.conversion import ConversionSummary, convert_cases
 from organdetr.datasets.labels import class_map_description, class_map_source, load_class_map
+from organdetr.datasets.source import SourceCase, check_paths, nifti_stem, require_folder, select_cases
+from organdetr.datasets.source_checks import check_same_geometry
 from organdetr.runtime.errors import InputError
 
 OVERLAP_RULE = "masks painted in ascending official id order: the higher id wins where masks overlap"

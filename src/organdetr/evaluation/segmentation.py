@@ -41,6 +41,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
+from tqdm.auto import tqdm
+
+from organdetr.runtime.workers import map_tasks
 
 METRICS: tuple[str, ...] = ("dice", "nsd", "hd95")
 """The per-organ metrics, in table order."""
@@ -318,9 +321,28 @@ def evaluate_segmentation(
             cases are in flight, so a generator of maps is read as the scores come back.
         progress: show a tqdm bar.
     """
-    from tqdm.auto import tqdm
-
     label_ids, names = _label_ids_and_names(classes)
+    tolerances = _tolerances(nsd_tolerance_mm, names)
+    if not 0.0 <= percentile <= 100.0:
+        raise ValueError(f"percentile must be in [0, 100], got {percentile}")
+    tasks = _tasks(
+        zip(pred_maps, gt_maps, strict=True), _spacings(spacing), label_ids, tolerances, percentile
+    )
+    scores, counts = _score_cases(tasks, len(names), workers, progress)
+    ids = list(case_ids) if case_ids is not None else [f"case_{n}" for n in range(len(scores))]
+    if len(ids) != len(scores):
+        raise ValueError(f"{len(ids)} case ids for {len(scores)} cases")
+    per_class = _per_class(scores, counts, names)
+    summary = {
+        key: _nanmean(np.asarray([v[key] for v in per_class.values()], dtype=np.float64))
+        for key in ("dice", "nsd", "hd95_mm")
+    }
+    settings = _settings(tolerances, names, percentile, len(ids))
+    return SegmentationResult(scores, ids, names, per_class, summary, settings, counts)
+
+
+def _tolerances(nsd_tolerance_mm: float | Mapping[str, float], names: list[str]) -> list[float]:
+    """The NSD tolerance (mm) of every organ; ``ValueError`` for unknown organs or bad values."""
     if isinstance(nsd_tolerance_mm, Mapping):
         unknown = sorted(set(nsd_tolerance_mm) - set(names))
         if unknown:
@@ -330,22 +352,27 @@ def evaluate_segmentation(
         tolerances = [float(nsd_tolerance_mm)] * len(names)
     if any(not math.isfinite(t) or t < 0 for t in tolerances):
         raise ValueError(f"NSD tolerances must be finite and >= 0 mm, got {tolerances}")
-    if not 0.0 <= percentile <= 100.0:
-        raise ValueError(f"percentile must be in [0, 100], got {percentile}")
-    tasks = _tasks(
-        zip(pred_maps, gt_maps, strict=True), _spacings(spacing), label_ids, tolerances, percentile
-    )
+    return tolerances
+
+
+def _score_cases(
+    tasks: Iterator[tuple], num_classes: int, workers: int, progress: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(scores [N, C, 3], counts [N, C, 2])`` of every case, in case order (``workers`` processes)."""
     rows, presence = [], []
     with tqdm(desc="segmentation metrics", unit="case", disable=not progress, leave=False) as bar:
-        for scores, present in _run(tasks, workers):
+        for outcome in map_tasks(_case, tasks, workers, ordered=True, fatal=Exception):
+            scores, present = outcome.result
             rows.append(scores)
             presence.append(present)
             bar.update(1)
-    scores = np.stack(rows) if rows else np.zeros((0, len(names), len(METRICS)))
-    counts = np.stack(presence) if presence else np.zeros((0, len(names), 2), dtype=bool)
-    ids = list(case_ids) if case_ids is not None else [f"case_{n}" for n in range(len(rows))]
-    if len(ids) != len(rows):
-        raise ValueError(f"{len(ids)} case ids for {len(rows)} cases")
+    scores = np.stack(rows) if rows else np.zeros((0, num_classes, len(METRICS)))
+    counts = np.stack(presence) if presence else np.zeros((0, num_classes, 2), dtype=bool)
+    return scores, counts
+
+
+def _per_class(scores: np.ndarray, counts: np.ndarray, names: list[str]) -> dict[str, dict[str, float]]:
+    """Per organ: mean scores over the cases where scored, and how often it was found, missed, spurious."""
     per_class = {}
     for c, name in enumerate(names):
         in_pred, in_gt = counts[:, c, 0], counts[:, c, 1]
@@ -359,25 +386,25 @@ def evaluate_segmentation(
             "num_missed": int((in_gt & ~in_pred).sum()),
             "num_spurious": int((in_pred & ~in_gt).sum()),
         }
-    summary = {
-        key: _nanmean(np.asarray([v[key] for v in per_class.values()], dtype=np.float64))
-        for key in ("dice", "nsd", "hd95_mm")
-    }
+    return per_class
+
+
+def _settings(tolerances: list[float], names: list[str], percentile: float, num_cases: int) -> dict:
+    """The protocol of a :class:`SegmentationResult` (``settings``)."""
     tolerance_setting: float | dict[str, float] = (
         tolerances[0]
         if len(set(tolerances)) <= 1 and tolerances
         else dict(zip(names, tolerances, strict=True))
     )
-    settings = {
+    return {
         "metrics": ["dice", "nsd", "hd95_mm"],
         "nsd_tolerance_mm": tolerance_setting,
         "hd_percentile": percentile,
         "surface": "6-connected erosion edge voxels, Euclidean voxel-centre distances in mm",
         "empty": "absent in both: not scored; absent in one: dice 0, nsd 0, hd95 = volume diagonal (mm)",
         "mean": "per organ over the cases where scored, then over organs",
-        "num_cases": len(ids),
+        "num_cases": num_cases,
     }
-    return SegmentationResult(scores, ids, names, per_class, summary, settings, counts)
 
 
 def _tasks(pairs, spacings, label_ids, tolerances, percentile) -> Iterator[tuple]:
@@ -386,24 +413,6 @@ def _tasks(pairs, spacings, label_ids, tolerances, percentile) -> Iterator[tuple
         if case_spacing is None:
             raise ValueError(f"spacing: fewer spacings than cases (case #{n} has none)")
         yield pred, gt, label_ids, case_spacing, tolerances, percentile
-
-
-def _run(tasks: Iterator[tuple], workers: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """``_case(*task)`` for every task, in order; ``workers > 1``: in a process pool, a bounded window."""
-    if workers <= 1:
-        yield from (_case(*task) for task in tasks)
-        return
-    from collections import deque
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        window: deque = deque()
-        for task in tasks:
-            window.append(pool.submit(_case, *task))
-            if len(window) >= 2 * workers:
-                yield window.popleft().result()
-        while window:
-            yield window.popleft().result()
 
 
 def _spacings(spacing) -> Iterator[np.ndarray]:

@@ -214,7 +214,9 @@ def split_case_ids(case_ids: list[str], cfg: BenchmarkConfig) -> dict[str, list[
 def prepare_data(out_dir: Path, cfg: BenchmarkConfig) -> tuple[Path, dict[str, list[str]]]:
     """Synthesise the phantom set and preprocess it to ``size^3`` (reused when already there)."""
     from organdetr.datasets.synthetic.phantom import PhantomConfig, write_synthetic_dataset
-    from organdetr.preprocessing.cache import PreprocessConfig, list_cases, load_plans, preprocess_dataset
+    from organdetr.preprocessing.cache import list_cases
+    from organdetr.preprocessing.plans import PreprocessConfig, load_plans
+    from organdetr.preprocessing.run import preprocess_dataset
 
     raw, cache = out_dir / "data" / "raw", out_dir / "data" / "cache"
     expected = (cfg.size,) * 3
@@ -262,7 +264,8 @@ def write_perturbed_cache(cache: Path, out: Path, case_ids: list[str], kind: str
     """
     from organdetr.core.boxes.world import grid_box_to_original
     from organdetr.data.augment import augment_pair
-    from organdetr.preprocessing.cache import list_cases, load_case, load_plans, write_case
+    from organdetr.preprocessing.cache import list_cases, load_case, write_case
+    from organdetr.preprocessing.plans import load_plans
 
     if (out / "plans.json").is_file() and list_cases(out) == sorted(case_ids):
         return out
@@ -395,9 +398,9 @@ def segmentation_metrics_on(
 ) -> dict[str, float]:
     """Mean Dice, NSD and HD95 (mm) of a segmenting detector's label maps against the cached labels, on the
     cache grid (its spacing); ``nsd_tolerance_mm`` ``None``: the grid's largest voxel spacing."""
-    from organdetr.data.cache_dataset import class_map_from_plans
     from organdetr.evaluation.segmentation import evaluate_segmentation
-    from organdetr.preprocessing.cache import load_case, load_plans
+    from organdetr.preprocessing.cache import load_case
+    from organdetr.preprocessing.plans import class_map_from_plans, load_plans
 
     classes = class_map_from_plans(load_plans(cache), cache / "plans.json")
     lut = np.asarray([0, *classes], dtype=np.int64)  # dense class + 1 -> label id
@@ -527,7 +530,8 @@ def prior_metrics(
     training cases of ``train_cache`` and scored on the test cases of ``test_cache``."""
     from organdetr.evaluation import GroundTruth, evaluate_detections
     from organdetr.models.baselines.prior import fit_box_prior, prior_detections
-    from organdetr.preprocessing.cache import load_case, load_plans
+    from organdetr.preprocessing.cache import load_case
+    from organdetr.preprocessing.plans import load_plans
 
     prior = fit_box_prior(load_case(train_cache, c, mmap=True)[2] for c in train_ids)
     records = [load_case(test_cache, c, mmap=True)[2] for c in test_ids]

@@ -255,9 +255,10 @@ def _synthesise(cfg: DemoConfig, data_dir: Path) -> Path:
 
 
 def _preprocess(cfg: DemoConfig, dataset_root: Path, cache_dir: Path):
-    from organdetr.data.cache_dataset import class_map_from_plans
     from organdetr.datasets.nnunet import load_dataset
-    from organdetr.preprocessing.cache import PreprocessConfig, list_cases, load_plans, preprocess_dataset
+    from organdetr.preprocessing.cache import list_cases
+    from organdetr.preprocessing.plans import PreprocessConfig, class_map_from_plans, load_plans
+    from organdetr.preprocessing.run import preprocess_dataset
 
     dataset = load_dataset(dataset_root)
     case_ids = sorted(c.case_id for c in dataset.cases)

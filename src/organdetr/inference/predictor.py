@@ -20,10 +20,15 @@ import torch
 
 from organdetr.core.boxes.world import grid_box_to_original
 from organdetr.core.volume import Volume
-from organdetr.data.cache_dataset import case_classes_from_plans, class_map_from_plans
 from organdetr.io.discovery import ScanInput
 from organdetr.io.images import UnevenSlices, read_image
-from organdetr.preprocessing.cache import config_from_plans, num_channels, preprocess_image
+from organdetr.preprocessing.plans import (
+    case_classes_from_plans,
+    class_map_from_plans,
+    config_from_plans,
+    num_channels,
+)
+from organdetr.preprocessing.resampling import preprocess_image
 from organdetr.runtime.devices import autocast_dtype, resolve_device
 from organdetr.training.checkpoint import load_detector
 

@@ -1,4 +1,4 @@
-"""Atomic file writes: a crash never leaves a half-written file that a later run trusts.
+"""Atomic file writes (a crash never leaves a half-written file that a later run trusts) and file hashes.
 
 Every writer goes to a temporary file in the destination folder, flushes and fsyncs it, then
 ``os.replace``-s it onto the final name (atomic on POSIX and Windows for same-volume renames); folder
@@ -7,12 +7,14 @@ and hold ``.tmp`` (:func:`is_temp_name`), so that a later run that owns the fold
 lock, ``organdetr.runtime.locking``) can remove what a killed writer left (:func:`remove_stale_temps`). A
 write
 that fails because the disk is full raises :class:`~organdetr.runtime.errors.DiskFullError` naming the file.
+:func:`file_sha256` is the checksum that caches and checkpoints record of what was written.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import re
@@ -172,3 +174,12 @@ def write_npy(path: str | Path, array: np.ndarray) -> None:
     """Write ``array`` as ``.npy`` to ``path`` atomically (loadable with ``np.load(mmap_mode='r')``)."""
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
+    """Hex SHA-256 of a file, read in 4 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -5,8 +5,8 @@
 the process that started it dies (:func:`die_with_parent`, ``prctl(PR_SET_PDEATHSIG)`` on Linux), so
 ``--workers`` pools never outlive a killed command. At most ``2 * workers`` tasks are in flight, so a lazy
 task iterator is never read ahead further than that. Each task's result or exception comes back as an
-:class:`Outcome`; the caller decides which exceptions end the batch and turns the others into one line of a
-:class:`BatchSummary`.
+:class:`Outcome`, except the ``fatal`` exception types the caller names (e.g. a full disk), which end the
+batch; the caller turns the others into one line of a :class:`BatchSummary`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import os
 import signal
 import sys
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sized
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -68,20 +68,21 @@ def map_tasks(
     *,
     ordered: bool = False,
     setup: Callable[[], None] | None = None,
+    fatal: type[BaseException] | tuple[type[BaseException], ...] = (),
 ) -> Iterator[Outcome]:
     """``fn(*task)`` for every task -> an :class:`Outcome` each, as they finish (task order: ``ordered``).
 
-    ``workers <= 1`` runs in this process (``setup`` is not called); otherwise ``fn`` and ``setup`` must be
-    module-level functions (they are pickled into spawned workers), at most ``min(workers, cpu_count)``
-    processes. ``Exception`` subclasses come back as ``Outcome.error``; anything else (``KeyboardInterrupt``)
-    propagates. Leaving the loop early cancels the tasks not started and waits for the running ones.
+    ``workers <= 1`` (or a sized ``tasks`` of at most one task) runs in this process (``setup`` is not
+    called); otherwise ``fn`` and ``setup`` must be module-level functions (they are pickled into spawned
+    workers), at most ``min(workers, cpu_count, len(tasks))`` processes. ``Exception`` subclasses come back
+    as ``Outcome.error``, except those of a ``fatal`` type: that one is raised and ends the batch (tasks not
+    started are cancelled, running ones awaited); anything else (``KeyboardInterrupt``) propagates. Leaving
+    the loop early cancels the tasks not started and waits for the running ones.
     """
+    if isinstance(tasks, Sized):
+        workers = min(workers, len(tasks))
     if workers <= 1:
-        for task in tasks:
-            try:
-                yield Outcome(task, fn(*task))
-            except Exception as err:
-                yield Outcome(task, error=err)
+        yield from _serial(fn, tasks, fatal)
         return
     workers = min(workers, os.cpu_count() or 1)
     pool = ProcessPoolExecutor(
@@ -92,21 +93,37 @@ def map_tasks(
         for task in tasks:
             window.append((task, pool.submit(fn, *task)))
             while len(window) >= 2 * workers:
-                yield _next_done(window, ordered)
+                yield _next_done(window, ordered, fatal)
         while window:
-            yield _next_done(window, ordered)
+            yield _next_done(window, ordered, fatal)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _next_done(window: deque[tuple[tuple, Future]], ordered: bool) -> Outcome:
-    """Pop the first task of ``window`` (``ordered``) or the first to finish, and wait for it."""
+def _serial(fn: Callable[..., Any], tasks: Iterable[tuple], fatal) -> Iterator[Outcome]:
+    """:func:`map_tasks` in this process, task by task."""
+    for task in tasks:
+        try:
+            result = fn(*task)
+        except fatal:
+            raise
+        except Exception as err:
+            yield Outcome(task, error=err)
+            continue
+        yield Outcome(task, result)
+
+
+def _next_done(window: deque[tuple[tuple, Future]], ordered: bool, fatal) -> Outcome:
+    """Pop the first task of ``window`` (``ordered``) or the first to finish, and wait for it; raise its
+    error when it is ``fatal``."""
     if not ordered:
         done, _ = wait([future for _, future in window], return_when=FIRST_COMPLETED)
         index = next(i for i, (_, future) in enumerate(window) if future in done)
         window.rotate(-index)
     task, future = window.popleft()
     error = future.exception()
+    if error is not None and isinstance(error, fatal):
+        raise error
     return Outcome(task, error=error) if error is not None else Outcome(task, future.result())
 
 

@@ -95,10 +95,8 @@ def _swap_in(tmp_dir: Path, final: Path) -> None:
 
 def _manifest(folder: Path) -> dict[str, dict]:
     """``{file name: {"bytes", "sha256"}}`` of the files in a checkpoint folder being written."""
-    from organdetr.preprocessing.cache import file_sha256
-
     return {
-        f.name: {"bytes": f.stat().st_size, "sha256": file_sha256(f)}
+        f.name: {"bytes": f.stat().st_size, "sha256": atomic.file_sha256(f)}
         for f in sorted(folder.iterdir())
         if f.is_file() and f.name != STATE_FILE
     }
@@ -177,8 +175,6 @@ def verify_checkpoint(ckpt_dir: str | Path, *, checksum: bool = True) -> dict:
         if not (ckpt_dir / MODEL_FILE).is_file():
             raise InputError(ckpt_dir / MODEL_FILE, "checkpoint weights are missing")
         return state
-    from organdetr.preprocessing.cache import file_sha256
-
     for name, entry in files.items():
         path = ckpt_dir / name
         if not path.is_file():
@@ -186,7 +182,7 @@ def verify_checkpoint(ckpt_dir: str | Path, *, checksum: bool = True) -> dict:
         size = path.stat().st_size
         if size != entry.get("bytes"):
             raise InputError(path, f"checkpoint file has {size} bytes, state.json says {entry.get('bytes')}")
-        if checksum and file_sha256(path) != entry.get("sha256"):
+        if checksum and atomic.file_sha256(path) != entry.get("sha256"):
             raise InputError(path, "checkpoint file does not match the SHA-256 in state.json (corrupt)")
     return state
 
@@ -304,9 +300,9 @@ def load_detector(
     ``run_dir_or_ckpt``: a run folder (its ``best/`` checkpoint, else ``last/``), a checkpoint folder or
     its ``model.safetensors``. EMA weights are used when the run kept them (``use_ema``).
     """
-    from organdetr.data.cache_dataset import class_map_from_plans
     from organdetr.data.properties import DataProperties
     from organdetr.models import detector_from_config
+    from organdetr.preprocessing.plans import class_map_from_plans
     from organdetr.training.config import load_config
 
     ckpt = resolve_checkpoint_dir(run_dir_or_ckpt)

@@ -27,7 +27,8 @@ from torch.utils.data import DataLoader
 
 from organdetr.data.cache_dataset import CacheDataset, EpochSampler, collate, split_cases
 from organdetr.evaluation.segmentation import dice_score
-from organdetr.preprocessing.cache import list_cases, load_plans, verify_cases
+from organdetr.preprocessing.cache import list_cases, verify_cases
+from organdetr.preprocessing.plans import load_plans
 from organdetr.runtime import atomic
 from organdetr.runtime.atomic import remove_stale_temps
 from organdetr.runtime.errors import InputError

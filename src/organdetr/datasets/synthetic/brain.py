@@ -31,8 +31,13 @@ import numpy as np
 from scipy import ndimage
 
 from organdetr.core.geometry import Geometry
-from organdetr.datasets.synthetic.phantom import case_seeds, write_cases
+from organdetr.datasets.conversion import dense_class_map
+from organdetr.datasets.labels import load_class_map, load_regions
+from organdetr.datasets.nnunet import image_path, label_path, write_case_labels, write_dataset_json
 from organdetr.datasets.synthetic.shapes import Grid, Superquadric, random_rotation, smooth_field
+from organdetr.datasets.synthetic.writing import case_seeds, write_cases
+from organdetr.io.images import write_image
+from organdetr.runtime.atomic import write_figure
 from organdetr.runtime.errors import InputError
 
 CHANNEL_NAMES = ("T1", "T1ce", "T2", "FLAIR")
@@ -101,9 +106,6 @@ class BrainPhantomConfig:
 def brats_classes() -> tuple[dict[int, str], dict[str, list[int]]]:
     """The dense BraTS class map and WT / TC / ET regions (``labels/brats.json`` through the converter's
     dense remapping), as a converted BraTS 2018-2021 dataset has them."""
-    from organdetr.datasets.conversion import dense_class_map
-    from organdetr.datasets.labels import load_class_map, load_regions
-
     classes, lut = dense_class_map(load_class_map("brats"))
     regions = {name: sorted(int(lut[i]) for i in ids) for name, ids in load_regions("brats").items()}
     return classes, regions
@@ -250,9 +252,6 @@ def case_id(index: int) -> str:
 
 def write_brain_case(root: Path, index: int, seed: int, cfg: BrainPhantomConfig) -> dict:
     """Generate case ``index`` and write its four channels and label (atomically); returns its summary."""
-    from organdetr.datasets.nnunet import image_path, label_path
-    from organdetr.io.images import write_image
-
     channels, labels, geometry, info = generate_brain_case(seed, cfg)
     cid = case_id(index)
     write_image(label_path(root, cid), labels, geometry)
@@ -282,8 +281,6 @@ def write_brain_dataset(
     ``regions``, ``case_classes``, the seed, config and each case's seed and grade). ``out_dir`` must be new,
     empty or an earlier brain phantom dataset.
     """
-    from organdetr.datasets.nnunet import write_case_labels, write_dataset_json
-
     cfg = cfg or BrainPhantomConfig()
     root = Path(out_dir)
     if num_cases < 1:
@@ -343,8 +340,6 @@ def save_brain_preview(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from organdetr.runtime.atomic import write_figure
 
     k = int(np.argmax(np.count_nonzero(labels, axis=(0, 1)))) if labels.any() else labels.shape[2] // 2
     classes, _ = brats_classes()

@@ -18,18 +18,22 @@ middle of the volume.
 from __future__ import annotations
 
 import math
-import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
+from organdetr.core.colours import organ_colours, window_image
 from organdetr.core.geometry import Geometry
-from organdetr.datasets.synthetic.anatomy import LABEL_IDS, PHASES, Variation, render, tissue_hu
+from organdetr.datasets.nnunet import image_path, label_path, write_dataset_json
+from organdetr.datasets.synthetic.anatomy import render
+from organdetr.datasets.synthetic.organs import Variation
 from organdetr.datasets.synthetic.shapes import Grid, smooth_field
+from organdetr.datasets.synthetic.tissues import LABEL_IDS, PHASES, tissue_hu
+from organdetr.datasets.synthetic.writing import case_seeds, write_cases
+from organdetr.io.images import write_image
+from organdetr.runtime.atomic import write_figure
 from organdetr.runtime.errors import InputError
 
 PHANTOM_CLASSES: dict[int, str] = {i: name for name, i in sorted(LABEL_IDS.items(), key=lambda kv: kv[1])}
@@ -246,12 +250,6 @@ def _ct_numbers(rng, tissue: np.ndarray, geometry: Geometry, cfg: PhantomConfig,
 # ----------------------------------------------------------------------------- dataset writing
 
 
-def case_seeds(seed: int, num_cases: int) -> list[int]:
-    """Independent per-case seeds derived from the dataset ``seed`` (``SeedSequence`` spawning)."""
-    children = np.random.SeedSequence(seed).spawn(num_cases)
-    return [int(child.generate_state(1, dtype=np.uint32)[0]) for child in children]
-
-
 def case_id(index: int) -> str:
     """``phantom_0000``-style case id."""
     return f"phantom_{index:04d}"
@@ -259,9 +257,6 @@ def case_id(index: int) -> str:
 
 def write_case(root: Path, index: int, seed: int, cfg: PhantomConfig) -> dict:
     """Generate case ``index`` and write its image and label (atomically); returns its summary."""
-    from organdetr.datasets.nnunet import image_path, label_path
-    from organdetr.io.images import write_image
-
     image, labels, geometry, info = generate_case_with_info(seed, cfg)
     cid = case_id(index)
     write_image(image_path(root, cid), image, geometry)
@@ -273,37 +268,6 @@ def write_case(root: Path, index: int, seed: int, cfg: PhantomConfig) -> dict:
         "missing": list(info.missing),
         "scan_range": info.scan_range,
     }
-
-
-def write_cases(
-    write_one,
-    root: Path,
-    seeds: list[int],
-    cfg,
-    workers: int = 1,
-    *,
-    progress: bool = False,
-    desc: str = "synth",
-) -> list[dict]:
-    """``write_one(root, index, seed, cfg) -> summary`` for every seed (in ``workers`` spawned processes when
-    > 1, SimpleITK single-threaded in each); returns the summaries sorted by ``case_id``."""
-    from tqdm.auto import tqdm
-
-    cases: list[dict] = []
-    with tqdm(total=len(seeds), desc=desc, unit="case", disable=not progress) as bar:
-        if workers <= 1 or len(seeds) == 1:
-            for index, case_seed in enumerate(seeds):
-                cases.append(write_one(root, index, case_seed, cfg))
-                bar.update()
-        else:
-            workers = min(workers, len(seeds), os.cpu_count() or 1)
-            context = get_context("spawn")
-            with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
-                futures = [pool.submit(write_one, root, i, s, cfg) for i, s in enumerate(seeds)]
-                for future in as_completed(futures):
-                    cases.append(future.result())
-                    bar.update()
-    return sorted(cases, key=lambda c: c["case_id"])
 
 
 def write_synthetic_dataset(
@@ -322,8 +286,6 @@ def write_synthetic_dataset(
     ``out_dir`` must be empty, new, or an earlier phantom dataset (whose cases are replaced); an
     :class:`InputError` protects any other folder.
     """
-    from organdetr.datasets.nnunet import write_dataset_json
-
     cfg = cfg or PhantomConfig()
     root = Path(out_dir)
     if num_cases < 1:
@@ -369,12 +331,6 @@ def _check_target(root: Path, num_cases: int) -> None:
         )
 
 
-def _init_worker() -> None:
-    import SimpleITK as sitk
-
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
-
-
 # ----------------------------------------------------------------------------- preview picture
 
 
@@ -399,9 +355,6 @@ def save_preview(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
-
-    from organdetr.core.colours import organ_colours, window_image
-    from organdetr.runtime.atomic import write_figure
 
     classes = PHANTOM_CLASSES if classes is None else classes
     present = [i for i in classes if np.any(labels == i)]
