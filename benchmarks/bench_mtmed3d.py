@@ -357,7 +357,7 @@ def main() -> None:
     cost = profile(final, args.latency_repeats)
     for variant, seconds in step_cpu_seconds(cache, split, list(final)).items():
         cost[variant]["cpu_s_per_step"] = seconds
-    from organdetr.experiments.ablation import machine_description
+    from organdetr.experiments.ablation.report import machine_description
 
     results = {
         "command": " ".join(sys.argv),

@@ -34,7 +34,8 @@ import numpy as np
 import torch
 
 from organdetr.datasets.synthetic.phantom import write_synthetic_dataset
-from organdetr.experiments.ablation import prior_metrics, robustness_scores, write_perturbed_caches
+from organdetr.experiments.ablation.data import write_perturbed_caches
+from organdetr.experiments.ablation.scoring import prior_metrics, robustness_scores
 from organdetr.preprocessing.cache import list_cases
 from organdetr.preprocessing.plans import PreprocessConfig
 from organdetr.preprocessing.run import preprocess_dataset

@@ -8,8 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from organdetr.cli import app
-from organdetr.experiments import demo as demo_module
 from organdetr.experiments.demo import find_shared_data, summary_markdown
+from organdetr.experiments.demo import real_ct as demo_module
 
 
 def test_summary_markdown_headline_row():
@@ -66,7 +66,7 @@ def test_demo_rejects_bad_arguments(tmp_path):
 
 
 def test_train_config_takes_the_demo_budget_optimiser_and_split(tmp_path):
-    from organdetr.experiments.demo import DemoConfig, _train_config
+    from organdetr.experiments.demo.run import DemoConfig, _train_config
 
     cfg = DemoConfig(out_dir=tmp_path, lr=5e-4, grad_clip=2.0, batch_size=2, steps=30, warmup_steps=50)
     cases = ["a", "b", "c", "d"]

@@ -1,0 +1,281 @@
+"""The demo's pipeline: its config and result, the timed steps from phantoms to the report, and the
+measured time of one optimizer step.
+
+The budget is a step count, never wall-clock time: the result does not depend on the machine's load. The
+expected time is measured (a few steps of each model) and printed before training starts.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from organdetr.data.cache_dataset import CacheDataset, collate
+from organdetr.datasets.nnunet import load_dataset
+from organdetr.datasets.synthetic.phantom import write_synthetic_dataset
+from organdetr.experiments.demo.evaluate import evaluate_held_out
+from organdetr.experiments.demo.real_ct import predict_real_ct
+from organdetr.experiments.demo.report import write_demo_report
+from organdetr.models import detector_from_config
+from organdetr.preprocessing.cache import list_cases
+from organdetr.preprocessing.plans import PreprocessConfig, class_map_from_plans, load_plans
+from organdetr.preprocessing.run import preprocess_dataset
+from organdetr.runtime.errors import InputError
+from organdetr.training.config import load_config, replace_section
+from organdetr.training.engine import fit
+
+ABDOMEN_WINDOW = (-200.0, 300.0)
+"""HU window of the demo's cache: the abdominal organs' soft-tissue range (air, gas and bone clip to its
+ends). Measured on the demo phantoms, Organ-DETR reached 3x the held-out mAP of the -1000..1000 window at the
+same 600 steps (BENCHMARKS.md, "Demo design"); the nnU-Net-style labelled-foreground window that
+``organdetr preprocess`` uses by default comes out at about -975..256 HU here, because the phantom's (and
+TotalSegmentator's) stomach label includes its gas."""
+
+
+@dataclass
+class DemoConfig:
+    """Sizes and budget of a demo run. The budget is ``steps`` optimizer steps per model (batch
+    ``batch_size``), the same for Organ-DETR and the seg2box baseline."""
+
+    out_dir: Path = Path("organdetr_demo")
+    cases: int = 200  # 160 train / 40 held out: 8 held-out scans cannot resolve a 15 % change (BENCHMARKS.md)
+    test_fraction: float = 0.2
+    steps: int = 1000
+    preset: str = "demo"
+    baseline_preset: str = "seg2box"
+    baseline_overrides: tuple[str, ...] = ("seg2box.features=[8, 8, 16, 32, 64, 8]",)
+    baselines: bool = True  # also train seg2box (the priors are always scored: they cost nothing)
+    input_size: int = 64
+    hu_window: tuple[float, float] = ABDOMEN_WINDOW
+    batch_size: int = 2
+    lr: float = 1e-3  # a few hundred CPU steps: 5x the presets' DETR-style rates (screened in BENCHMARKS.md)
+    grad_clip: float = 1.0  # DETR's 0.1 slows such a short run
+    warmup_steps: int = 50
+    seed: int = 0
+    threads: int = 2
+    num_workers: int = 0  # augmentation in the main process: on 2 cores a worker only competes with torch
+    max_overlays: int = 4
+    shared_data: Path | None = None
+    progress: bool = True
+
+    @classmethod
+    def quick(cls, **changes) -> DemoConfig:
+        """About a minute: tiny models on a 32^3 grid, a handful of cases (a smoke test, not a result)."""
+        base = {
+            "cases": 8,
+            "test_fraction": 0.25,
+            "steps": 60,
+            "preset": "tiny",
+            "baseline_overrides": ("seg2box.features=[4, 4, 8, 16, 32, 4]",),
+            "input_size": 32,
+            "batch_size": 2,
+            "warmup_steps": 10,
+            "max_overlays": 2,
+        }
+        base.update(changes)
+        return cls(**base)
+
+    def __post_init__(self) -> None:
+        self.out_dir = Path(self.out_dir)
+        self.baseline_overrides = tuple(self.baseline_overrides)
+        if self.cases < 3:
+            raise InputError(None, f"--cases must be >= 3 (train + held-out), got {self.cases}")
+        if self.steps < 1:
+            raise InputError(None, f"--steps must be >= 1, got {self.steps}")
+        if self.threads < 1:
+            raise InputError(None, f"--threads must be >= 1, got {self.threads}")
+
+
+@dataclass
+class DemoResult:
+    """Where the demo put things, and the numbers it measured."""
+
+    report: Path
+    metrics: dict
+    timings: dict[str, float] = field(default_factory=dict)
+    train_steps: int = 0
+    step_seconds: float = 0.0
+    real_ct: list[str] = field(default_factory=list)
+    comparison: dict[str, dict] = field(default_factory=dict)  # row name -> summary metrics
+
+
+class _Clock:
+    """Step timer that prints one line per step."""
+
+    def __init__(self, echo: Callable[[str], None]):
+        self.start = time.perf_counter()
+        self.timings: dict[str, float] = {}
+        self.echo = echo
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def step(self, name: str, message: str):
+        clock = self
+
+        class _Step:
+            def __enter__(self):
+                clock.echo(f"\n[{clock.elapsed():5.0f}s] {message}")
+                self.t0 = time.perf_counter()
+                return self
+
+            def __exit__(self, *exc):
+                clock.timings[name] = time.perf_counter() - self.t0
+                return False
+
+        return _Step()
+
+
+def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult:
+    """Run every step of the demo into ``cfg.out_dir``; returns where the report is and the metrics."""
+    torch.set_num_threads(max(1, cfg.threads))
+    out = cfg.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    clock = _Clock(echo)
+    n = 7 if cfg.baselines else 6
+    step = iter(range(1, n + 1))
+
+    with clock.step("synth", f"{next(step)}/{n} synthesising {cfg.cases} phantom CT scans with organ labels"):
+        dataset_root = _synthesise(cfg, out / "data")
+    with clock.step("preprocess", f"{next(step)}/{n} preprocessing onto a {cfg.input_size}^3 grid"):
+        train_ids, test_ids, cache_dir, classes = _preprocess(cfg, dataset_root, out / "cache")
+    echo(
+        f"      {len(train_ids)} training cases, {len(test_ids)} held-out cases, {len(classes)} organ classes"
+    )
+    models = {"Organ-DETR": (cfg.preset, ()), **({"seg2box": (cfg.baseline_preset, cfg.baseline_overrides)}
+                                                  if cfg.baselines else {})}  # fmt: skip
+    configs = {name: _train_config(cfg, cache_dir, train_ids, preset, overrides)
+               for name, (preset, overrides) in models.items()}  # fmt: skip
+    step_seconds = {
+        name: measure_step_seconds(c, cache_dir, train_ids, cfg.batch_size) for name, c in configs.items()
+    }
+    expected = sum(step_seconds.values()) * cfg.steps
+    echo(
+        f"      {cfg.steps} steps of batch {cfg.batch_size} per model; measured "
+        + ", ".join(f"{name} {sec:.2f} s/step" for name, sec in step_seconds.items())
+        + f" -> expect about {expected / 60:.0f} min of training on this machine"
+    )
+    runs: dict[str, Path] = {}
+    for name, train_cfg in configs.items():
+        key = "train" if name == "Organ-DETR" else "train_seg2box"
+        with clock.step(
+            key, f"{next(step)}/{n} training {name} ({models[name][0]} preset) for {cfg.steps} steps"
+        ):
+            runs[name] = _train(train_cfg, out / ("run" if name == "Organ-DETR" else "run_seg2box"))
+    with clock.step(
+        "evaluate", f"{next(step)}/{n} predicting and scoring the {len(test_ids)} held-out cases"
+    ):
+        evaluations, held_out = evaluate_held_out(
+            cfg, runs, dataset_root, cache_dir, train_ids, test_ids, classes, out
+        )
+    report = out / "report"
+    with clock.step("real_ct", f"{next(step)}/{n} predicting a real CT"):
+        real = predict_real_ct(cfg, runs["Organ-DETR"], report / "real_ct", classes, echo)
+    with clock.step("report", f"{next(step)}/{n} writing the report"):
+        run = {
+            "steps": cfg.steps,
+            "step_seconds": step_seconds,
+            "classes": classes,
+            "held_out_cases": len(test_ids),
+        }
+        write_demo_report(cfg, report, runs, evaluations, held_out, real, clock.timings, run)
+    result = DemoResult(
+        report / "REPORT.md",
+        dict(evaluations["Organ-DETR"].summary),
+        dict(clock.timings),
+        cfg.steps,
+        step_seconds["Organ-DETR"],
+        [r["name"] for r in real],
+        {name: dict(e.summary) for name, e in evaluations.items()},
+    )
+    result.timings["total"] = clock.elapsed()
+    return result
+
+
+def _synthesise(cfg: DemoConfig, data_dir: Path) -> Path:
+    root = data_dir / "Dataset990_OrganPhantom"
+    workers = max(1, cfg.threads)
+    return Path(
+        write_synthetic_dataset(root, cfg.cases, seed=cfg.seed, workers=workers, progress=cfg.progress)
+    )
+
+
+def _preprocess(cfg: DemoConfig, dataset_root: Path, cache_dir: Path):
+    dataset = load_dataset(dataset_root)
+    case_ids = sorted(c.case_id for c in dataset.cases)
+    n_test = max(1, round(cfg.test_fraction * len(case_ids)))
+    order = np.random.default_rng(cfg.seed).permutation(len(case_ids))
+    test_ids = sorted(case_ids[i] for i in order[:n_test])
+    pre = PreprocessConfig(input_size=(cfg.input_size,) * 3, fit="resize", hu_window=cfg.hu_window)
+    summary = preprocess_dataset(
+        dataset_root, cache_dir, pre, workers=max(1, cfg.threads), progress=cfg.progress
+    )
+    if summary.failed:
+        case_id, message = summary.failed[0]
+        raise InputError(
+            dataset_root, f"{len(summary.failed)} phantom case(s) failed to preprocess: {message}"
+        )
+    cached = set(list_cases(cache_dir))
+    train_ids = [c for c in case_ids if c not in set(test_ids) and c in cached]
+    classes = class_map_from_plans(load_plans(cache_dir), cache_dir / "plans.json")
+    return train_ids, test_ids, cache_dir, classes
+
+
+def measure_step_seconds(train_cfg, cache_dir: Path, case_ids: Sequence[str], batch_size: int) -> float:
+    """Seconds per optimizer step on this machine, data loading and augmentation included.
+
+    Runs 5 real steps (cached cases, the config's augmentation, a throw-away model) and returns the
+    median of the last 3 (the first two pay one-off allocation and kernel-selection costs). Only used to
+    print the expected time: the budget is a step count.
+    """
+    torch.manual_seed(0)
+    dataset = CacheDataset(cache_dir, list(case_ids), train_cfg.augment)
+    detector = detector_from_config(train_cfg, dataset.num_classes, dataset.input_size)
+    optimizer = torch.optim.AdamW(detector.parameters(), lr=1e-5)
+    times = []
+    for step in range(5):
+        t0 = time.perf_counter()
+        images, targets = collate(
+            [dataset[((step * batch_size + b) % len(dataset), step)] for b in range(batch_size)]
+        )
+        loss = detector.loss(images, targets)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times[2:]))
+
+
+def _train_config(
+    cfg: DemoConfig, cache_dir: Path, train_ids: list[str], preset: str, overrides: Sequence[str] = ()
+):
+    """``preset`` (+ ``overrides``) with the demo's data split, step budget, optimiser and CPU settings."""
+    train_cfg = load_config(preset, list(overrides))
+    train_cfg = replace_section(
+        train_cfg, "data", cache_dir=str(cache_dir), train_cases=list(train_ids), val_cases=[],
+        batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+    )  # fmt: skip
+    train_cfg = replace_section(
+        train_cfg, "train", steps=cfg.steps, val_every=0, checkpoint_every=1000, device="cpu",
+        seed=cfg.seed, log_every=max(1, min(10, cfg.steps // 50)), progress=cfg.progress,
+    )  # fmt: skip
+    warmup = min(cfg.warmup_steps, max(1, cfg.steps // 10))
+    return replace_section(train_cfg, "optim", warmup_steps=warmup, lr=cfg.lr, grad_clip=cfg.grad_clip)
+
+
+def _train(train_cfg, run_dir: Path) -> Path:
+    """Train ``train_cfg`` into ``run_dir`` for its ``train.steps`` optimizer steps (the cosine schedule
+    spans exactly them); an earlier demo's run there is replaced."""
+    if (run_dir / "config.yaml").is_file():  # an earlier demo's run: start afresh
+        shutil.rmtree(run_dir)
+    fit(train_cfg, run_dir)
+    return run_dir
+
+
+__all__ = ["ABDOMEN_WINDOW", "DemoConfig", "DemoResult", "measure_step_seconds", "run_demo"]
