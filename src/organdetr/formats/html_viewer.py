@@ -11,7 +11,7 @@ What the page shows, per scan (a selector switches scans):
   PNG overlays (patient right on the image's left; anterior up in the axial view, superior up in the
   others), pixels at their physical aspect ratio; a slice slider per view (also mouse wheel / arrow keys),
   a click in one view moves the other two to that point;
-* every organ box, in the organ's colour (:func:`organdetr.inference.overlay.label_colour`): solid where the
+* every organ box, in the organ's colour (:func:`organdetr.core.colours.label_colour`): solid where the
 slice
   cuts the box, dotted where the box lies beyond the slice; ground truth white dashed where given; mask
   outlines when the model segments (``seg``: label ids ``[I, J, K]`` on the scan grid);

@@ -4,7 +4,7 @@ Per scan (``organdetr predict --format slicer``):
 
 ``<case>_boxes.mrk.json``
     One markups ROI per organ (Slicer's ``markups-schema-v1.0.3.json``): named after the organ, coloured
-    like the organ everywhere else in the toolkit (:func:`organdetr.inference.overlay.label_colour`), the
+    like the organ everywhere else in the toolkit (:func:`organdetr.core.colours.label_colour`), the
     score in
     the control point's description. Coordinates are LPS mm (``"coordinateSystem": "LPS"``). The ROI is
     aligned with the scan's voxel axes (``orientation`` = the scan's direction, made a proper rotation),

@@ -4,7 +4,7 @@
 cache was made (``plans.json``: canonical LPS, ONE resampling straight onto the model grid, e.g. 96^3, so the
 model never sees the full-resolution scan and memory stays bounded by the scan itself); batches of grids go
 through ``Detector.detect`` (bf16 autocast on CUDA) and :meth:`Predictor.to_prediction` maps the grid boxes
-back to the original scan with :func:`organdetr.core.geometry.grid_box_to_original` (the prediction JSON of
+back to the original scan with :func:`organdetr.core.boxes.world.grid_box_to_original` (the prediction JSON of
 docs/conventions.md). The batch run over many scans is :mod:`organdetr.inference.predict`.
 """
 
