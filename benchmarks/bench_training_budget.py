@@ -38,7 +38,7 @@ from organdetr.experiments.ablation import prior_metrics, robustness_scores, wri
 from organdetr.preprocessing.cache import PreprocessConfig, list_cases, preprocess_dataset
 from organdetr.training.checkpoint import load_detector
 from organdetr.training.config import load_config
-from organdetr.training.engine import fit
+from organdetr.training.fit import fit
 
 METRICS = ("mAP", "AP50", "AP75", "mAR", "mAP_10_50")
 

@@ -342,7 +342,7 @@ def build_train_config(
 def train_run(train_cfg, run_dir: Path, iterations: int) -> Path:
     """Train (or finish, or reuse) one run; returns its ``last`` checkpoint folder."""
     from organdetr.training.checkpoint import read_state
-    from organdetr.training.engine import fit
+    from organdetr.training.fit import fit
 
     last = run_dir / "last"
     if last.is_dir():
@@ -383,7 +383,7 @@ def robustness_scores(
 def evaluate_on(detector, cache: Path, case_ids: list[str], device: torch.device) -> dict[str, float]:
     """COCO-style metrics (engine ``evaluate``, max 1 detection per class) of ``detector`` on cached cases."""
     from organdetr.data.cache_dataset import CacheDataset, collate
-    from organdetr.training.engine import evaluate
+    from organdetr.training.validation import evaluate
 
     dataset = CacheDataset(cache, case_ids, None)
     loader = torch.utils.data.DataLoader(dataset, batch_size=1, collate_fn=collate)

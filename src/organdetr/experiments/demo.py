@@ -333,7 +333,7 @@ def _train(train_cfg, run_dir: Path) -> Path:
     spans exactly them); an earlier demo's run there is replaced."""
     import shutil
 
-    from organdetr.training.engine import fit
+    from organdetr.training.fit import fit
 
     if (run_dir / "config.yaml").is_file():  # an earlier demo's run: start afresh
         shutil.rmtree(run_dir)

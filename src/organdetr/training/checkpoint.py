@@ -33,8 +33,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from organdetr.data.cache_dataset import class_map_from_plans
+from organdetr.data.properties import DataProperties
+from organdetr.models import detector_from_config
+from organdetr.preprocessing.cache import file_sha256
 from organdetr.runtime import atomic
 from organdetr.runtime.errors import InputError
+from organdetr.training.config import TrainConfig, load_config
 
 MODEL_FILE = "model.safetensors"
 EMA_FILE = "ema.safetensors"
@@ -95,8 +100,6 @@ def _swap_in(tmp_dir: Path, final: Path) -> None:
 
 def _manifest(folder: Path) -> dict[str, dict]:
     """``{file name: {"bytes", "sha256"}}`` of the files in a checkpoint folder being written."""
-    from organdetr.preprocessing.cache import file_sha256
-
     return {
         f.name: {"bytes": f.stat().st_size, "sha256": file_sha256(f)}
         for f in sorted(folder.iterdir())
@@ -177,8 +180,6 @@ def verify_checkpoint(ckpt_dir: str | Path, *, checksum: bool = True) -> dict:
         if not (ckpt_dir / MODEL_FILE).is_file():
             raise InputError(ckpt_dir / MODEL_FILE, "checkpoint weights are missing")
         return state
-    from organdetr.preprocessing.cache import file_sha256
-
     for name, entry in files.items():
         path = ckpt_dir / name
         if not path.is_file():
@@ -298,17 +299,12 @@ def load_checkpoint(
 
 def load_detector(
     run_dir_or_ckpt: str | Path, device: str | torch.device = "cpu", *, use_ema: bool = True
-) -> tuple[nn.Module, Any, dict]:
+) -> tuple[nn.Module, TrainConfig, dict]:
     """Rebuild a trained detector for inference -> ``(detector in eval mode, TrainConfig, plans)``.
 
     ``run_dir_or_ckpt``: a run folder (its ``best/`` checkpoint, else ``last/``), a checkpoint folder or
     its ``model.safetensors``. EMA weights are used when the run kept them (``use_ema``).
     """
-    from organdetr.data.cache_dataset import class_map_from_plans
-    from organdetr.data.properties import DataProperties
-    from organdetr.models import detector_from_config
-    from organdetr.training.config import load_config
-
     ckpt = resolve_checkpoint_dir(run_dir_or_ckpt)
     config_path = next((d / CONFIG_FILE for d in (ckpt, ckpt.parent) if (d / CONFIG_FILE).is_file()), None)
     plans_path = next((d / PLANS_FILE for d in (ckpt, ckpt.parent) if (d / PLANS_FILE).is_file()), None)
