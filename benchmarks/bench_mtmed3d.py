@@ -91,7 +91,7 @@ def train(variant: str, seed: int, cache: Path, split: dict, steps: int, out: Pa
     """Train (or reuse) one run; returns its ``last`` checkpoint and the training seconds (0 if reused)."""
     from organdetr.training.checkpoint import read_state
     from organdetr.training.config import load_config
-    from organdetr.training.engine import fit
+    from organdetr.training.fit import fit
 
     run = out / "runs" / f"{variant}-seed{seed}"
     if (run / "last").is_dir() and int(read_state(run / "last").get("step", 0)) >= steps:
@@ -175,7 +175,7 @@ def score(detector, cache: Path, case_ids: list[str]) -> dict[str, float]:
 
     from organdetr.data.cache_dataset import CacheDataset, collate, region_table
     from organdetr.evaluation.classification import evaluate_classification
-    from organdetr.training.engine import evaluate
+    from organdetr.training.validation import evaluate
 
     dataset = CacheDataset(cache, case_ids)
     loader = torch.utils.data.DataLoader(dataset, batch_size=1, collate_fn=collate)

@@ -41,7 +41,7 @@ from organdetr.preprocessing.plans import PreprocessConfig
 from organdetr.preprocessing.run import preprocess_dataset
 from organdetr.training.checkpoint import load_detector
 from organdetr.training.config import load_config
-from organdetr.training.engine import fit
+from organdetr.training.fit import fit
 
 METRICS = ("mAP", "AP50", "AP75", "mAR", "mAP_10_50")
 

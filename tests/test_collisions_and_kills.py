@@ -138,7 +138,7 @@ _TRAIN_FOREVER = """
 import sys, torch
 torch.set_num_threads(1)
 from organdetr.training.config import load_config
-from organdetr.training.engine import fit
+from organdetr.training.fit import fit
 fit(load_config("tiny", sys.argv[2:]), sys.argv[1])
 """
 
@@ -151,7 +151,7 @@ def test_kill_mid_checkpoint_then_resume_finds_a_verified_checkpoint(tmp_path):
         verify_checkpoint,
     )
     from organdetr.training.config import load_config
-    from organdetr.training.engine import fit
+    from organdetr.training.fit import fit
 
     cache = make_cache(tmp_path / "cache", num_cases=2, size=32)
     run = tmp_path / "run"

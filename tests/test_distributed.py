@@ -29,7 +29,9 @@ def _worker(rank: int, world_size: int, port: int, cache: str, out: str) -> None
     from organdetr.models import build_detector
     from organdetr.training import distributed
     from organdetr.training.config import load_config
-    from organdetr.training.engine import LossModule, StepContext, build_optimizer, fit, train_one_epoch
+    from organdetr.training.fit import fit
+    from organdetr.training.loop import LossModule, StepContext, train_one_epoch
+    from organdetr.training.optim import build_optimizer
 
     overrides = [f"data.cache_dir={cache}", "data.val_fraction=0", "data.batch_size=1", "train.epochs=2",
                  "train.progress=false", "train.log_every=1", "augment.p_spatial=1.0"]

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from _cache_factory import make_cache  # tests/ is on sys.path (pytest rootdir import mode)
 from organdetr.runtime.errors import InputError
 from organdetr.training.config import OptimConfig, load_config
-from organdetr.training.engine import build_optimizer, fit, lr_factor
+from organdetr.training.fit import fit
+from organdetr.training.optim import build_optimizer, lr_factor
 
 torch.set_num_threads(2)
 
@@ -163,7 +164,7 @@ def test_validation_scores_in_mm_and_keeps_best(cache, tmp_path, monkeypatch):
 
     import numpy as np
 
-    import organdetr.evaluation
+    import organdetr.training.validation
 
     calls = []
 
@@ -171,7 +172,7 @@ def test_validation_scores_in_mm_and_keeps_best(cache, tmp_path, monkeypatch):
         calls.append((detections, ground_truth, classes, max_detections, mode))
         return types.SimpleNamespace(summary={"mAP": 0.1 * len(calls), "AP50": 0.5, "per_class": {}})
 
-    monkeypatch.setattr(organdetr.evaluation, "evaluate_detections", evaluate_detections)
+    monkeypatch.setattr(organdetr.training.validation, "evaluate_detections", evaluate_detections)
     run = fit(_cfg(cache, "data.val_cases=[case_001]", "train.epochs=2"), tmp_path / "run")
     assert len(calls) == 2
     detections, ground_truth, classes, max_det, mode = calls[-1]

@@ -15,7 +15,7 @@ from organdetr.models.maskmed.matcher import MaskMatcher, mask_matching_cost
 from organdetr.models.maskmed.network import MaskMedDetector, build_maskmed, semantic_logits
 from organdetr.models.segmentation_detector import SegmentationDetector
 from organdetr.training.config import load_config
-from organdetr.training.engine import build_optimizer
+from organdetr.training.optim import build_optimizer
 
 TINY = MaskMedConfig(features=(4, 8, 16), d_model=12, nhead=2, dim_feedforward=16, n_points=2)
 

@@ -10,7 +10,7 @@ from organdetr.data.cache_dataset import CacheDataset, collate
 from organdetr.evaluation.segmentation import case_scores
 from organdetr.training.checkpoint import load_detector
 from organdetr.training.config import load_config
-from organdetr.training.engine import fit
+from organdetr.training.fit import fit
 
 
 @pytest.mark.slow

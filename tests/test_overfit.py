@@ -10,7 +10,7 @@ from organdetr.core.boxes.ops import box_cxcyczwhd_to_xyzxyz, box_iou_3d
 from organdetr.data.cache_dataset import CacheDataset, collate
 from organdetr.training.checkpoint import load_detector
 from organdetr.training.config import load_config
-from organdetr.training.engine import fit
+from organdetr.training.fit import fit
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import typer
@@ -26,11 +27,9 @@ def train(
 
     Multi-GPU: torchrun --nproc_per_node N $(which organdetr) train small --cache CACHE
     """
-    import time
-
     from organdetr.runtime.errors import InputError
     from organdetr.training.config import load_config, read_config_dict
-    from organdetr.training.engine import fit, resume_config_path
+    from organdetr.training.fit import fit, resume_config_path
 
     overrides = list(set_ or [])
     if cache is not None:

@@ -33,8 +33,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from organdetr.data.properties import DataProperties
+from organdetr.models import detector_from_config
+from organdetr.preprocessing.plans import class_map_from_plans
 from organdetr.runtime import atomic
 from organdetr.runtime.errors import InputError
+from organdetr.training.config import TrainConfig, load_config
 
 MODEL_FILE = "model.safetensors"
 EMA_FILE = "ema.safetensors"
@@ -294,17 +298,12 @@ def load_checkpoint(
 
 def load_detector(
     run_dir_or_ckpt: str | Path, device: str | torch.device = "cpu", *, use_ema: bool = True
-) -> tuple[nn.Module, Any, dict]:
+) -> tuple[nn.Module, TrainConfig, dict]:
     """Rebuild a trained detector for inference -> ``(detector in eval mode, TrainConfig, plans)``.
 
     ``run_dir_or_ckpt``: a run folder (its ``best/`` checkpoint, else ``last/``), a checkpoint folder or
     its ``model.safetensors``. EMA weights are used when the run kept them (``use_ema``).
     """
-    from organdetr.data.properties import DataProperties
-    from organdetr.models import detector_from_config
-    from organdetr.preprocessing.plans import class_map_from_plans
-    from organdetr.training.config import load_config
-
     ckpt = resolve_checkpoint_dir(run_dir_or_ckpt)
     config_path = next((d / CONFIG_FILE for d in (ckpt, ckpt.parent) if (d / CONFIG_FILE).is_file()), None)
     plans_path = next((d / PLANS_FILE for d in (ckpt, ckpt.parent) if (d / PLANS_FILE).is_file()), None)

@@ -4,8 +4,8 @@
 into train / validation / test cases, :mod:`organdetr.experiments.ablation.data`):
 
 1. trains every variant for every seed with the same budget (``iterations`` optimizer steps), through the
-   same engine as ``organdetr train`` (``engine.fit``), validating along the way (convergence curve);
-2. evaluates the final weights on the test cases with the engine's ``evaluate`` (COCO-style, boxes in
+   same engine as ``organdetr train`` (``training.fit.fit``), validating along the way (convergence curve);
+2. evaluates the final weights on the test cases with ``training.validation.evaluate`` (COCO-style, boxes in
    mm, max 1 detection per class) - clean, at +10 % zoom and at +10 % translation (each axis) of the test
    scans (boxes re-derived from the transformed labels); segmenting variants (``seg2box``, ``maskmed``:
    detectors with ``segment``) are also scored on their label maps (Dice, NSD, HD95 in mm on the cache
@@ -46,7 +46,7 @@ from organdetr.experiments.ablation.suite import (
 from organdetr.experiments.profiling import COUNTED_OPS, measure_latency, profile_detector
 from organdetr.training.checkpoint import load_detector, read_state
 from organdetr.training.config import apply_overrides, config_from_dict, read_config_dict
-from organdetr.training.engine import fit
+from organdetr.training.fit import fit
 
 
 def build_train_config(

@@ -16,11 +16,11 @@ from organdetr.experiments.ablation.data import PERTURBATIONS
 from organdetr.models.baselines.prior import fit_box_prior, prior_detections
 from organdetr.preprocessing.cache import load_case
 from organdetr.preprocessing.plans import class_map_from_plans, load_plans
-from organdetr.training.engine import evaluate
+from organdetr.training.validation import evaluate
 
 
 def evaluate_on(detector, cache: Path, case_ids: list[str], device: torch.device) -> dict[str, float]:
-    """COCO-style metrics (engine ``evaluate``, max 1 detection per class) of ``detector`` on cached cases."""
+    """COCO-style metrics (``training.validation.evaluate``, 1 detection per class) of ``detector`` on cases."""
     dataset = CacheDataset(cache, case_ids, None)
     loader = torch.utils.data.DataLoader(dataset, batch_size=1, collate_fn=collate)
     return evaluate(detector, loader, dataset, device, max_detections=1)

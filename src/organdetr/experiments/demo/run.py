@@ -28,7 +28,7 @@ from organdetr.preprocessing.plans import PreprocessConfig, class_map_from_plans
 from organdetr.preprocessing.run import preprocess_dataset
 from organdetr.runtime.errors import InputError
 from organdetr.training.config import load_config, replace_section
-from organdetr.training.engine import fit
+from organdetr.training.fit import fit
 
 ABDOMEN_WINDOW = (-200.0, 300.0)
 """HU window of the demo's cache: the abdominal organs' soft-tissue range (air, gas and bone clip to its
