@@ -20,7 +20,7 @@ from organdetr.training.validation import evaluate
 
 
 def evaluate_on(detector, cache: Path, case_ids: list[str], device: torch.device) -> dict[str, float]:
-    """COCO-style metrics (``training.validation.evaluate``, 1 detection per class) of ``detector`` on cases."""
+    """COCO-style metrics (``training.validation.evaluate``, 1 detection per class) of ``detector``."""
     dataset = CacheDataset(cache, case_ids, None)
     loader = torch.utils.data.DataLoader(dataset, batch_size=1, collate_fn=collate)
     return evaluate(detector, loader, dataset, device, max_detections=1)
