@@ -21,7 +21,7 @@ import torch
 from scipy import ndimage
 from torch import Tensor, nn
 
-from organdetr.models.organdetr.criterion import segmentation_loss
+from organdetr.models.losses import segmentation_loss
 
 _CONNECTIVITY = ndimage.generate_binary_structure(3, 1)  # 6-connected, as TotalSegmentator's post-processing
 
