@@ -11,7 +11,7 @@ detection paradigm differs from the DETR variants, which is the point of the bas
 Boxes: our targets are normalised ``cxcyczwhd`` on the input grid; MONAI wants voxel ``xyzxyz``
 (``StandardMode``) in the tensor's axis order, which is our ``(i, j, k)``. ``detect`` returns voxel
 ``xyzxyz`` on the input grid, like :func:`organdetr.models.organdetr.postprocess.postprocess`. MONAI's
-anchor / ATSS / sampler / NMS set-up and these conversions are :mod:`organdetr.models.blocks.retina`'s
+anchor / ATSS / sampler / NMS set-up and these conversions live in :mod:`organdetr.models.blocks.retina`
 (MTMed3D's detection head uses them too).
 """
 
