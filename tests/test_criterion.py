@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from organdetr.models.organdetr.criterion import LossConfig, build_criterion, dice_loss, downsample_labels
+from organdetr.models.losses import dice_loss, downsample_labels
+from organdetr.models.organdetr.criterion import LossConfig, build_criterion
 from organdetr.models.organdetr.matcher import MatcherConfig, build_matcher
 
 K = 3  # organ classes

@@ -32,15 +32,16 @@ LAYERS: tuple[str, ...] = (
     "experiments",  # demo, ablation suites, profiling
     "cli",  # one module per verb
 )
-# inside models: shared blocks < shared model modules < architecture packages < the registry
+# inside models: shared blocks < shared model modules < architecture packages < the registry (+ __init__)
+ARCHITECTURE_TIER, REGISTRY_TIER = 2, 3
 MODEL_TIERS: dict[str, int] = {
     "blocks": 0,
     "config": 1,
     "losses": 1,
     "protocols": 1,
     "segmentation_detector": 1,
+    "registry": REGISTRY_TIER,
 }
-ARCHITECTURE_TIER, REGISTRY_TIER = 2, 3
 MAX_MODULE_LINES, MAX_FUNCTION_LINES = 460, 80
 
 

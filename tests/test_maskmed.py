@@ -7,8 +7,9 @@ import torch
 
 from organdetr.models import build_detector, detector_from_config
 from organdetr.models.blocks.mask_head import MaskHead, attention_mask_from_logits
-from organdetr.models.config import MaskMedConfig
-from organdetr.models.maskmed.criterion import MaskSetCriterion, matched_mask_losses, segments_from_labels
+from organdetr.models.losses import matched_mask_losses
+from organdetr.models.maskmed.config import MaskMedConfig
+from organdetr.models.maskmed.criterion import MaskSetCriterion, segments_from_labels
 from organdetr.models.maskmed.fsad import FSADTransformer
 from organdetr.models.maskmed.masked_decoder import MaskedQueryLayer
 from organdetr.models.maskmed.matcher import MaskMatcher, mask_matching_cost

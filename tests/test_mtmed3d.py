@@ -15,8 +15,11 @@ from organdetr.data.cache_dataset import CacheDataset, collate
 from organdetr.data.properties import DataProperties
 from organdetr.experiments.profiling import count_parameters
 from organdetr.models import detector_from_config
-from organdetr.models.config import ModelConfig, MTMed3DConfig
-from organdetr.models.mtmed3d.network import PANetBottomUp, TaskBalancer, build_mtmed3d
+from organdetr.models.config import ModelConfig
+from organdetr.models.mtmed3d.balancing import TaskBalancer
+from organdetr.models.mtmed3d.config import MTMed3DConfig
+from organdetr.models.mtmed3d.heads import PANetBottomUp
+from organdetr.models.mtmed3d.network import build_mtmed3d
 from organdetr.training.config import load_config
 
 GRID = (32, 32, 32)

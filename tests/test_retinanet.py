@@ -6,12 +6,8 @@ import pytest
 import torch
 
 from organdetr.models import build_detector, model_preset
-from organdetr.models.baselines.retinanet import (
-    RetinaNetAdapter,
-    RetinaNetConfig,
-    build_retinanet,
-    rank_within_class,
-)
+from organdetr.models.baselines.retinanet import RetinaNetAdapter, RetinaNetConfig, build_retinanet
+from organdetr.models.blocks.retina import rank_within_class
 from organdetr.models.organdetr.criterion import LossConfig
 from organdetr.models.organdetr.matcher import MatcherConfig
 

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from organdetr.core.boxes.labels import largest_component_boxes
-from organdetr.models.organdetr.criterion import segmentation_loss
+from organdetr.models.losses import segmentation_loss
 
 
 class SegmentationDetector(nn.Module):

@@ -23,7 +23,10 @@ from typing import Any, Literal
 import yaml
 
 from organdetr.data.augment import AugmentConfig
-from organdetr.models.config import MaskMedConfig, ModelConfig, MTMed3DConfig, Seg2BoxConfig
+from organdetr.models.baselines.seg2box import Seg2BoxConfig
+from organdetr.models.config import ModelConfig
+from organdetr.models.maskmed.config import MaskMedConfig
+from organdetr.models.mtmed3d.config import MTMed3DConfig
 from organdetr.models.organdetr.criterion import LossConfig
 from organdetr.models.organdetr.matcher import MatcherConfig
 from organdetr.runtime.errors import InputError

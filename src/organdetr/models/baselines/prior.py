@@ -20,6 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from organdetr.core.boxes.world import grid_box_to_original
+from organdetr.evaluation import Detection
+
 PRIOR_KINDS: tuple[str, ...] = ("mm", "fov")
 
 
@@ -66,9 +69,6 @@ def prior_detections(prior: BoxPrior, records: Iterable[dict], kind: str = "mm")
     ``records``: the test cases' records (``case_id``, and for ``kind="fov"`` the geometry fields that
     :func:`organdetr.core.geometry.grid_box_to_original` needs).
     """
-    from organdetr.core.boxes.world import grid_box_to_original
-    from organdetr.evaluation import Detection
-
     if kind not in PRIOR_KINDS:
         raise ValueError(f"prior kind must be one of {PRIOR_KINDS}, got {kind!r}")
     detections = []

@@ -10,12 +10,15 @@ detection paradigm differs from the DETR variants, which is the point of the bas
 
 Boxes: our targets are normalised ``cxcyczwhd`` on the input grid; MONAI wants voxel ``xyzxyz``
 (``StandardMode``) in the tensor's axis order, which is our ``(i, j, k)``. ``detect`` returns voxel
-``xyzxyz`` on the input grid, like :func:`organdetr.models.organdetr.postprocess.postprocess`.
+``xyzxyz`` on the input grid, like :func:`organdetr.models.organdetr.postprocess.postprocess`. MONAI's
+anchor / ATSS / sampler / NMS set-up and these conversions live in :mod:`organdetr.models.blocks.retina`
+(MTMed3D's detection head uses them too).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector
@@ -24,9 +27,8 @@ from monai.apps.detection.utils.anchor_utils import AnchorGeneratorWithAnchorSha
 from monai.networks.blocks.feature_pyramid_network import FeaturePyramidNetwork
 from torch import Tensor, nn
 
-from organdetr.core.boxes.ops import box_cxcyczwhd_to_xyzxyz
-from organdetr.models.blocks.backbone import Backbone3d
-from organdetr.models.config import ModelConfig
+from organdetr.models.blocks.retina import atss_retina_detector, best_per_class, monai_box_targets
+from organdetr.models.config import ModelConfig, build_backbone, check_input_size
 
 
 @dataclass
@@ -69,41 +71,13 @@ class BackboneFPN(nn.Module):
 
     def __init__(self, cfg: ModelConfig, out_channels: int):
         super().__init__()
-        self.body = Backbone3d.from_config(cfg)
+        self.body = build_backbone(cfg)
         self.fpn = FeaturePyramidNetwork(3, list(self.body.out_channels), out_channels)
         self.out_channels = out_channels  # RetinaNet reads this attribute
 
     def forward(self, images: Tensor) -> list[Tensor]:
         feats = self.body(images)
         return list(self.fpn({str(i): f for i, f in enumerate(feats)}).values())
-
-
-class AtssRetinaNetDetector(RetinaNetDetector):
-    """MONAI's ``RetinaNetDetector`` with the ATSS matcher only.
-
-    MONAI's ``compute_anchor_matched_idxs`` first asks ``isinstance(matcher, torchvision Matcher)``, which
-    raises when torchvision is absent (no CPU wheel here); this override is the same code without that
-    branch (ATSS is MONAI's own matcher and the one its 3D tutorials use).
-    """
-
-    def compute_anchor_matched_idxs(
-        self, anchors: list[Tensor], targets: list[dict[str, Tensor]], num_anchor_locs_per_level
-    ) -> list[Tensor]:
-        matched_idxs = []
-        for anchors_per_image, targets_per_image in zip(anchors, targets, strict=True):
-            gt_boxes = targets_per_image[self.target_box_key].to(anchors_per_image.device)
-            if gt_boxes.numel() == 0:
-                matched_idxs.append(
-                    torch.full(
-                        (anchors_per_image.size(0),), -1, dtype=torch.int64, device=anchors_per_image.device
-                    )
-                )
-                continue
-            _, matched = self.proposal_matcher(
-                gt_boxes, anchors_per_image, num_anchor_locs_per_level, self.num_anchors_per_loc
-            )
-            matched_idxs.append(matched)
-        return matched_idxs
 
 
 class RetinaNetAdapter(nn.Module):
@@ -125,14 +99,7 @@ class RetinaNetAdapter(nn.Module):
 
     def monai_targets(self, images: Tensor, targets: list[dict]) -> list[dict[str, Tensor]]:
         """Our targets (normalised ``cxcyczwhd`` ``boxes [M, 6]``, ``labels [M]``) -> MONAI's voxel xyzxyz."""
-        size = torch.as_tensor(images.shape[2:], dtype=torch.float32, device=images.device).repeat(2)
-        return [
-            {
-                "boxes": box_cxcyczwhd_to_xyzxyz(t["boxes"].float()).reshape(-1, 6) * size,
-                "labels": t["labels"].long().reshape(-1),
-            }
-            for t in targets
-        ]
+        return monai_box_targets(images, targets)
 
     def loss(self, images: Tensor, targets: list[dict]) -> dict[str, Tensor]:
         """Weighted ``loss_class`` (BCE, sampled anchors), ``loss_bbox`` (smooth L1), their sum ``loss``."""
@@ -156,33 +123,6 @@ class RetinaNetAdapter(nn.Module):
         return best_per_class(self._retina(images), self.cfg.detections_per_class)
 
 
-def best_per_class(
-    monai_detections: list[dict[str, Tensor]], per_class: int | None
-) -> list[dict[str, Tensor]]:
-    """MONAI detector outputs (``boxes``, ``labels_scores``, ``labels`` per image) -> ours: ``labels [D]``,
-    ``scores [D]``, ``boxes [D, 6]`` sorted by descending score, at most ``per_class`` per class (``None``:
-    all)."""
-    results = []
-    for det in monai_detections:
-        boxes, scores, labels = det["boxes"], det["labels_scores"], det["labels"].long()
-        order = scores.argsort(descending=True)
-        boxes, scores, labels = boxes[order], scores[order], labels[order]
-        if per_class is not None:
-            keep = rank_within_class(labels) < per_class
-            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-        results.append({"labels": labels, "scores": scores.float(), "boxes": boxes.float()})
-    return results
-
-
-def rank_within_class(labels: Tensor) -> Tensor:
-    """For labels already sorted by descending score, each entry's rank among entries of its class."""
-    ranks = torch.zeros_like(labels)
-    for label in labels.unique():
-        mask = labels == label
-        ranks[mask] = torch.arange(int(mask.sum()), device=labels.device)
-    return ranks
-
-
 def build_retinanet(
     model_cfg: ModelConfig,
     num_classes: int,
@@ -198,11 +138,8 @@ def build_retinanet(
         raise ValueError(
             f"RetinaNet heads use GroupNorm(8): model.d_model={model_cfg.d_model} must be a multiple of 8"
         )
+    check_input_size(model_cfg, input_size)
     strides = model_cfg.strides
-    if any(int(s) % strides[-1] for s in input_size):
-        raise ValueError(
-            f"input_size {tuple(input_size)} must be divisible by the coarsest stride {strides[-1]}"
-        )
     anchors = AnchorGeneratorWithAnchorShape(feature_map_scales=strides, base_anchor_shapes=cfg.anchor_shapes)
     network = RetinaNet(
         spatial_dims=3,
@@ -211,30 +148,43 @@ def build_retinanet(
         feature_extractor=BackboneFPN(model_cfg, model_cfg.d_model),
         size_divisible=strides[-1],
     )
-    retina = AtssRetinaNetDetector(network, anchors)
-    retina.set_atss_matcher(num_candidates=cfg.atss_candidates, center_in_gt=False)
-    retina.set_hard_negative_sampler(
-        batch_size_per_image=cfg.negatives_per_image,
+    retina = atss_retina_detector(
+        network,
+        anchors,
+        atss_candidates=cfg.atss_candidates,
+        negatives_per_image=cfg.negatives_per_image,
         positive_fraction=cfg.positive_fraction,
         pool_size=cfg.negative_pool_size,
-        min_neg=cfg.min_negatives,
-    )
-    retina.set_target_keys(box_key="boxes", label_key="labels")
-    retina.set_box_selector_parameters(
+        min_negatives=cfg.min_negatives,
         score_thresh=cfg.score_thresh,
         topk_candidates_per_level=cfg.topk_candidates_per_level,
         nms_thresh=cfg.nms_thresh,
-        detections_per_img=cfg.detections_per_image,
+        detections_per_image=cfg.detections_per_image,
     )
     return RetinaNetAdapter(network, retina, cfg)
 
 
+def build_retinanet_detector(
+    model_cfg: ModelConfig,
+    num_classes: int,
+    input_size: tuple[int, int, int],
+    *,
+    arch_cfg: RetinaNetConfig | None = None,
+    matcher_cfg: Any = None,
+    loss_cfg: Any = None,
+    data: Any = None,
+) -> RetinaNetAdapter:
+    """The registry's builder (:class:`~organdetr.models.protocols.DetectorBuilder`) of ``"retinanet"``:
+    :func:`build_retinanet` with ``arch_cfg`` (defaults when ``None``); the matcher / loss sections and the
+    data properties are not read (``model_cfg.in_channels`` already holds the data's channels)."""
+    check_input_size(model_cfg, input_size)
+    return build_retinanet(model_cfg, num_classes, input_size, arch_cfg)
+
+
 __all__ = [
-    "AtssRetinaNetDetector",
     "BackboneFPN",
     "RetinaNetAdapter",
     "RetinaNetConfig",
-    "best_per_class",
     "build_retinanet",
-    "rank_within_class",
+    "build_retinanet_detector",
 ]

@@ -3,19 +3,63 @@
 The strongest simple baseline a detector must beat (DEVELOPERS.md): a plain 3D U-Net (MONAI
 ``BasicUNet``, instance norm, LeakyReLU, transposed-conv upsampling) trained by the same engine on the same
 cache with CE + Dice; detection = largest connected component per class, score = its mean probability
-(:class:`~organdetr.models.segmentation_detector.SegmentationDetector`).
+(:class:`~organdetr.models.segmentation_detector.SegmentationDetector`). Its config section
+(``seg2box``) is :class:`Seg2BoxConfig`; :func:`build_seg2box_detector` is the registry's builder.
 """
 
 from __future__ import annotations
 
-from organdetr.models.config import ModelConfig, Seg2BoxConfig
+from dataclasses import dataclass
+from typing import Any
+
+from monai.networks.nets import BasicUNet
+
+from organdetr.models.config import ModelConfig, check_input_size
 from organdetr.models.segmentation_detector import SegmentationDetector
 
 
-def build_seg2box(model_cfg: ModelConfig, cfg: Seg2BoxConfig, num_classes: int) -> SegmentationDetector:
-    """BasicUNet with ``num_classes + 1`` outputs (background first) behind the Detector protocol."""
-    from monai.networks.nets import BasicUNet
+@dataclass
+class Seg2BoxConfig:
+    """The ``seg2box`` baseline: a plain 3D U-Net (MONAI ``BasicUNet``) trained with CE + Dice; boxes are
+    the largest connected component per class (``models.segmentation_detector``).
 
+    ``features``: BasicUNet's six widths (encoder levels 0-4, then the last decoder level). The default is
+    half of MONAI's (32, 32, 64, 128, 256, 32) per level, to train on a CPU at 64^3 (BENCHMARKS.md compares
+    its cost with the detector's); use MONAI's widths on a GPU.
+    """
+
+    features: tuple[int, ...] = (16, 16, 32, 64, 128, 16)
+    dropout: float = 0.0
+    weight: float = 1.0  # multiplier of CE + Dice
+    dice: bool = True
+
+    def __post_init__(self) -> None:
+        self.features = tuple(int(f) for f in self.features)
+        if len(self.features) != 6 or min(self.features) < 1:
+            raise ValueError(f"seg2box.features must be 6 positive widths, got {self.features}")
+        if not 0.0 <= self.dropout < 1.0 or self.weight <= 0:
+            raise ValueError("seg2box.dropout must be in [0, 1) and seg2box.weight > 0")
+
+
+def build_seg2box_detector(
+    model_cfg: ModelConfig,
+    num_classes: int,
+    input_size: tuple[int, int, int],
+    *,
+    arch_cfg: Seg2BoxConfig | None = None,
+    matcher_cfg: Any = None,
+    loss_cfg: Any = None,
+    data: Any = None,
+) -> SegmentationDetector:
+    """BasicUNet with ``num_classes + 1`` outputs (background first) behind the Detector protocol (the
+    registry's :class:`~organdetr.models.protocols.DetectorBuilder` of ``"seg2box"``).
+
+    ``arch_cfg``: the ``seg2box`` section (defaults when ``None``); of ``model_cfg`` only ``in_channels``
+    is read, and its coarsest stride must divide ``input_size``. Matcher / loss sections and ``data`` are
+    not read.
+    """
+    check_input_size(model_cfg, input_size)
+    cfg = arch_cfg or Seg2BoxConfig()
     network = BasicUNet(
         spatial_dims=3,
         in_channels=model_cfg.in_channels,
@@ -26,4 +70,4 @@ def build_seg2box(model_cfg: ModelConfig, cfg: Seg2BoxConfig, num_classes: int) 
     return SegmentationDetector(network, num_classes, weight=cfg.weight, dice=cfg.dice)
 
 
-__all__ = ["build_seg2box"]
+__all__ = ["Seg2BoxConfig", "build_seg2box_detector"]

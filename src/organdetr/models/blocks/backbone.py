@@ -1,13 +1,9 @@
-"""3D residual CNN backbone producing a feature pyramid."""
+"""3D residual CNN backbone producing a feature pyramid (its sizes are explicit arguments;
+:func:`organdetr.models.config.build_backbone` reads them from a ``ModelConfig``)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from torch import Tensor, nn
-
-if TYPE_CHECKING:
-    from organdetr.models.config import ModelConfig
 
 
 def group_norm(channels: int, groups: int) -> nn.GroupNorm:
@@ -73,19 +69,6 @@ class Backbone3d(nn.Module):
         self.num_levels = num_levels
         self.out_channels = tuple(stage_channels[-num_levels:])
 
-    @classmethod
-    def from_config(cls, cfg: ModelConfig, extra_levels: int = 0) -> Backbone3d:
-        """The backbone a :class:`ModelConfig` describes (shared by the DETR and RetinaNet detectors);
-        ``extra_levels`` more (finer) stages than ``cfg.num_levels`` are returned."""
-        return cls(
-            cfg.in_channels,
-            cfg.stem_channels,
-            cfg.backbone_channels,
-            cfg.backbone_depth,
-            cfg.num_levels + extra_levels,
-            cfg.norm_groups,
-        )
-
     def forward(self, images: Tensor) -> list[Tensor]:
         x = self.stem(images)
         outputs = []
@@ -93,3 +76,6 @@ class Backbone3d(nn.Module):
             x = stage(x)
             outputs.append(x)
         return outputs[-self.num_levels :]
+
+
+__all__ = ["Backbone3d", "ResidualBlock3d", "group_norm"]

@@ -31,7 +31,7 @@ SpatialShapes = list[tuple[int, int, int]]
 
 def token_centres(spatial_shapes: SpatialShapes, device=None, dtype: torch.dtype = torch.float32) -> Tensor:
     """Normalised ``(i, j, k)`` centres of every token of every level -> ``[S, 3]`` (levels concatenated
-    in order, each in C order over ``(i, j, k)``, as ``encoder.flatten_tokens`` lays them out)."""
+    in order, each in C order over ``(i, j, k)``, as ``tokens.flatten_tokens`` lays them out)."""
     centres = []
     for shape in spatial_shapes:
         axes = [(torch.arange(n, device=device, dtype=dtype) + 0.5) / n for n in shape]
@@ -50,7 +50,7 @@ def _split_levels(value: Tensor, spatial_shapes: SpatialShapes) -> list[Tensor]:
         )
     levels = []
     for tokens, shape in zip(value.split(sizes, dim=1), spatial_shapes, strict=True):
-        # token order is C order over (i, j, k) (encoder.flatten_tokens)
+        # token order is C order over (i, j, k) (tokens.flatten_tokens)
         levels.append(tokens.flatten(2).transpose(1, 2).reshape(b * heads, head_dim, *shape))
     return levels
 

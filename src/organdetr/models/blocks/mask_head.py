@@ -39,7 +39,7 @@ class MaskHead(nn.Module):
 @torch.no_grad()
 def attention_mask_from_logits(mask_logits: Tensor, threshold: float = 0.5) -> Tensor:
     """``mask_logits [B, N, i, j, k]`` -> boolean ``[B, N, i*j*k]``, ``True`` where the query may attend
-    (SDPA's convention; tokens in C order over ``(i, j, k)``, as ``encoder.flatten_tokens``).
+    (SDPA's convention; tokens in C order over ``(i, j, k)``, as ``tokens.flatten_tokens``).
 
     A voxel is open to a query when its mask probability is >= ``threshold``; a query whose mask is empty
     everywhere attends to every voxel (Mask2Former), so no attention row is ever fully masked.

@@ -1,10 +1,10 @@
-"""Losses of mask queries: class cross-entropy + mask BCE + mask Dice on matched (query, segment) pairs.
+"""MaskMed's set loss: class cross-entropy + mask BCE + mask Dice on matched (query, segment) pairs.
 
-* :func:`matched_mask_losses` - the mask terms alone for any query model: given mask logits
-  ``[B, N, i, j, k]``, an assignment (query, target) per image and the targets' binary masks, the mean
-  per-voxel sigmoid BCE and the soft Dice loss of the matched pairs, each summed over pairs and divided by
-  the number of pairs. Organ-DETR's ``model.mask_head`` uses it with its own (box) matching.
-* :class:`MaskSetCriterion` - MaskMed's set loss: bipartite matching (``mask_matcher.MaskMatcher``) on the
+* the mask terms alone (:func:`organdetr.models.losses.matched_mask_losses`, shared with Organ-DETR's
+  ``model.mask_head``): given mask logits ``[B, N, i, j, k]``, an assignment (query, target) per image and
+  the targets' binary masks, the mean per-voxel sigmoid BCE and the soft Dice loss of the matched pairs,
+  each summed over pairs and divided by the number of pairs;
+* :class:`MaskSetCriterion` - MaskMed's set loss: bipartite matching (:class:`.matcher.MaskMatcher`) on the
   final prediction, reused for every earlier prediction (deep supervision); per prediction
   ``w_class * CE + w_mask * BCE + w_dice * Dice``, the CE over all queries with the no-object class
   down-weighted by ``eos_coef``.
@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from organdetr.models.maskmed.matcher import MaskMatcher, resize_masks
-from organdetr.models.organdetr.criterion import _global_count
+from organdetr.models.losses import global_count, matched_mask_losses
+from organdetr.models.maskmed.matcher import MaskMatcher
 
 
 def segments_from_labels(seg: Tensor) -> dict[str, Tensor]:
@@ -29,41 +29,6 @@ def segments_from_labels(seg: Tensor) -> dict[str, Tensor]:
     ``masks [M, I, J, K]`` bool."""
     labels = torch.unique(seg)
     return {"labels": labels, "masks": seg[None] == labels[:, None, None, None]}
-
-
-def sigmoid_bce_loss(logits: Tensor, targets: Tensor) -> Tensor:
-    """Mean per-voxel sigmoid cross-entropy of each pair: ``[P, V], [P, V] -> [P]``."""
-    return F.binary_cross_entropy_with_logits(logits.float(), targets.float(), reduction="none").mean(1)
-
-
-def sigmoid_dice_loss(logits: Tensor, targets: Tensor) -> Tensor:
-    """Soft Dice loss (+1 smoothing) of each pair: ``[P, V], [P, V] -> [P]``."""
-    prob, targets = logits.float().sigmoid(), targets.float()
-    return 1 - (2 * (prob * targets).sum(1) + 1) / (prob.sum(1) + targets.sum(1) + 1)
-
-
-def matched_mask_losses(
-    pred_masks: Tensor, indices: list[tuple[Tensor, Tensor]], target_masks: list[Tensor], num_pairs: float
-) -> tuple[Tensor, Tensor]:
-    """``(BCE, Dice)`` of the matched pairs, each summed and divided by ``num_pairs``.
-
-    ``pred_masks [B, N, i, j, k]`` logits; ``indices[b] = (query_idx [P_b], target_idx [P_b])``;
-    ``target_masks[b] [M_b, I, J, K]`` bool (resampled to ``(i, j, k)`` by nearest neighbour). With no
-    pair the losses are zeros that keep the graph (DDP).
-    """
-    size = tuple(pred_masks.shape[2:])
-    src, tgt = [], []
-    for b, (query_idx, target_idx) in enumerate(indices):
-        if query_idx.numel() == 0:
-            continue
-        src.append(pred_masks[b, query_idx.to(pred_masks.device)].flatten(1))
-        masks = resize_masks(target_masks[b], size).to(pred_masks.device)
-        tgt.append(masks[target_idx.to(pred_masks.device)].flatten(1))
-    if not src:
-        zero = pred_masks.sum() * 0.0
-        return zero, zero
-    src_t, tgt_t = torch.cat(src), torch.cat(tgt)
-    return sigmoid_bce_loss(src_t, tgt_t).sum() / num_pairs, sigmoid_dice_loss(src_t, tgt_t).sum() / num_pairs
 
 
 class MaskSetCriterion(nn.Module):
@@ -113,7 +78,7 @@ class MaskSetCriterion(nn.Module):
         segments = [t if "masks" in t else segments_from_labels(t["seg"]) for t in targets]
         indices = self.matcher(outputs, segments)
         device = outputs["pred_logits"].device
-        num_pairs = _global_count(float(sum(len(q) for q, _ in indices)), device)
+        num_pairs = global_count(float(sum(len(q) for q, _ in indices)), device)
         losses = self.prediction_losses(outputs, segments, indices, num_pairs)
         if self.deep_supervision:
             for i, aux in enumerate(outputs.get("aux_outputs", [])):
@@ -127,10 +92,4 @@ class MaskSetCriterion(nn.Module):
         return losses
 
 
-__all__ = [
-    "MaskSetCriterion",
-    "matched_mask_losses",
-    "segments_from_labels",
-    "sigmoid_bce_loss",
-    "sigmoid_dice_loss",
-]
+__all__ = ["MaskSetCriterion", "segments_from_labels"]

@@ -19,7 +19,7 @@ from organdetr.models.blocks.attention import FeedForward, MultiHeadAttention
 from organdetr.models.blocks.backbone import group_norm
 from organdetr.models.blocks.deformable_attention import MSDeformAttn3d, token_centres
 from organdetr.models.blocks.position import sine_position_3d
-from organdetr.models.organdetr.encoders import flatten_tokens, unflatten_tokens
+from organdetr.models.blocks.tokens import flatten_tokens, unflatten_tokens
 
 
 class FSADLayer(nn.Module):

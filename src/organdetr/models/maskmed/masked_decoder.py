@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from organdetr.models.blocks.attention import FeedForward, MultiHeadAttention
 from organdetr.models.blocks.mask_head import MaskHead, attention_mask_from_logits
 from organdetr.models.blocks.position import sine_position_3d
-from organdetr.models.organdetr.encoders import flatten_tokens
+from organdetr.models.blocks.tokens import flatten_tokens
 
 
 class MaskedQueryLayer(nn.Module):

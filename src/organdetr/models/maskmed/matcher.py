@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
+from organdetr.models.losses import resize_masks
+
 
 def mask_matching_cost(
     logits: Tensor,
@@ -73,11 +75,4 @@ class MaskMatcher:
         return indices
 
 
-def resize_masks(masks: Tensor, size: tuple[int, ...]) -> Tensor:
-    """Nearest-neighbour resampling of binary masks ``[M, I, J, K]`` to ``[M, *size]`` (bool)."""
-    if tuple(masks.shape[1:]) == tuple(size):
-        return masks.bool()
-    return F.interpolate(masks[None].float(), size=size, mode="nearest")[0].bool()
-
-
-__all__ = ["MaskMatcher", "mask_matching_cost", "resize_masks"]
+__all__ = ["MaskMatcher", "mask_matching_cost"]

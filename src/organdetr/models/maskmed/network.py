@@ -3,7 +3,7 @@
 ``MaskMedNetwork`` = U-Net encoder (``backbone.encoder``) -> optional FSAD-Transformer on the bottleneck
 (``transformer.fsad``) -> U-Net decoder (``backbone.decoder``) -> a head on the decoder levels:
 
-* ``"decoupled"`` (MaskMed): the masked multi-scale head (``transformer.head``, ``models.masked_decoder``);
+* ``"decoupled"`` (MaskMed): the masked multi-scale head (``transformer.head``, ``.masked_decoder``);
   ``forward`` returns Mask2Former's dict (``pred_logits [B, N, C + 1]``, ``pred_masks [B, N, I, J, K]``,
   ``aux_outputs``), ``C = num_classes + 1`` classes with background as class 0;
 * ``"pointwise"`` (the baseline of the paper's Fig. 1 (a)): a 1x1x1 conv per decoder level (``seg_heads``),
@@ -16,17 +16,20 @@ paper reports that a single rate for both collapses).
 
 Semantic inference of the decoupled head (Mask2Former): ``P(c | v) ∝ sum_n p_n(c) sigmoid(mask_n(v))``
 over the queries, normalised over the ``C`` classes; the detector's ``segment`` takes its arg-max and
-``detect`` reads boxes off it (``models.segmentation``: largest component per class, score = its mean
+``detect`` reads boxes off it (``models.segmentation_detector``: largest component per class, score = its mean
 probability), so MaskMed is scored as a detector like every other architecture.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
 from organdetr.models.blocks.unet import UNet
-from organdetr.models.config import MaskMedConfig
+from organdetr.models.config import ModelConfig
+from organdetr.models.maskmed.config import MaskMedConfig
 from organdetr.models.maskmed.criterion import MaskSetCriterion
 from organdetr.models.maskmed.fsad import FSADTransformer
 from organdetr.models.maskmed.masked_decoder import MaskedMultiScaleHead
@@ -132,4 +135,27 @@ def build_maskmed(cfg: MaskMedConfig, num_classes: int, in_channels: int = 1) ->
     return MaskMedDetector(network, num_classes, criterion)
 
 
-__all__ = ["MaskMedDetector", "MaskMedNetwork", "build_maskmed", "semantic_logits"]
+def build_maskmed_detector(
+    model_cfg: ModelConfig,
+    num_classes: int,
+    input_size: tuple[int, int, int],
+    *,
+    arch_cfg: MaskMedConfig | None = None,
+    matcher_cfg: Any = None,
+    loss_cfg: Any = None,
+    data: Any = None,
+) -> SegmentationDetector:
+    """The registry's builder (:class:`~organdetr.models.protocols.DetectorBuilder`) of ``"maskmed"``:
+    :func:`build_maskmed` with ``arch_cfg`` (defaults when ``None``) once ``input_size`` is known to fit its
+    U-Net. Its own U-Net: only ``model_cfg.in_channels`` of the model section is read; matcher / loss
+    sections and ``data`` are not."""
+    maskmed_cfg = arch_cfg or MaskMedConfig()
+    if any(int(s) % maskmed_cfg.divisor for s in input_size):
+        raise ValueError(
+            f"input_size {tuple(input_size)} must be divisible by {maskmed_cfg.divisor} "
+            f"(the bottleneck stride of {len(maskmed_cfg.features)} U-Net stages)"
+        )
+    return build_maskmed(maskmed_cfg, num_classes, model_cfg.in_channels)
+
+
+__all__ = ["MaskMedDetector", "MaskMedNetwork", "build_maskmed", "build_maskmed_detector", "semantic_logits"]

@@ -8,12 +8,12 @@ After Li, Iyengar and Xu, "MTMed3D: A Multi-Task Transformer-Based Model for 3D 
 * **segmentation** (``seg``): the Swin-UNETR decoder with skip connections - MONAI's own
   ``UnetrBasicBlock`` / ``UnetrUpBlock`` / ``UnetOutBlock`` modules of a ``SwinUNETR``, wired as its
   ``forward`` wires them. Output: ``K + 1`` softmax classes (CE + Dice, the shared
-  ``criterion.segmentation_loss``), or one sigmoid channel per declared region (BraTS WT / TC / ET:
+  ``models.losses.segmentation_loss``), or one sigmoid channel per declared region (BraTS WT / TC / ET:
   BCE + batch Dice) - the label map is then decoded from the region bits;
 * **detection** (``det``): MONAI ``FeaturePyramidNetwork`` (top-down) over ``det_levels`` plus a PANet
-  bottom-up path (:class:`PANetBottomUp`), MONAI's RetinaNet classification / regression heads shared
+  bottom-up path (:class:`~.heads.PANetBottomUp`), MONAI's RetinaNet classification / regression heads shared
   over the levels, its anchor generator, ATSS matcher, hard-negative sampler, box coder and NMS box
-  selector (through :class:`~organdetr.models.baselines.retinanet.AtssRetinaNetDetector`, without
+  selector (through :func:`~organdetr.models.blocks.retina.atss_retina_detector`, without
   torchvision);
   sigmoid focal loss (MONAI ``FocalLoss``) + smooth L1;
 * **classification** (``cls``): ``densenet`` - a MONAI DenseNet (DenseNet121 by default) on the
@@ -22,14 +22,18 @@ After Li, Iyengar and Xu, "MTMed3D: A Multi-Task Transformer-Based Model for 3D 
   over the case classes; cases without a label (``case_label == -1``) do not count.
 
 Task balancing (``MTMed3DConfig.balancing``): fixed weights, uncertainty weighting (learned log-variances)
-or GradNorm (learned weights; the gradient-norm loss acts on the weights only, see :class:`TaskBalancer`).
+or GradNorm (learned weights; the gradient-norm loss acts on the weights only, see
+:class:`~.balancing.TaskBalancer`).
 
 Detector protocol: ``loss(images, targets) -> dict`` (weighted terms ``loss_class`` / ``loss_bbox``
 (detection), ``loss_seg``, ``loss_case``, the balancing term ``loss_balance`` and ``loss``; plus the current
 task weights ``weight_<task>``, detached, for the training log), ``detect(images)`` (voxel ``xyzxyz`` on the
 input grid; a model without ``det`` reads boxes off its masks like ``seg2box``), ``segment(images) ->
 [B, I, J, K]`` dense class + 1, ``classify(images) -> [B, C]`` probabilities. ``tasks`` tells callers which
-outputs are trained.
+outputs are trained. MTMed3D is its own network: it has no ``.network``.
+
+This module holds :class:`MTMed3D` and its builders; the task heads are in :mod:`.heads`, the task
+balancing in :mod:`.balancing`, the ``mtmed3d`` config section in :mod:`.config`.
 """
 
 from __future__ import annotations
@@ -39,12 +43,18 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from monai.apps.detection.utils.anchor_utils import AnchorGeneratorWithAnchorShape
+from monai.losses import DiceLoss, FocalLoss
+from monai.networks.nets import DenseNet, SwinUNETR
 from torch import Tensor, nn
 
 from organdetr.core.boxes.labels import largest_component_boxes
-from organdetr.core.boxes.ops import box_cxcyczwhd_to_xyzxyz
-from organdetr.models.config import MTMED3D_TASKS, ModelConfig, MTMed3DConfig
-from organdetr.models.organdetr.criterion import segmentation_loss
+from organdetr.models.blocks.retina import atss_retina_detector, best_per_class, monai_box_targets
+from organdetr.models.config import ModelConfig
+from organdetr.models.losses import segmentation_loss
+from organdetr.models.mtmed3d.balancing import TaskBalancer
+from organdetr.models.mtmed3d.config import MTMED3D_TASKS, MTMed3DConfig
+from organdetr.models.mtmed3d.heads import DetectionBranch, PooledClassifier, SwinUNETRDecoder
 
 SWIN_STRIDE = 32  # patch size 2 and four patch mergings
 GROUP_NORM_GROUPS = 4  # divides every Swin-UNETR width (multiples of 12)
@@ -65,193 +75,6 @@ def _check_grid(cfg: MTMed3DConfig, input_size: tuple[int, int, int]) -> None:
                 f"{reduction}-fold to a single voxel that batch norm cannot normalise: use fewer "
                 "mtmed3d.densenet_blocks or a larger grid"
             )
-
-
-# ----------------------------------------------------------------------------------------------------
-# blocks
-
-
-class SwinUNETRDecoder(nn.Module):
-    """The decoder of a MONAI ``SwinUNETR`` (its ``encoder1..4``, ``encoder10``, ``decoder1..5``, ``out``),
-    fed with the encoder outputs instead of running the encoder itself.
-
-    ``forward(images [B, C, I, J, K], hidden) -> (logits [B, out, I, J, K], features [B, F, I, J, K])``;
-    with the same weights it equals ``SwinUNETR.forward`` (tests/test_mtmed3d.py checks).
-    """
-
-    def __init__(self, unetr: nn.Module):
-        super().__init__()
-        for name in ("encoder1", "encoder2", "encoder3", "encoder4", "encoder10"):
-            setattr(self, name, getattr(unetr, name))
-        for name in ("decoder5", "decoder4", "decoder3", "decoder2", "decoder1", "out"):
-            setattr(self, name, getattr(unetr, name))
-
-    def forward(self, images: Tensor, hidden: list[Tensor]) -> tuple[Tensor, Tensor]:
-        enc0 = self.encoder1(images)
-        enc1 = self.encoder2(hidden[0])
-        enc2 = self.encoder3(hidden[1])
-        enc3 = self.encoder4(hidden[2])
-        dec4 = self.encoder10(hidden[4])
-        dec3 = self.decoder5(dec4, hidden[3])
-        dec2 = self.decoder4(dec3, enc3)
-        dec1 = self.decoder3(dec2, enc2)
-        dec0 = self.decoder2(dec1, enc1)
-        features = self.decoder1(dec0, enc0)
-        return self.out(features), features
-
-
-class PANetBottomUp(nn.Module):
-    """PANet's bottom-up path augmentation (Liu et al. 2018) after an FPN.
-
-    ``forward([P_0 .. P_L-1]) -> [N_0 .. N_L-1]`` (finest first, each ``[B, channels, ...]``):
-    ``N_0 = P_0``, ``N_l = conv3(P_l + down(N_{l-1}))`` with ``down`` a stride-2 3x3x3 conv. Levels must
-    halve in size from one to the next.
-    """
-
-    def __init__(self, channels: int, levels: int, norm_groups: int = 8):
-        super().__init__()
-
-        def block(stride: int) -> nn.Sequential:
-            return nn.Sequential(
-                nn.Conv3d(channels, channels, 3, stride=stride, padding=1, bias=False),
-                nn.GroupNorm(norm_groups, channels),
-                nn.ReLU(inplace=True),
-            )
-
-        self.down = nn.ModuleList(block(2) for _ in range(levels - 1))
-        self.fuse = nn.ModuleList(block(1) for _ in range(levels - 1))
-
-    def forward(self, pyramid: list[Tensor]) -> list[Tensor]:
-        out = [pyramid[0]]
-        for level, (down, fuse) in enumerate(zip(self.down, self.fuse, strict=True), start=1):
-            out.append(fuse(pyramid[level] + down(out[-1])))
-        return out
-
-
-class DetectionBranch(nn.Module):
-    """FPN + PANet over the chosen encoder outputs, then MONAI's RetinaNet heads (shared over levels).
-
-    ``forward(hidden) -> {"classification": [B, A * K, ...] per level, "box_regression": [B, A * 6, ...]}``.
-    """
-
-    def __init__(self, in_channels: list[int], channels: int, num_anchors: int, num_classes: int):
-        super().__init__()
-        from monai.apps.detection.networks.retinanet_network import (
-            RetinaNetClassificationHead,
-            RetinaNetRegressionHead,
-        )
-        from monai.networks.blocks.feature_pyramid_network import FeaturePyramidNetwork
-
-        self.fpn = FeaturePyramidNetwork(3, in_channels, channels)
-        self.pan = PANetBottomUp(channels, len(in_channels))
-        self.cls_head = RetinaNetClassificationHead(channels, num_anchors, num_classes, spatial_dims=3)
-        self.box_head = RetinaNetRegressionHead(channels, num_anchors, spatial_dims=3)
-
-    def forward(self, features: list[Tensor]) -> dict[str, list[Tensor]]:
-        pyramid = list(self.fpn({str(i): f for i, f in enumerate(features)}).values())
-        fused = self.pan(pyramid)
-        return {"classification": self.cls_head(fused), "box_regression": self.box_head(fused)}
-
-
-class PooledClassifier(nn.Module):
-    """Global average pools of encoder outputs (``[B, c_l, ...]`` each), concatenated, an MLP -> logits."""
-
-    def __init__(self, in_channels: list[int], hidden: int, num_classes: int):
-        super().__init__()
-        self.mlp = nn.Sequential(
-            nn.LayerNorm(sum(in_channels)),
-            nn.Linear(sum(in_channels), hidden),
-            nn.GELU(),
-            nn.Linear(hidden, num_classes),
-        )
-
-    def forward(self, features: list[Tensor]) -> Tensor:
-        return self.mlp(torch.cat([f.mean(dim=(2, 3, 4)) for f in features], dim=1))
-
-
-# ----------------------------------------------------------------------------------------------------
-# task balancing
-
-
-class TaskBalancer(nn.Module):
-    """Combines per-task losses ``{task: L_t}`` into one training loss.
-
-    * ``fixed``: ``sum w_t L_t``.
-    * ``uncertainty``: ``sum exp(-s_t) L_t + s_t``, ``s_t`` learned (log task variance, starts at
-      ``-log w_t``).
-    * ``gradnorm``: weights ``w_t`` (parameters, renormalised to sum to the number of tasks before every
-      step) multiply the task losses with the weights detached; the added GradNorm loss
-      ``sum_t |w_t ||grad_W L_t|| - mean_t(G) * r_t ** alpha|`` (targets detached, ``r_t`` the relative
-      inverse training rate ``(L_t / L_t(0)) / mean``) depends on the weights alone, so one backward pass
-      trains the network on the weighted sum and the weights on the GradNorm loss. ``W`` = the shared
-      parameters passed to :meth:`combine`.
-
-    Returns ``(weighted terms per task, balancing term, current weights)``.
-    """
-
-    def __init__(self, tasks: tuple[str, ...], scheme: str, weights: tuple[float, ...], alpha: float):
-        super().__init__()
-        self.tasks, self.scheme, self.alpha = tasks, scheme, alpha
-        initial = torch.tensor(weights, dtype=torch.float32)
-        if scheme == "fixed":
-            self.register_buffer("fixed_weight", initial)
-        elif scheme == "uncertainty":
-            self.log_variance = nn.Parameter(-initial.log())
-        else:
-            self.task_weight = nn.Parameter(initial * len(tasks) / initial.sum())
-            self.register_buffer("initial_loss", torch.full((len(tasks),), float("nan")))
-
-    def weights(self) -> Tensor:
-        """Current multipliers of the task losses, ``[T]`` (detached)."""
-        if self.scheme == "fixed":
-            return self.fixed_weight
-        if self.scheme == "uncertainty":
-            return torch.exp(-self.log_variance.detach())
-        return self.task_weight.detach()
-
-    def combine(
-        self, losses: dict[str, Tensor], shared: list[nn.Parameter]
-    ) -> tuple[dict[str, Tensor], Tensor, Tensor]:
-        values = torch.stack([losses[t] for t in self.tasks])
-        if self.scheme == "fixed":
-            weighted = self.fixed_weight.to(values) * values
-            return self._split(weighted), values.new_zeros(()), self.weights()
-        if self.scheme == "uncertainty":
-            s = self.log_variance.to(values)
-            weighted = torch.exp(-s) * values
-            return self._split(weighted), s.sum(), self.weights()
-        return self._gradnorm(values, shared)
-
-    def _gradnorm(
-        self, values: Tensor, shared: list[nn.Parameter]
-    ) -> tuple[dict[str, Tensor], Tensor, Tensor]:
-        with torch.no_grad():  # GradNorm's renormalisation: weights stay positive and sum to T
-            self.task_weight.clamp_(min=1e-3)
-            self.task_weight.mul_(len(self.tasks) / self.task_weight.sum())
-        weight = self.task_weight.to(values)
-        weighted = weight.detach() * values
-        if not torch.is_grad_enabled() or not values.requires_grad:
-            return self._split(weighted), values.new_zeros(()), self.weights()
-        norms = []
-        for value in values:
-            grads = torch.autograd.grad(value, shared, retain_graph=True, allow_unused=True)
-            norms.append(torch.sqrt(sum((g.detach() ** 2).sum() for g in grads if g is not None) + 1e-12))
-        grad_norms = weight * torch.stack(norms)  # depends on the weights only
-        with torch.no_grad():
-            if torch.isnan(self.initial_loss).any():
-                self.initial_loss.copy_(values.detach().float())
-            ratio = values.detach() / self.initial_loss.to(values).clamp_min(1e-12)
-            inverse_rate = ratio / ratio.mean()
-            target = grad_norms.mean() * inverse_rate**self.alpha
-        balance = (grad_norms - target).abs().sum()
-        return self._split(weighted), balance, self.weights()
-
-    def _split(self, weighted: Tensor) -> dict[str, Tensor]:
-        return {t: weighted[i] for i, t in enumerate(self.tasks)}
-
-
-# ----------------------------------------------------------------------------------------------------
-# the detector
 
 
 class MTMed3D(nn.Module):
@@ -276,8 +99,6 @@ class MTMed3D(nn.Module):
         case_classes: tuple[str, ...] = (),
     ):
         super().__init__()
-        from monai.networks.nets import SwinUNETR
-
         if any(int(s) % SWIN_STRIDE for s in input_size):
             raise ValueError(
                 f"input_size {tuple(input_size)} must be divisible by {SWIN_STRIDE} (Swin: patch 2, 4 merges)"
@@ -324,11 +145,7 @@ class MTMed3D(nn.Module):
             object.__setattr__(self, "_retina", self._monai_detector(cfg, num_classes))
         self.cls_head: nn.Module | None = None
         if "cls" in self.tasks:
-            from monai.losses import FocalLoss
-
             if cfg.cls_head == "densenet":
-                from monai.networks.nets import DenseNet
-
                 self.cls_head = DenseNet(
                     spatial_dims=3,
                     in_channels=seg_channels + in_channels,
@@ -350,11 +167,6 @@ class MTMed3D(nn.Module):
     @staticmethod
     def _monai_detector(cfg: MTMed3DConfig, num_classes: int):
         """MONAI's detection machinery (anchors, ATSS, sampler, box coder, NMS) - no parameters of its own."""
-        from monai.apps.detection.utils.anchor_utils import AnchorGeneratorWithAnchorShape
-        from monai.losses import FocalLoss
-
-        from organdetr.models.baselines.retinanet import AtssRetinaNetDetector
-
         anchors = AnchorGeneratorWithAnchorShape(
             feature_map_scales=cfg.det_strides, base_anchor_shapes=cfg.anchor_shapes
         )
@@ -364,22 +176,20 @@ class MTMed3D(nn.Module):
             size_divisible=SWIN_STRIDE,
             num_anchors=len(cfg.anchor_shapes),
         )
-        retina = AtssRetinaNetDetector(spec, anchors)
-        retina.set_atss_matcher(num_candidates=cfg.atss_candidates, center_in_gt=False)
-        retina.set_hard_negative_sampler(
-            batch_size_per_image=cfg.negatives_per_image,
+        retina = atss_retina_detector(
+            spec,
+            anchors,
+            atss_candidates=cfg.atss_candidates,
+            negatives_per_image=cfg.negatives_per_image,
             positive_fraction=cfg.positive_fraction,
             pool_size=20,
-            min_neg=16,
-        )
-        retina.set_cls_loss(FocalLoss(reduction="mean", gamma=cfg.focal_gamma))
-        retina.set_target_keys(box_key="boxes", label_key="labels")
-        retina.set_box_selector_parameters(
+            min_negatives=16,
             score_thresh=0.0,
             topk_candidates_per_level=1000,
             nms_thresh=cfg.nms_thresh,
-            detections_per_img=300,
+            detections_per_image=300,
         )
+        retina.set_cls_loss(FocalLoss(reduction="mean", gamma=cfg.focal_gamma))
         return retina
 
     # ------------------------------------------------------------------ forward
@@ -442,23 +252,13 @@ class MTMed3D(nn.Module):
         retina.generate_anchors(images, head)
         locations = [x.shape[2:].numel() for x in head["classification"]]
         flat = {k: retina._reshape_maps(v) for k, v in head.items()}
-        size = torch.as_tensor(images.shape[2:], dtype=torch.float32, device=images.device).repeat(2)
-        monai_targets = [
-            {
-                "boxes": box_cxcyczwhd_to_xyzxyz(t["boxes"].float()).reshape(-1, 6) * size,
-                "labels": t["labels"].long().reshape(-1),
-            }
-            for t in targets
-        ]
-        raw = retina.compute_loss(flat, monai_targets, retina.anchors, locations)
+        raw = retina.compute_loss(flat, monai_box_targets(images, targets), retina.anchors, locations)
         return {"loss_class": raw["classification"], "loss_bbox": raw["box_regression"]}
 
     def _seg_loss(self, logits: Tensor, targets: list[dict]) -> Tensor:
         seg = torch.stack([t["seg"] for t in targets]).to(logits.device).long()
         if not self.region_names:
             return segmentation_loss([logits], seg, self.cfg.seg_dice)
-        from monai.losses import DiceLoss
-
         masks = self.region_table[seg].permute(0, 4, 1, 2, 3)  # [B, R, I, J, K]
         loss = F.binary_cross_entropy_with_logits(logits.float(), masks)
         if self.cfg.seg_dice:
@@ -535,8 +335,6 @@ class MTMed3D(nn.Module):
         return result
 
     def _boxes_from_heads(self, images: Tensor, head: dict[str, list[Tensor]]) -> list[dict[str, Tensor]]:
-        from organdetr.models.baselines.retinanet import best_per_class
-
         retina = self._retina
         head = {k: [v.float() for v in maps] for k, maps in head.items()}
         retina.generate_anchors(images, head)
@@ -576,12 +374,20 @@ def build_mtmed3d(
     return MTMed3D(cfg, model_cfg.in_channels, num_classes, tuple(input_size), regions, case_classes)
 
 
-__all__ = [
-    "MTMed3D",
-    "DetectionBranch",
-    "PANetBottomUp",
-    "PooledClassifier",
-    "SwinUNETRDecoder",
-    "TaskBalancer",
-    "build_mtmed3d",
-]
+def build_mtmed3d_detector(
+    model_cfg: ModelConfig,
+    num_classes: int,
+    input_size: tuple[int, int, int],
+    *,
+    arch_cfg: MTMed3DConfig | None = None,
+    matcher_cfg: Any = None,
+    loss_cfg: Any = None,
+    data: Any = None,
+) -> MTMed3D:
+    """The registry's builder (:class:`~organdetr.models.protocols.DetectorBuilder`) of ``"mtmed3d"``:
+    :func:`build_mtmed3d` with ``arch_cfg`` (defaults when ``None``); its own encoder and strides, so of the
+    model section only ``in_channels`` is read; matcher / loss sections are not."""
+    return build_mtmed3d(model_cfg, arch_cfg or MTMed3DConfig(), num_classes, input_size, data)
+
+
+__all__ = ["MTMed3D", "build_mtmed3d", "build_mtmed3d_detector"]

@@ -14,8 +14,9 @@ Classification follows the network's class head:
 
 Box losses are summed over matched (query, organ) pairs and divided by the number of pairs in the batch
 (DETR); under DQM that is the repeated count. Organs absent from a scan are simply not in its targets, so
-they contribute no box loss. Encoder proposals are supervised densely (``models.proposals``: every token in
-an organ's central region); denoising queries by construction (``models.denoising``).
+they contribute no box loss. Encoder proposals are supervised densely (:mod:`.proposals`: every token in
+an organ's central region); denoising queries by construction (:mod:`.denoising`). The segmentation term
+and ``model.mask_head``'s mask terms are the shared ones of :mod:`organdetr.models.losses`.
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from organdetr.core.boxes.ops import box_cxcyczwhd_to_xyzxyz, generalized_box_iou_3d
+from organdetr.models.losses import global_count, matched_mask_losses, segmentation_loss
+from organdetr.models.organdetr.denoising import DenoisingPlan
 from organdetr.models.organdetr.matcher import HungarianMatcher
+from organdetr.models.organdetr.proposals import assign_proposals
 
 
 @dataclass
@@ -76,50 +79,6 @@ def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gam
     ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
     p_t = prob * targets + (1 - prob) * (1 - targets)
     return ce * (1 - p_t) ** gamma * (alpha * targets + (1 - alpha) * (1 - targets))
-
-
-def dice_loss(logits: Tensor, target: Tensor, eps: float = 1e-5) -> Tensor:
-    """Soft Dice loss over foreground classes, batch-wise (nnU-Net "batch dice").
-
-    ``logits [B, K+1, i, j, k]``, ``target [B, i, j, k]`` int64 in ``0..K`` -> scalar ``1 - mean Dice``.
-    """
-    prob = logits.float().softmax(1)[:, 1:]
-    onehot = F.one_hot(target, logits.shape[1]).movedim(-1, 1)[:, 1:].to(prob.dtype)
-    dims = (0, 2, 3, 4)
-    intersection = (prob * onehot).sum(dims)
-    denominator = prob.sum(dims) + onehot.sum(dims)
-    return 1 - ((2 * intersection + eps) / (denominator + eps)).mean()
-
-
-def downsample_labels(seg: Tensor, size: tuple[int, ...]) -> Tensor:
-    """Nearest-neighbour downsampling of labels ``[B, I, J, K]`` to ``size`` -> ``[B, *size]`` int64."""
-    if tuple(seg.shape[1:]) == tuple(size):
-        return seg
-    return F.interpolate(seg[:, None].float(), size=size, mode="nearest")[:, 0].long()
-
-
-def segmentation_loss(seg_logits: list[Tensor], seg: Tensor, dice: bool = True) -> Tensor:
-    """Mean over levels of CE (+ Dice) of ``seg_logits [B, K+1, i, j, k]`` against labels ``seg [B, I, J, K]``
-    (dense class + 1, 0 background) downsampled to each level."""
-    terms = []
-    for logits in seg_logits:
-        labels = downsample_labels(seg.to(logits.device).long(), tuple(logits.shape[2:]))
-        term = F.cross_entropy(logits.float(), labels)
-        if dice:
-            term = term + dice_loss(logits, labels)
-        terms.append(term)
-    return torch.stack(terms).mean()
-
-
-def _global_count(total: float, device: torch.device) -> float:
-    """``total`` averaged over the processes of a torch.distributed run (DETR), at least 1."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        if dist.get_backend() == "nccl":
-            device = torch.device("cuda", torch.cuda.current_device())
-        count = torch.tensor([total], dtype=torch.float64, device=device)
-        dist.all_reduce(count)
-        total = float(count.item()) / dist.get_world_size()
-    return max(total, 1.0)
 
 
 class SetCriterion(nn.Module):
@@ -193,9 +152,7 @@ class SetCriterion(nn.Module):
         return self._weighted(self.class_loss(logits, labels, num_pairs), l1, giou)
 
     def proposal_losses(self, enc: dict, targets: list[dict]) -> dict[str, Tensor]:
-        """Dense terms of the encoder proposals (``models.proposals.assign_proposals``); always focal."""
-        from organdetr.models.organdetr.proposals import assign_proposals
-
+        """Dense terms of the encoder proposals (:func:`.proposals.assign_proposals`); always focal."""
         logits, boxes = enc["pred_logits"], enc["pred_boxes"]  # [B, S, K], [B, S, 6]
         onehot = torch.zeros_like(logits)
         src, tgt = [], []
@@ -206,7 +163,7 @@ class SetCriterion(nn.Module):
                 onehot[b, positive.nonzero()[:, 0], labels] = 1.0
                 src.append(boxes[b, positive])
                 tgt.append(target["boxes"].to(boxes.device)[index[positive]])
-        num_positive = _global_count(float(onehot.sum()), logits.device)
+        num_positive = global_count(float(onehot.sum()), logits.device)
         cls = (
             sigmoid_focal_loss(logits, onehot, self.cfg.focal_alpha, self.cfg.focal_gamma).sum()
             / num_positive
@@ -216,7 +173,7 @@ class SetCriterion(nn.Module):
         l1, giou = self.box_losses(src_t, tgt_t, num_positive, boxes)
         return self._weighted(cls, l1, giou, self.cfg.weight_proposals)
 
-    def denoising_losses(self, layer: dict, plan, targets: list[dict]) -> dict[str, Tensor]:
+    def denoising_losses(self, layer: dict, plan: DenoisingPlan, targets: list[dict]) -> dict[str, Tensor]:
         """Terms of one layer's denoising queries: positives reconstruct their organ (class + box),
         negatives predict no object, padding slots are ignored."""
         logits, boxes = layer["pred_logits"], layer["pred_boxes"]  # [B, G*2P, C], [B, G*2P, 6]
@@ -231,7 +188,7 @@ class SetCriterion(nn.Module):
             valid[b, slots + plan.pad] = True
             src.append(boxes[b, slots])
             tgt.append(target["boxes"][organ])
-        num_positive = _global_count(float(sum(plan.groups * m for m in plan.num_organs)), logits.device)
+        num_positive = global_count(float(sum(plan.groups * m for m in plan.num_organs)), logits.device)
         cls = self.class_loss(logits, labels, num_positive, valid)
         l1, giou = self.box_losses(torch.cat(src), torch.cat(tgt), num_positive, boxes)
         return self._weighted(cls, l1, giou, self.cfg.weight_denoising)
@@ -239,8 +196,6 @@ class SetCriterion(nn.Module):
     def mask_losses(self, outputs: dict, targets: list[dict], num_pairs: float) -> dict[str, Tensor]:
         """``model.mask_head``: BCE + Dice of the last layer's matched queries' masks against their organs'
         masks (``seg == label + 1``); the matcher runs again on the last layer (a second Hungarian solve)."""
-        from organdetr.models.maskmed.criterion import matched_mask_losses
-
         indices = self.matcher(outputs, targets)
         masks = [t["seg"][None] == (t["labels"][:, None, None, None] + 1) for t in targets]
         bce, dice = matched_mask_losses(outputs["pred_masks"], indices, masks, num_pairs)
@@ -259,7 +214,7 @@ class SetCriterion(nn.Module):
             )
         )
         device = targets[0]["labels"].device if targets else torch.device("cpu")
-        return _global_count(total, device)
+        return global_count(total, device)
 
     def forward(self, outputs: dict, targets: list[dict]) -> dict[str, Tensor]:
         num_pairs = self.num_pairs(outputs["pred_logits"].shape[1], targets)
@@ -299,12 +254,4 @@ def build_criterion(
     return SetCriterion(num_classes, matcher, cfg, sigmoid)
 
 
-__all__ = [
-    "LossConfig",
-    "SetCriterion",
-    "build_criterion",
-    "dice_loss",
-    "downsample_labels",
-    "segmentation_loss",
-    "sigmoid_focal_loss",
-]
+__all__ = ["LossConfig", "SetCriterion", "build_criterion", "sigmoid_focal_loss"]

@@ -21,16 +21,7 @@ from torch import Tensor, nn
 from organdetr.models.blocks.attention import FeedForward, MultiHeadAttention
 from organdetr.models.blocks.backbone import group_norm
 from organdetr.models.blocks.deformable_attention import MSDeformAttn3d, token_centres
-
-
-def flatten_tokens(x: Tensor) -> Tensor:
-    """``[B, D, i, j, k] -> [B, i*j*k, D]`` (token order = C order over (i, j, k))."""
-    return x.flatten(2).transpose(1, 2)
-
-
-def unflatten_tokens(tokens: Tensor, like: Tensor) -> Tensor:
-    """``[B, L, D]`` back to the grid of ``like`` ``[B, D, i, j, k]``."""
-    return tokens.transpose(1, 2).reshape(like.shape)
+from organdetr.models.blocks.tokens import flatten_tokens, unflatten_tokens
 
 
 def _pool(x: Tensor, factor: int) -> Tensor:

@@ -1,9 +1,9 @@
 """Organ-DETR with ``model.mask_head``: one query gives the organ's class, box and mask.
 
 The network adds ``pred_masks [B, N, i, j, k]`` to its outputs: the decoupled mask head
-(``models.mask_head.MaskHead``) applied to the last decoder layer's queries and the finest encoded level's
+(``blocks.mask_head.MaskHead``) applied to the last decoder layer's queries and the finest encoded level's
 voxel features (stride 4, or 2 with ``model.fine_level``). The criterion adds the mask BCE and Dice of the
-pairs its matcher makes (``loss_mask``, ``loss_mask_dice``; ``mask_criterion.matched_mask_losses``).
+pairs its matcher makes (``loss_mask``, ``loss_mask_dice``; ``models.losses.matched_mask_losses``).
 
 :class:`MaskDETRDetector` is the Detector protocol plus ``segment``, so ``organdetr predict`` also writes
 the label map: per organ class ``c`` and voxel ``v``, ``s_c(v) = max_q score_q(c) * sigmoid(mask_q(v))``

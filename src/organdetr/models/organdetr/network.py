@@ -24,7 +24,7 @@ Decoders (``ModelConfig.decoder``):
     dn_outputs   dict             training only, with targets and denoising on: "layers" (per decoder
                                   layer pred_logits / pred_boxes of the denoising queries) and "plan"
     pred_masks   [B, N, i, j, k]  model.mask_head only: mask logits of the last layer's queries on the
-                                  finest encoded level (models.mask_detr)
+                                  finest encoded level (.mask_detr)
 
 ``targets`` are only read to build the denoising queries. In eval mode the forward has no data-dependent
 Python control flow, so it traces with ``torch.onnx.export`` (opset >= 20 for 5-D ``GridSample``).
@@ -35,21 +35,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from organdetr.models.blocks.backbone import Backbone3d, group_norm
+from organdetr.models.blocks.backbone import group_norm
 from organdetr.models.blocks.heads import BoxHead, SegmentationHead
 from organdetr.models.blocks.mask_head import MaskHead
 from organdetr.models.blocks.position import sine_position_3d
-from organdetr.models.config import ModelConfig
+from organdetr.models.blocks.tokens import flatten_tokens
+from organdetr.models.config import ModelConfig, build_backbone
 from organdetr.models.organdetr.decoder import Decoder
 from organdetr.models.organdetr.deformable_decoder import DeformableDecoder
 from organdetr.models.organdetr.denoising import denoising_attention_mask, noised_queries, plan_denoising
-from organdetr.models.organdetr.encoders import (
-    DeformableEncoder,
-    FPNEncoder,
-    MSAEncoder,
-    SingleScaleEncoder,
-    flatten_tokens,
-)
+from organdetr.models.organdetr.encoders import DeformableEncoder, FPNEncoder, MSAEncoder, SingleScaleEncoder
 from organdetr.models.organdetr.proposals import (
     ProposalHead,
     inverse_sigmoid,
@@ -91,7 +86,7 @@ class OrganDETR(nn.Module):
         self.class_activation = cfg.class_head
         self.num_queries = cfg.queries_for(k)
         class_outputs = k if cfg.class_head == "sigmoid" else k + 1
-        self.backbone = Backbone3d.from_config(cfg, extra_levels=int(cfg.fine_level))
+        self.backbone = build_backbone(cfg, extra_levels=int(cfg.fine_level))
         channels = self.backbone.out_channels[1:] if cfg.fine_level else self.backbone.out_channels
         self.input_proj = nn.ModuleList(
             nn.Sequential(nn.Conv3d(c, d, 1), group_norm(d, cfg.norm_groups)) for c in channels
@@ -144,7 +139,7 @@ class OrganDETR(nn.Module):
             if cfg.seg_heads
             else nn.ModuleList()
         )
-        if cfg.mask_head:  # masks of the last decoder layer's queries on the finest level (models.mask_detr)
+        if cfg.mask_head:  # masks of the last decoder layer's queries on the finest level (.mask_detr)
             self.mask_head = MaskHead(d)
             self._queries: Tensor | None = None  # set by the hook on every forward
             self.decoder.layers[-1].register_forward_hook(self._keep_queries)
