@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from _cache_factory import make_cache
+from _procs import kill_parent_and_check_workers
 from organdetr.preprocessing.cache import is_complete, list_cases, verify_case
 from organdetr.preprocessing.plans import load_plans
 from organdetr.runtime.atomic import is_temp_name
@@ -33,27 +34,6 @@ def _wait_for(condition, timeout: float, what: str, proc: subprocess.Popen | Non
         if time.monotonic() > end:
             pytest.fail(f"timed out waiting for {what}")
         time.sleep(0.005)
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.append(int(entry.name))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")
 
 
 def _temps(folder: Path) -> list[str]:
@@ -121,17 +101,7 @@ def test_preprocess_workers_die_with_their_parent(tmp_path):
         "--workers",
         "2",
     ]
-    proc = subprocess.Popen(
-        args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, encoding="utf-8", errors="replace"
-    )
-    _wait_for(lambda: len(_children(proc.pid)) >= 2, 120, "two worker processes", proc)
-    children = _children(proc.pid)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    deadline = time.monotonic() + 20
-    while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not [pid for pid in children if _alive(pid)], "workers outlived their killed parent"
+    kill_parent_and_check_workers(args)
 
 
 _TRAIN_FOREVER = """

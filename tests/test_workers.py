@@ -6,8 +6,6 @@ with a killed parent. Real subprocesses, tiny inputs."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -15,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _procs import kill_parent_and_check_workers
 from organdetr.core.geometry import Geometry
 from organdetr.datasets.nnunet import image_path, label_path, write_dataset_json
 from organdetr.io.images import write_image
@@ -90,54 +89,6 @@ def test_an_early_break_cancels_the_rest(tmp_path):
 # ----------------------------------------------------------------------------- workers die with the parent
 
 
-def _workers(pid: int) -> list[int]:
-    """Children of ``pid`` that are spawned pool workers (not the resource tracker)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            command = (entry / "cmdline").read_bytes()
-        except (OSError, IndexError, ValueError):
-            continue
-        if parent == pid and b"spawn_main" in command:
-            found.append(int(entry.name))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")
-
-
-def _kill_parent_and_check_workers(args: list[str]) -> None:
-    """Start ``args``, wait for two pool workers, SIGKILL the parent: the workers must be gone soon."""
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 120
-        while len(_workers(proc.pid)) < 2:
-            if proc.poll() is not None:
-                pytest.fail(f"ended (rc {proc.returncode}) before two workers: {proc.stderr.read()[-2000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail("timed out waiting for two worker processes")
-            time.sleep(0.005)
-        workers = _workers(proc.pid)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.stderr.close()
-    deadline = time.monotonic() + 20
-    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not [pid for pid in workers if _alive(pid)], "workers outlived their killed parent"
-
-
 @needs_two_cpus
 def test_map_tasks_workers_die_with_their_parent():
     code = (
@@ -146,12 +97,12 @@ def test_map_tasks_workers_die_with_their_parent():
         "for _ in map_tasks(time.sleep, [(60.0,)] * 4, 2):\n"
         "    pass\n"
     )
-    _kill_parent_and_check_workers([sys.executable, "-c", code])
+    kill_parent_and_check_workers([sys.executable, "-c", code])
 
 
 @needs_two_cpus
 def test_synth_workers_die_with_their_parent(tmp_path):
-    _kill_parent_and_check_workers([*CLI, "synth", str(tmp_path / "out"), "--cases", "8", "--workers", "2"])
+    kill_parent_and_check_workers([*CLI, "synth", str(tmp_path / "out"), "--cases", "8", "--workers", "2"])
 
 
 def _word_tree(root: Path, cases: int) -> Path:
@@ -167,7 +118,7 @@ def _word_tree(root: Path, cases: int) -> Path:
 def test_convert_workers_die_with_their_parent(tmp_path):
     src = _word_tree(tmp_path / "WORD", 12)
     out = tmp_path / "out"
-    _kill_parent_and_check_workers([*CLI, "convert", "word", str(src), str(out), "--workers", "2"])
+    kill_parent_and_check_workers([*CLI, "convert", "word", str(src), str(out), "--workers", "2"])
 
 
 @needs_two_cpus
@@ -181,4 +132,4 @@ def test_evaluate_seg_workers_die_with_their_parent(tmp_path):
         write_image(image_path(root, f"case_{n:02d}"), labels.astype(np.int16), GEOMETRY)
         write_image(pred / f"case_{n:02d}.nii.gz", np.roll(labels, 2, axis=0), GEOMETRY)
     write_dataset_json(root, {1: "liver", 2: "spleen"}, 12, name="Dataset001_Seg")
-    _kill_parent_and_check_workers([*CLI, "evaluate", str(pred), str(root), "--seg", "--workers", "2"])
+    kill_parent_and_check_workers([*CLI, "evaluate", str(pred), str(root), "--seg", "--workers", "2"])

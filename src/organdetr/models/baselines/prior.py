@@ -67,7 +67,7 @@ def prior_detections(prior: BoxPrior, records: Iterable[dict], kind: str = "mm")
     """:class:`organdetr.evaluation.Detection` per organ and case: the prior box in LPS mm, score = frequency.
 
     ``records``: the test cases' records (``case_id``, and for ``kind="fov"`` the geometry fields that
-    :func:`organdetr.core.geometry.grid_box_to_original` needs).
+    :func:`organdetr.core.boxes.world.grid_box_to_original` needs).
     """
     if kind not in PRIOR_KINDS:
         raise ValueError(f"prior kind must be one of {PRIOR_KINDS}, got {kind!r}")
