@@ -13,7 +13,6 @@ the image grid, larger boxes first), items without -> imagesTs.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -28,6 +27,7 @@ from organdetr.datasets.conversion import convert_cases
 from organdetr.datasets.labels import snake_case
 from organdetr.datasets.source import SourceCase, nifti_stem, select_cases
 from organdetr.runtime.errors import InputError
+from organdetr.runtime.json_files import read_json
 
 DEFAULT_KEYS = ("training", "validation")
 FORMAT = "monai-datalist"
@@ -50,12 +50,8 @@ def read_datalist(
     empty). Lists named in ``keys`` that the file lacks are skipped; none present is an InputError.
     """
     path = Path(path)
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(path, f"not a readable datalist JSON ({err})") from None
-    if not isinstance(document, dict):
-        raise InputError(path, "not a MONAI datalist (expected a JSON object of lists)")
+    not_datalist = "not a MONAI datalist (expected a JSON object of lists)"
+    document = read_json(path, "not a readable datalist JSON", not_object=not_datalist)
     box_mode = box_mode or str(document.get("box_mode", "cccwhd"))
     coordinates = coordinates or str(document.get("coordinates", "world"))
     try:

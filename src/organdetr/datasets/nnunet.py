@@ -25,13 +25,13 @@ Two optional dataset properties (organdetr's, kept as data beside the nnU-Net ke
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from organdetr.runtime.atomic import write_json
 from organdetr.runtime.errors import InputError
+from organdetr.runtime.json_files import read_json
 
 CHANNEL = "_0000"
 CASE_LABELS_FILE = "case_labels.json"
@@ -207,13 +207,7 @@ def _read_json_object(path: Path, *, missing: str, not_object: str) -> dict:
     """The JSON object in ``path``; InputError(``missing``) if absent, (``not_object``) if not an object."""
     if not path.is_file():
         raise InputError(path, missing)
-    try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InputError(path, f"not valid JSON ({err})") from None
-    if not isinstance(content, dict):
-        raise InputError(path, not_object)
-    return content
+    return read_json(path, "not valid JSON", not_object=not_object)
 
 
 def parse_labels(path: Path, labels: Any) -> dict[int, str]:

@@ -8,7 +8,6 @@ Predictions: ``PRED_DIR/<case>.json`` as in docs/conventions.md; only ``case_id`
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from organdetr.datasets.nnunet import load_dataset
 from organdetr.evaluation.coco import Detection, GroundTruth
 from organdetr.io.images import read_label_map
 from organdetr.runtime.errors import InputError
+from organdetr.runtime.json_files import read_json
 
 Split = Literal["all", "tr", "ts"]
 
@@ -151,18 +151,6 @@ def _box(path: Path, where: str, value) -> np.ndarray:
     if (box[3:] < box[:3]).any():
         raise InputError(path, f"{where}: 'box_mm' has min > max {value}")
     return box
-
-
-def read_json(path: Path, *, want_object: bool = False):
-    """The JSON in ``path``; ``InputError`` naming the file when unreadable (or, with ``want_object``, when
-    its top level is not an object)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(path, f"not readable JSON ({' '.join(str(err).split())})") from None
-    if want_object and not isinstance(data, dict):
-        raise InputError(path, "expected a JSON object")
-    return data
 
 
 def load_ground_truth(path: str | Path, *, split: Split = "all", progress: bool = True) -> GroundTruthSet:

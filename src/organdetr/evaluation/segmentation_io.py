@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from organdetr.datasets.nnunet import load_dataset
-from organdetr.evaluation.io import read_json
 from organdetr.io.images import read_label_map
 from organdetr.runtime.errors import InputError
+from organdetr.runtime.json_files import read_json
 
 PRED_SUFFIXES = ("_seg.nii.gz", ".nii.gz", ".nii", ".nrrd", ".mha")
 
@@ -64,14 +64,14 @@ def load_label_map_truth(path: str | Path, *, split: str = "all") -> LabelMapSet
 
 
 def _from_cache(cache_dir: Path) -> LabelMapSet:
-    plans = read_json(cache_dir / "plans.json", want_object=True)
+    plans = read_json(cache_dir / "plans.json", not_object="expected a JSON object")
     try:
         classes = {int(k): str(v) for k, v in plans["classes"].items()}
     except (KeyError, TypeError, ValueError, AttributeError):
         raise InputError(cache_dir / "plans.json", "needs 'classes' as {label id: name}") from None
     cases = []
     for record_path in sorted((cache_dir / "cases").glob("*.json")):
-        record = read_json(record_path, want_object=True)
+        record = read_json(record_path, not_object="expected a JSON object")
         label = record.get("label")
         if not isinstance(record.get("case_id"), str) or not isinstance(label, str):
             raise InputError(

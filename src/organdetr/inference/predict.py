@@ -32,7 +32,6 @@ One bad scan does not stop the others: failures are collected in the returned
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -54,6 +53,7 @@ from organdetr.io.discovery import ScanInput, find_scans, group_channels
 from organdetr.io.images import UnevenSlices, read_image, write_image
 from organdetr.runtime.atomic import write_json
 from organdetr.runtime.errors import InputError
+from organdetr.runtime.json_files import read_json
 from organdetr.runtime.text import one_line
 from organdetr.runtime.workers import BatchSummary
 
@@ -318,10 +318,7 @@ def predict_scans(
 def load_prediction(path: str | Path) -> dict:
     """Read one prediction JSON (InputError naming the file when it is not one)."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(path, f"not a readable prediction JSON ({err})") from None
+    data = read_json(path, "not a readable prediction JSON")
     if not isinstance(data, dict) or "detections" not in data or "case_id" not in data:
         raise InputError(path, "not a prediction JSON (needs 'case_id' and 'detections')")
     return data

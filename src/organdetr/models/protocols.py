@@ -18,6 +18,7 @@ input grid, and where the data has them ``seg [I, J, K]`` int64 (dense class + 1
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor, nn
@@ -57,27 +58,30 @@ class CaseClassifier(Protocol):
     def classify(self, images: Tensor) -> Tensor: ...
 
 
-class DetectorBuilder(Protocol):
-    """``builder(model_cfg, num_classes, input_size, *, arch_cfg, matcher_cfg, loss_cfg, data) -> detector``.
+@dataclass(frozen=True)
+class DetectorSpec:
+    """What a registry builder may read to build one detector.
 
-    ``model_cfg``: the ``model`` section (``in_channels`` already set from the data); ``num_classes``: organ
-    classes ``K``; ``input_size``: the ``(I, J, K)`` voxel grid; ``arch_cfg``: the architecture's own
-    section (``None``: its defaults); ``matcher_cfg`` / ``loss_cfg``: the ``matcher`` / ``loss`` sections
-    (Organ-DETR's); ``data``: the cache's ``DataProperties`` (regions, case classes) or ``None``. A builder
-    reads what its architecture needs, ignores the rest, and raises ValueError on a grid it cannot take.
+    ``model``: the ``model`` section (``in_channels`` already set from the data); ``num_classes``: organ
+    classes ``K``; ``input_size``: the ``(I, J, K)`` voxel grid; ``arch_cfg``: the architecture's own section
+    (``None``: its defaults); ``matcher`` / ``loss``: the ``matcher`` / ``loss`` sections (Organ-DETR's;
+    ``None``: defaults); ``data``: the cache's ``DataProperties`` (regions, case classes) or ``None``.
     """
 
-    def __call__(
-        self,
-        model_cfg: ModelConfig,
-        num_classes: int,
-        input_size: tuple[int, int, int],
-        *,
-        arch_cfg: Any = None,
-        matcher_cfg: Any = None,
-        loss_cfg: Any = None,
-        data: Any = None,
-    ) -> nn.Module: ...
+    model: ModelConfig
+    num_classes: int
+    input_size: tuple[int, int, int]
+    arch_cfg: Any = None
+    matcher: Any = None
+    loss: Any = None
+    data: Any = None
 
 
-__all__ = ["CaseClassifier", "Detector", "DetectorBuilder", "NetworkDetector", "Segmenter"]
+class DetectorBuilder(Protocol):
+    """``builder(spec: DetectorSpec) -> detector``: reads what its architecture needs from the spec, ignores
+    the rest, and raises ValueError on a grid it cannot take."""
+
+    def __call__(self, spec: DetectorSpec) -> nn.Module: ...
+
+
+__all__ = ["CaseClassifier", "Detector", "DetectorBuilder", "DetectorSpec", "NetworkDetector", "Segmenter"]

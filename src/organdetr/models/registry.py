@@ -20,7 +20,7 @@ from organdetr.models.mtmed3d.network import build_mtmed3d_detector
 from organdetr.models.organdetr.builder import build_organdetr_detector
 from organdetr.models.organdetr.criterion import LossConfig
 from organdetr.models.organdetr.matcher import MatcherConfig
-from organdetr.models.protocols import DetectorBuilder
+from organdetr.models.protocols import DetectorBuilder, DetectorSpec
 
 ARCHITECTURES: dict[str, DetectorBuilder] = {
     "organdetr": build_organdetr_detector,  # encoder / decoder / matcher set by the model / matcher sections
@@ -57,15 +57,8 @@ def build_detector(
         raise ValueError(f"unknown architecture {arch!r}; choose one of {tuple(ARCHITECTURES)}")
     if data is not None and data.in_channels != model_cfg.in_channels:
         model_cfg = replace(model_cfg, in_channels=data.in_channels)
-    return builder(
-        model_cfg,
-        num_classes,
-        input_size,
-        arch_cfg=arch_cfg,
-        matcher_cfg=matcher_cfg,
-        loss_cfg=loss_cfg,
-        data=data,
-    )
+    spec = DetectorSpec(model_cfg, num_classes, input_size, arch_cfg, matcher_cfg, loss_cfg, data)
+    return builder(spec)
 
 
 def detector_from_config(

@@ -38,6 +38,7 @@ from organdetr.models import detector_from_config
 from organdetr.preprocessing.plans import class_map_from_plans
 from organdetr.runtime import atomic
 from organdetr.runtime.errors import InputError
+from organdetr.runtime.json_files import read_json
 from organdetr.training.config import TrainConfig, load_config
 
 MODEL_FILE = "model.safetensors"
@@ -231,13 +232,7 @@ def resolve_checkpoint_dir(path: str | Path, names: tuple[str, ...] = CHECKPOINT
 def read_state(ckpt_dir: str | Path) -> dict:
     """The ``state.json`` scalars of a checkpoint folder."""
     path = Path(ckpt_dir) / STATE_FILE
-    try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(path, f"unreadable checkpoint state ({err})") from None
-    if not isinstance(state, dict):
-        raise InputError(path, "checkpoint state is not a JSON object")
-    return state
+    return read_json(path, "unreadable checkpoint state", not_object="checkpoint state is not a JSON object")
 
 
 def load_weights(module: nn.Module, path: str | Path, device: str | torch.device = "cpu") -> None:

@@ -18,7 +18,6 @@ anchor / ATSS / sampler / NMS set-up and these conversions live in :mod:`organde
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector
@@ -29,6 +28,7 @@ from torch import Tensor, nn
 
 from organdetr.models.blocks.retina import atss_retina_detector, best_per_class, monai_box_targets
 from organdetr.models.config import ModelConfig, build_backbone, check_input_size
+from organdetr.models.protocols import DetectorSpec
 
 
 @dataclass
@@ -164,21 +164,12 @@ def build_retinanet(
     return RetinaNetAdapter(network, retina, cfg)
 
 
-def build_retinanet_detector(
-    model_cfg: ModelConfig,
-    num_classes: int,
-    input_size: tuple[int, int, int],
-    *,
-    arch_cfg: RetinaNetConfig | None = None,
-    matcher_cfg: Any = None,
-    loss_cfg: Any = None,
-    data: Any = None,
-) -> RetinaNetAdapter:
+def build_retinanet_detector(spec: DetectorSpec) -> RetinaNetAdapter:
     """The registry's builder (:class:`~organdetr.models.protocols.DetectorBuilder`) of ``"retinanet"``:
     :func:`build_retinanet` with ``arch_cfg`` (defaults when ``None``); the matcher / loss sections and the
     data properties are not read (``model_cfg.in_channels`` already holds the data's channels)."""
-    check_input_size(model_cfg, input_size)
-    return build_retinanet(model_cfg, num_classes, input_size, arch_cfg)
+    check_input_size(spec.model, spec.input_size)
+    return build_retinanet(spec.model, spec.num_classes, spec.input_size, spec.arch_cfg)
 
 
 __all__ = [

@@ -10,11 +10,11 @@ cache with CE + Dice; detection = largest connected component per class, score =
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from monai.networks.nets import BasicUNet
 
-from organdetr.models.config import ModelConfig, check_input_size
+from organdetr.models.config import check_input_size
+from organdetr.models.protocols import DetectorSpec
 from organdetr.models.segmentation_detector import SegmentationDetector
 
 
@@ -41,33 +41,24 @@ class Seg2BoxConfig:
             raise ValueError("seg2box.dropout must be in [0, 1) and seg2box.weight > 0")
 
 
-def build_seg2box_detector(
-    model_cfg: ModelConfig,
-    num_classes: int,
-    input_size: tuple[int, int, int],
-    *,
-    arch_cfg: Seg2BoxConfig | None = None,
-    matcher_cfg: Any = None,
-    loss_cfg: Any = None,
-    data: Any = None,
-) -> SegmentationDetector:
+def build_seg2box_detector(spec: DetectorSpec) -> SegmentationDetector:
     """BasicUNet with ``num_classes + 1`` outputs (background first) behind the Detector protocol (the
     registry's :class:`~organdetr.models.protocols.DetectorBuilder` of ``"seg2box"``).
 
-    ``arch_cfg``: the ``seg2box`` section (defaults when ``None``); of ``model_cfg`` only ``in_channels``
-    is read, and its coarsest stride must divide ``input_size``. Matcher / loss sections and ``data`` are
-    not read.
+    ``spec.arch_cfg``: the ``seg2box`` section (defaults when ``None``); of ``spec.model`` only
+    ``in_channels`` is read, and its coarsest stride must divide ``input_size``. Matcher / loss sections and
+    ``data`` are not read.
     """
-    check_input_size(model_cfg, input_size)
-    cfg = arch_cfg or Seg2BoxConfig()
+    check_input_size(spec.model, spec.input_size)
+    cfg = spec.arch_cfg or Seg2BoxConfig()
     network = BasicUNet(
         spatial_dims=3,
-        in_channels=model_cfg.in_channels,
-        out_channels=num_classes + 1,
+        in_channels=spec.model.in_channels,
+        out_channels=spec.num_classes + 1,
         features=cfg.features,
         dropout=cfg.dropout,
     )
-    return SegmentationDetector(network, num_classes, weight=cfg.weight, dice=cfg.dice)
+    return SegmentationDetector(network, spec.num_classes, weight=cfg.weight, dice=cfg.dice)
 
 
 __all__ = ["Seg2BoxConfig", "build_seg2box_detector"]

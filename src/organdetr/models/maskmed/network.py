@@ -22,17 +22,15 @@ probability), so MaskMed is scored as a detector like every other architecture.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 
 from organdetr.models.blocks.unet import UNet
-from organdetr.models.config import ModelConfig
 from organdetr.models.maskmed.config import MaskMedConfig
 from organdetr.models.maskmed.criterion import MaskSetCriterion
 from organdetr.models.maskmed.fsad import FSADTransformer
 from organdetr.models.maskmed.masked_decoder import MaskedMultiScaleHead
+from organdetr.models.protocols import DetectorSpec
 from organdetr.models.segmentation_detector import SegmentationDetector
 
 
@@ -135,27 +133,18 @@ def build_maskmed(cfg: MaskMedConfig, num_classes: int, in_channels: int = 1) ->
     return MaskMedDetector(network, num_classes, criterion)
 
 
-def build_maskmed_detector(
-    model_cfg: ModelConfig,
-    num_classes: int,
-    input_size: tuple[int, int, int],
-    *,
-    arch_cfg: MaskMedConfig | None = None,
-    matcher_cfg: Any = None,
-    loss_cfg: Any = None,
-    data: Any = None,
-) -> SegmentationDetector:
+def build_maskmed_detector(spec: DetectorSpec) -> SegmentationDetector:
     """The registry's builder (:class:`~organdetr.models.protocols.DetectorBuilder`) of ``"maskmed"``:
     :func:`build_maskmed` with ``arch_cfg`` (defaults when ``None``) once ``input_size`` is known to fit its
     U-Net. Its own U-Net: only ``model_cfg.in_channels`` of the model section is read; matcher / loss
     sections and ``data`` are not."""
-    maskmed_cfg = arch_cfg or MaskMedConfig()
-    if any(int(s) % maskmed_cfg.divisor for s in input_size):
+    maskmed_cfg = spec.arch_cfg or MaskMedConfig()
+    if any(int(s) % maskmed_cfg.divisor for s in spec.input_size):
         raise ValueError(
-            f"input_size {tuple(input_size)} must be divisible by {maskmed_cfg.divisor} "
+            f"input_size {tuple(spec.input_size)} must be divisible by {maskmed_cfg.divisor} "
             f"(the bottleneck stride of {len(maskmed_cfg.features)} U-Net stages)"
         )
-    return build_maskmed(maskmed_cfg, num_classes, model_cfg.in_channels)
+    return build_maskmed(maskmed_cfg, spec.num_classes, spec.model.in_channels)
 
 
 __all__ = ["MaskMedDetector", "MaskMedNetwork", "build_maskmed", "build_maskmed_detector", "semantic_logits"]

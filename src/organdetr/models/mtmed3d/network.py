@@ -55,6 +55,7 @@ from organdetr.models.losses import segmentation_loss
 from organdetr.models.mtmed3d.balancing import TaskBalancer
 from organdetr.models.mtmed3d.config import MTMED3D_TASKS, MTMed3DConfig
 from organdetr.models.mtmed3d.heads import DetectionBranch, PooledClassifier, SwinUNETRDecoder
+from organdetr.models.protocols import DetectorSpec
 
 SWIN_STRIDE = 32  # patch size 2 and four patch mergings
 GROUP_NORM_GROUPS = 4  # divides every Swin-UNETR width (multiples of 12)
@@ -374,20 +375,12 @@ def build_mtmed3d(
     return MTMed3D(cfg, model_cfg.in_channels, num_classes, tuple(input_size), regions, case_classes)
 
 
-def build_mtmed3d_detector(
-    model_cfg: ModelConfig,
-    num_classes: int,
-    input_size: tuple[int, int, int],
-    *,
-    arch_cfg: MTMed3DConfig | None = None,
-    matcher_cfg: Any = None,
-    loss_cfg: Any = None,
-    data: Any = None,
-) -> MTMed3D:
+def build_mtmed3d_detector(spec: DetectorSpec) -> MTMed3D:
     """The registry's builder (:class:`~organdetr.models.protocols.DetectorBuilder`) of ``"mtmed3d"``:
     :func:`build_mtmed3d` with ``arch_cfg`` (defaults when ``None``); its own encoder and strides, so of the
     model section only ``in_channels`` is read; matcher / loss sections are not."""
-    return build_mtmed3d(model_cfg, arch_cfg or MTMed3DConfig(), num_classes, input_size, data)
+    cfg = spec.arch_cfg or MTMed3DConfig()
+    return build_mtmed3d(spec.model, cfg, spec.num_classes, spec.input_size, spec.data)
 
 
 __all__ = ["MTMed3D", "build_mtmed3d", "build_mtmed3d_detector"]

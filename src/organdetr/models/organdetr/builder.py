@@ -9,7 +9,6 @@ with its matcher, behind the Detector protocol (:class:`~.detector.DETRDetector`
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
 
 from organdetr.models.config import ModelConfig, check_input_size
 from organdetr.models.organdetr.criterion import LossConfig, build_criterion
@@ -17,6 +16,7 @@ from organdetr.models.organdetr.detector import DETRDetector
 from organdetr.models.organdetr.mask_detr import MaskDETRDetector
 from organdetr.models.organdetr.matcher import MatcherConfig, build_matcher
 from organdetr.models.organdetr.network import OrganDETR
+from organdetr.models.protocols import DetectorSpec
 
 
 def build_model(cfg: ModelConfig) -> OrganDETR:
@@ -24,21 +24,13 @@ def build_model(cfg: ModelConfig) -> OrganDETR:
     return OrganDETR(cfg)
 
 
-def build_organdetr_detector(
-    model_cfg: ModelConfig,
-    num_classes: int,
-    input_size: tuple[int, int, int],
-    *,
-    arch_cfg: Any = None,
-    matcher_cfg: MatcherConfig | None = None,
-    loss_cfg: LossConfig | None = None,
-    data: Any = None,
-) -> DETRDetector:
+def build_organdetr_detector(spec: DetectorSpec) -> DETRDetector:
     """Organ-DETR for ``num_classes`` organ classes on an ``input_size`` (I, J, K) grid divisible by the
-    coarsest stride (:class:`~organdetr.models.protocols.DetectorBuilder`). ``matcher_cfg`` / ``loss_cfg``:
-    defaults when ``None``. ``arch_cfg`` and ``data`` are not read (``model_cfg.in_channels`` already holds
+    coarsest stride (:class:`~organdetr.models.protocols.DetectorBuilder`). ``spec.matcher`` / ``spec.loss``:
+    defaults when ``None``. ``arch_cfg`` and ``data`` are not read (``spec.model.in_channels`` already holds
     the data's channels). With ``model.mask_head`` the detector segments too."""
-    check_input_size(model_cfg, input_size)
+    model_cfg, num_classes = spec.model, spec.num_classes
+    check_input_size(model_cfg, spec.input_size)
     if model_cfg.queries_for(num_classes) < num_classes:
         raise ValueError(
             f"num_queries={model_cfg.num_queries} < num_classes={num_classes}: every organ needs its own "
@@ -46,8 +38,8 @@ def build_organdetr_detector(
         )
     network = build_model(replace(model_cfg, num_classes=num_classes))
     sigmoid = model_cfg.class_head == "sigmoid"
-    matcher_cfg = matcher_cfg if matcher_cfg is not None else MatcherConfig()
-    loss_cfg = loss_cfg if loss_cfg is not None else LossConfig()
+    matcher_cfg = spec.matcher if spec.matcher is not None else MatcherConfig()
+    loss_cfg = spec.loss if spec.loss is not None else LossConfig()
     criterion = build_criterion(num_classes, build_matcher(matcher_cfg, sigmoid), loss_cfg, sigmoid)
     if model_cfg.mask_head:  # class, box and mask per query; segments too
         return MaskDETRDetector(network, criterion)
