@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
+from _timing import best_of
 from organdetr.core.geometry import Geometry
 from organdetr.datasets.conversion import convert_case, dense_class_map
 from organdetr.datasets.labels import load_class_map
@@ -37,15 +37,6 @@ def build_subject(root: Path, size: tuple[int, int, int]) -> SourceCase:
             mask[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = 1
         write_image(root / "segmentations" / f"{name}.nii.gz", mask, geometry)
     return SourceCase("s0001", root / "ct.nii.gz", root / "segmentations")
-
-
-def best_of(repeats: int, fn) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:

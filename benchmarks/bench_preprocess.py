@@ -9,26 +9,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 from pathlib import Path
 
 import SimpleITK as sitk
 import torch
 
+from _timing import best_of
 from organdetr.io.images import read_image, read_label_map, read_label_table
 from organdetr.preprocessing.plans import PreprocessConfig
 from organdetr.preprocessing.resampling import preprocess_volume
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def best_of(repeats: int, fn) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:
