@@ -348,8 +348,7 @@ def _curve_monai(tps: np.ndarray, num_gt: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _summarise(precision, recall, thresholds, main, nndet, classes, num_gt, mode: Mode):
     """Summary dict and per-class dict from the curves (COCO: classes without GT left out; MONAI: -1)."""
-    idx_main = _indices(thresholds, main)
-    idx_nndet = _indices(thresholds, nndet)
+    idx_main, idx_nndet = _indices(thresholds, main), _indices(thresholds, nndet)
     i50, i75, i10 = (_index_of(thresholds, v) for v in (0.5, 0.75, 0.1))
     if mode == "monai":  # MONAI's mAR averages the union of iou_list and the range
         ar_main = _indices(thresholds, np.union1d(_list_values(_COCO_IOU_LIST, mode), main))
