@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from organdetr.preprocessing.plans import load_plans
 from typer.testing import CliRunner
 
 from organdetr.cli import app
 from organdetr.data.cache_dataset import CacheDataset
 from organdetr.preprocessing.cache import list_cases, load_case, verify_cases
+from organdetr.preprocessing.plans import load_plans
 from organdetr.training.checkpoint import load_detector
 
 LEGACY = Path(__file__).parent / "fixtures" / "legacy_v0_1"
