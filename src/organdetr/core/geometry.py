@@ -21,7 +21,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 
 @dataclass(frozen=True)
@@ -139,6 +138,8 @@ def lps_reorientation(geometry: Geometry) -> Reorientation:
 
 
 def _greedy_axis_assignment(matrix: np.ndarray) -> list[int]:
+    from scipy.optimize import linear_sum_assignment  # 0.4 s to import; only oblique scans get here
+
     world, axis = linear_sum_assignment(-np.abs(matrix))
     permutation = [0, 0, 0]
     for w, a in zip(world, axis, strict=True):
