@@ -39,6 +39,7 @@ from organdetr.datasets.labels import class_map_description, class_map_source, l
 from organdetr.datasets.source import SourceCase, check_paths, nifti_stem, require_folder, select_cases
 from organdetr.datasets.source_checks import check_same_geometry
 from organdetr.runtime.errors import InputError
+from organdetr.runtime.text import collapse
 
 OVERLAP_RULE = "masks painted in ascending official id order: the higher id wins where masks overlap"
 # format -> (class map name, image file name, channel name)
@@ -222,7 +223,7 @@ def _read_mask(path: Path) -> sitk.Image:
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as err:
-        raise InputError(path, f"cannot read mask ({' '.join(str(err).split())[:200]})") from None
+        raise InputError(path, f"cannot read mask ({collapse(str(err), 200)})") from None
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(path, f"mask is not a 3D scalar image (dimension {image.GetDimension()})")
     return image

@@ -31,6 +31,7 @@ from organdetr.formats.dicom_source import SOURCE_MODALITIES
 from organdetr.formats.optional import require
 from organdetr.runtime.atomic import atomic_path
 from organdetr.runtime.errors import InputError
+from organdetr.runtime.text import collapse
 
 DEFAULT_TIMEOUT_S = 60.0
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -105,12 +106,12 @@ def server_errors(url: str, action: str) -> Iterator[None]:
             None, f"{url}: {action} failed: cannot connect ({_connection_reason(err)})"
         ) from None
     except (requests.RequestException, ValueError, KeyError) as err:
-        reason = " ".join(str(err).split())[:200]
+        reason = collapse(str(err), 200)
         raise InputError(None, f"{url}: {action} failed: {type(err).__name__}: {reason}") from None
 
 
 def _connection_reason(err: Exception) -> str:
-    text = " ".join(str(err).split())
+    text = collapse(str(err))
     for needle, reason in (
         ("refused", "connection refused"),
         ("Name or service not known", "unknown host"),

@@ -24,6 +24,7 @@ from organdetr.models.organdetr.detector import DETRDetector
 from organdetr.models.organdetr.postprocess import postprocess
 from organdetr.runtime.atomic import atomic_path
 from organdetr.runtime.errors import InputError
+from organdetr.runtime.text import collapse
 from organdetr.training.checkpoint import load_detector
 
 OUTPUT_NAMES = ("pred_logits", "pred_boxes")
@@ -159,7 +160,7 @@ def load_session(path: str | Path):
     try:
         return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as err:  # ORT raises its own exception types for bad files
-        raise InputError(path, f"not a loadable ONNX model ({' '.join(str(err).split())[:200]})") from None
+        raise InputError(path, f"not a loadable ONNX model ({collapse(str(err), 200)})") from None
 
 
 def onnx_plans(session) -> dict | None:

@@ -39,6 +39,7 @@ from organdetr.preprocessing.plans import class_map_from_plans
 from organdetr.runtime import atomic
 from organdetr.runtime.errors import InputError
 from organdetr.runtime.json_files import read_json
+from organdetr.runtime.text import collapse
 from organdetr.training.config import TrainConfig, load_config
 
 MODEL_FILE = "model.safetensors"
@@ -243,7 +244,7 @@ def load_weights(module: nn.Module, path: str | Path, device: str | torch.device
     except SafetensorError as err:
         raise InputError(path, f"not a readable safetensors file ({err})") from None
     except (RuntimeError, OSError, ValueError) as err:
-        msg = " ".join(str(err).split())
+        msg = collapse(str(err))
         raise InputError(path, f"weights do not fit this model ({msg[:300]})") from None
 
 

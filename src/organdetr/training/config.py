@@ -30,6 +30,7 @@ from organdetr.models.mtmed3d.config import MTMed3DConfig
 from organdetr.models.organdetr.criterion import LossConfig
 from organdetr.models.organdetr.matcher import MatcherConfig
 from organdetr.runtime.errors import InputError
+from organdetr.runtime.text import collapse
 
 ScheduleKind = Literal["cosine", "step", "constant"]
 AmpMode = Literal["auto", "off", "bf16", "fp16"]
@@ -313,7 +314,7 @@ def read_config_dict(name_or_path: str | Path) -> tuple[dict, Path]:
     except (OSError, UnicodeDecodeError) as err:
         raise InputError(path, f"cannot read config ({err})") from None
     except yaml.YAMLError as err:
-        raise InputError(path, f"not valid YAML ({' '.join(str(err).split())})") from None
+        raise InputError(path, f"not valid YAML ({collapse(str(err))})") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -22,6 +22,7 @@ import yaml
 
 from organdetr.models.baselines.prior import PRIOR_KINDS
 from organdetr.runtime.errors import InputError
+from organdetr.runtime.text import collapse
 
 SUITES_PACKAGE = "configs/ablation"
 METRICS: tuple[str, ...] = ("mAP", "AP50", "AP75", "mAR", "mAP_10_50")
@@ -111,7 +112,7 @@ def load_suite(name_or_path: str | Path) -> Suite:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise InputError(path, f"cannot read suite ({' '.join(str(err).split())})") from None
+        raise InputError(path, f"cannot read suite ({collapse(str(err))})") from None
     if not isinstance(data, dict):
         raise InputError(path, "a suite is a YAML mapping with base: and variants:")
     unknown = sorted(set(data) - {"description", "base", "set", "variants"})
