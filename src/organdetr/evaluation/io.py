@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from organdetr.core.boxes.labels import boxes_from_labels
 from organdetr.datasets.nnunet import load_dataset
@@ -208,8 +209,6 @@ def _from_cache(cache_dir: Path) -> GroundTruthSet:
 
 
 def _from_dataset(root: Path, split: Split, progress: bool) -> GroundTruthSet:
-    from tqdm.auto import tqdm
-
     dataset = load_dataset(root)
     cases = []
     if split in ("all", "tr"):

@@ -11,6 +11,8 @@ import math
 from pathlib import Path
 
 import numpy as np
+from rich.console import Console
+from rich.table import Table
 
 from organdetr.evaluation.coco import EvaluationResult
 from organdetr.runtime.atomic import write_figure, write_json, write_text
@@ -77,9 +79,6 @@ def print_rows(
 ) -> None:
     """Print ``body`` (``[(organ, {key: value})]``, a ``mean`` row last) as a rich table titled ``title``;
     ``columns``: ``[(key, header)]``, values formatted by key (``num_*`` ints, ``*_mm`` 0.1)."""
-    from rich.console import Console
-    from rich.table import Table
-
     console = console or Console()
     table = Table(title=title, title_justify="left")
     table.add_column("organ")

@@ -9,6 +9,7 @@ system, no permission). Nothing is created by a check.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from organdetr.runtime.errors import InputError
@@ -51,8 +52,6 @@ def probe_writable(folder: str | Path) -> str | None:
 
     Unlike :func:`writable_problem` this also finds immutable folders and root on read-only bind mounts.
     """
-    import tempfile
-
     try:
         fd, name = tempfile.mkstemp(prefix=".organdetr-write-probe.", suffix=".tmp", dir=folder)
     except OSError as err:
