@@ -62,9 +62,13 @@ def test_legacy_run_detects_what_it_detected_before():
         image, _, _ = load_case(LEGACY / "cache", case_id)
         with torch.no_grad():
             now = detector.detect(torch.from_numpy(np.array(image))[None, None].float())[0]
-        assert now["labels"].tolist() == before["labels"]
-        np.testing.assert_allclose(now["scores"].numpy(), before["scores"], rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(now["boxes"].numpy(), before["boxes"], rtol=1e-4, atol=1e-3)
+        # compared per organ, so that two near-equal scores swapping places on another CPU do not matter
+        labels_now, labels_before = now["labels"].numpy(), np.asarray(before["labels"])
+        now_by_organ, before_by_organ = np.argsort(labels_now), np.argsort(labels_before)
+        assert labels_now[now_by_organ].tolist() == labels_before[before_by_organ].tolist()
+        for key, atol in (("scores", 1e-5), ("boxes", 1e-3)):
+            expected = np.asarray(before[key])[before_by_organ]
+            np.testing.assert_allclose(now[key].numpy()[now_by_organ], expected, rtol=1e-4, atol=atol)
 
 
 def test_legacy_run_resumes(legacy_copy: Path, monkeypatch):
