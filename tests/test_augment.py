@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from organdetr.core.boxes.labels import boxes_from_seg
 from organdetr.data.augment import (
     AugmentConfig,
     AugmentParams,
@@ -13,7 +14,6 @@ from organdetr.data.augment import (
     left_right_swap_table,
     sample_params,
 )
-from organdetr.data.cache_dataset import boxes_from_seg
 
 SIZE = (24, 28, 20)
 

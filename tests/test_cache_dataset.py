@@ -9,15 +9,9 @@ import pytest
 import torch
 
 from _cache_factory import CLASSES, make_cache  # tests/ is on sys.path (pytest rootdir import mode)
+from organdetr.core.boxes.labels import boxes_from_seg
 from organdetr.data.augment import AugmentConfig
-from organdetr.data.cache_dataset import (
-    CacheDataset,
-    EpochSampler,
-    boxes_from_seg,
-    collate,
-    dense_lut,
-    split_cases,
-)
+from organdetr.data.cache_dataset import CacheDataset, EpochSampler, collate, dense_lut, split_cases
 from organdetr.runtime.errors import InputError
 
 

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import ndimage
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
+from organdetr.core.boxes.labels import boxes_from_seg
 from organdetr.data.augment import AugmentConfig, augment_pair, left_right_swap_table, sample_params
 from organdetr.preprocessing.cache import list_cases, load_case
 from organdetr.preprocessing.plans import (
@@ -54,26 +54,6 @@ def dense_lut(classes: dict[int, str]) -> np.ndarray:
     for dense, label_id in enumerate(sorted(classes)):
         lut[label_id] = dense + 1
     return lut
-
-
-def boxes_from_seg(seg: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
-    """Organ boxes of a dense seg ``[I, J, K]`` (class + 1) -> ``labels [M]``, ``boxes [M, 6]`` (cxcyczwhd).
-
-    Voxel boxes are half-open ``[lo, hi + 1)`` (conventions.md), normalised by the grid size.
-    """
-    size = torch.tensor(seg.shape, dtype=torch.float32).repeat(2)
-    slices = ndimage.find_objects(seg.numpy().astype(np.int32, copy=False), max_label=num_classes)
-    labels, boxes = [], []
-    for dense, sl in enumerate(slices):
-        if sl is None:
-            continue
-        labels.append(dense)
-        boxes.append([s.start for s in sl] + [s.stop for s in sl])
-    if not labels:
-        return torch.zeros(0, dtype=torch.int64), torch.zeros(0, 6, dtype=torch.float32)
-    xyz = torch.tensor(boxes, dtype=torch.float32) / size
-    lo, hi = xyz[:, :3], xyz[:, 3:]
-    return torch.tensor(labels, dtype=torch.int64), torch.cat([(lo + hi) / 2, hi - lo], dim=1)
 
 
 def split_cases(
@@ -253,7 +233,6 @@ def collate(batch: list[tuple[Tensor, dict]]) -> tuple[Tensor, list[dict]]:
 __all__ = [
     "CacheDataset",
     "EpochSampler",
-    "boxes_from_seg",
     "collate",
     "dense_lut",
     "region_table",

@@ -9,7 +9,8 @@ Extraction is one pass over the label map (``scipy.ndimage.find_objects`` for th
 ``np.bincount`` for the voxel counts), not one ``np.where`` per class. :func:`boxes_from_labels` reads
 ground-truth label maps (26-connected components); :func:`largest_component_boxes` reads a segmenting
 model's arg-max map (6-connected, scored by the mean class probability). Both keep an organ's largest
-connected component through :func:`largest_connected_component`.
+connected component through :func:`largest_connected_component`. :func:`boxes_from_seg` gives the training
+targets of a dense seg tensor (normalised ``cxcyczwhd``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from scipy import ndimage
+from torch import Tensor
 
 from organdetr.core.boxes.world import voxel_box_to_world
 from organdetr.core.geometry import Geometry
@@ -167,3 +170,23 @@ def largest_component_boxes(labels: np.ndarray, probs: np.ndarray, num_classes: 
 def boxes_to_records(boxes: list[OrganBox]) -> list[dict]:
     """``[box.to_dict() for box in boxes]``."""
     return [box.to_dict() for box in boxes]
+
+
+def boxes_from_seg(seg: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
+    """Organ boxes of a dense seg ``[I, J, K]`` (class + 1) -> ``labels [M]``, ``boxes [M, 6]`` (cxcyczwhd).
+
+    Voxel boxes are half-open ``[lo, hi + 1)`` (conventions.md), normalised by the grid size.
+    """
+    size = torch.tensor(seg.shape, dtype=torch.float32).repeat(2)
+    slices = ndimage.find_objects(seg.numpy().astype(np.int32, copy=False), max_label=num_classes)
+    labels, boxes = [], []
+    for dense, sl in enumerate(slices):
+        if sl is None:
+            continue
+        labels.append(dense)
+        boxes.append([s.start for s in sl] + [s.stop for s in sl])
+    if not labels:
+        return torch.zeros(0, dtype=torch.int64), torch.zeros(0, 6, dtype=torch.float32)
+    xyz = torch.tensor(boxes, dtype=torch.float32) / size
+    lo, hi = xyz[:, :3], xyz[:, 3:]
+    return torch.tensor(labels, dtype=torch.int64), torch.cat([(lo + hi) / 2, hi - lo], dim=1)
