@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from organdetr.core.boxes.labels import OrganBox, boxes_from_labels
-from organdetr.core.boxes.world import world_box_to_voxel
+from organdetr.core.boxes.labels import boxes_from_labels
+from organdetr.core.boxes.world import world_box_on_grid
 from organdetr.core.geometry import (
     Geometry,
     GridMapping,
@@ -192,7 +192,7 @@ def _resample_labels(
         if grid_box is not None:
             box_voxel, voxels_grid = grid_box.box_voxel, grid_box.voxels
         else:  # too thin to survive nearest-neighbour resampling, or cropped away by fit="pad"
-            box_voxel, voxels_grid = _original_box_on_grid(box, mapping), 0
+            box_voxel, voxels_grid = world_box_on_grid(box.box_mm, mapping), 0
             if box_voxel is None:
                 dropped.append(
                     {"label_id": box.label_id, "name": box.name, "reason": "outside the input grid"}
@@ -210,19 +210,6 @@ def _resample_labels(
             }
         )
     return grid_label, boxes, dropped
-
-
-def _original_box_on_grid(box: OrganBox, mapping: GridMapping) -> np.ndarray | None:
-    """An original-scan box mapped onto the grid and clipped to it; ``None`` if nothing is left."""
-    canonical = world_box_to_voxel(box.box_mm, mapping.source_geometry())
-    scale, offset = np.asarray(mapping.scale), np.asarray(mapping.offset)
-    lo = (canonical[:3] - 0.5 - offset) / scale + 0.5
-    hi = (canonical[3:] - 0.5 - offset) / scale + 0.5
-    size = np.asarray(mapping.geometry.size, dtype=np.float64)
-    lo, hi = np.clip(lo, 0, size), np.clip(hi, 0, size)
-    if np.any(hi - lo <= 0):
-        return None
-    return np.concatenate([lo, hi])
 
 
 def _check_same_grid(labels: Geometry, image: Geometry, label_path, image_path) -> None:

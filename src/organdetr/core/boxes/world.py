@@ -1,4 +1,4 @@
-"""Boxes between voxel grids and the world: voxel boxes <-> LPS mm, preprocessed grid -> original scan.
+"""Boxes between voxel grids and the world: voxel boxes <-> LPS mm, original scan <-> preprocessed grid.
 
 Conventions (docs/conventions.md): a voxel box is ``xyzxyz`` = ``(i0, j0, k0, i1, j1, k1)``, half-open
 ``[min, max)`` in index units (an organ on voxels ``lo..hi`` has the box ``(lo, hi + 1)``); its world box
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from organdetr.core.geometry import Geometry, reorient_geometry
+from organdetr.core.geometry import Geometry, GridMapping, reorient_geometry
 
 # unit-cube corner selectors: 8 corners x 3 axes, 0 = min side, 1 = max side
 _CORNERS = np.array([[(c >> a) & 1 for a in range(3)] for c in range(8)], dtype=bool)
@@ -46,6 +46,20 @@ def _map_voxel_box(box: np.ndarray, scale: np.ndarray, offset: np.ndarray) -> np
     lo = (box[..., :3] - 0.5) * scale + offset
     hi = (box[..., 3:] - 0.5) * scale + offset
     return np.concatenate([np.minimum(lo, hi) + 0.5, np.maximum(lo, hi) + 0.5], axis=-1)
+
+
+def world_box_on_grid(box_mm: np.ndarray, mapping: GridMapping) -> np.ndarray | None:
+    """An original scan's LPS mm box ``[6]`` on the preprocessed grid of ``mapping``, clipped to the grid:
+    voxel box ``[6]`` (continuous, half-open), or ``None`` when nothing of it is on the grid."""
+    canonical = world_box_to_voxel(box_mm, mapping.source_geometry())
+    scale, offset = np.asarray(mapping.scale), np.asarray(mapping.offset)
+    lo = (canonical[:3] - 0.5 - offset) / scale + 0.5
+    hi = (canonical[3:] - 0.5 - offset) / scale + 0.5
+    size = np.asarray(mapping.geometry.size, dtype=np.float64)
+    lo, hi = np.clip(lo, 0, size), np.clip(hi, 0, size)
+    if np.any(hi - lo <= 0):
+        return None
+    return np.concatenate([lo, hi])
 
 
 def grid_box_to_canonical(box_voxel_grid: np.ndarray, record: dict) -> np.ndarray:
