@@ -65,6 +65,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--amp", choices=("off", "bf16"), default="off", help="bf16: the step under torch.autocast"
+    )
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -87,7 +90,9 @@ def main() -> None:
     for step in range(args.steps + 1):
         detector.zero_grad(set_to_none=True)
         start, cpu_start = time.perf_counter(), time.process_time()
-        detector.loss(images, targets)["loss"].backward()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp == "bf16"):
+            loss = detector.loss(images, targets)["loss"]
+        loss.backward()
         if device.type == "cuda":
             torch.cuda.synchronize()
         if step > 0:  # first step is warm-up
@@ -112,6 +117,7 @@ def main() -> None:
         "peak_MiB": round(peak_mib, 1),
         "peak_kind": peak_kind,
         "threads": args.threads,
+        "amp": args.amp,
         "torch": torch.__version__,
         "machine": platform.processor() or platform.machine(),
     }
