@@ -20,6 +20,7 @@ ENCODER_KINDS: tuple[str, ...] = ("msa", "deformable", "fpn", "single")
 DecoderKind = Literal["deformable", "detr"]
 DECODER_KINDS: tuple[str, ...] = ("deformable", "detr")
 ClassHead = Literal["sigmoid", "softmax"]
+AnchorKind = Literal["level", "data"]
 
 
 @dataclass
@@ -55,6 +56,20 @@ class ModelConfig:
     * ``"detr"``       - the original DETR decoder (learned queries, dense cross-attention, boxes regressed
       absolutely); the ``detr`` baseline.
 
+    Box precision (issue 20; each a switch so that its effect can be measured):
+
+    * ``deform_heads``: heads of the decoder's deformable cross-attention (0 = ``nhead``). Each head starts
+      looking one way (:func:`~organdetr.models.blocks.deformable_attention._direction_grid`): with 4 heads
+      those are +-i and +-j, and no head looks along k; 6 heads start on the six faces of the box, as the
+      authors' 3D deformable attention does.
+    * ``share_box_head``: one box-refinement head for every decoder layer (Deformable DETR without
+      refinement shares it) instead of one per layer: every layer's supervision then trains the same
+      regressor of "box delta from features around the reference", which a later layer reuses.
+    * ``anchors``: the size of each memory token's proposal anchor. ``"level"``: Deformable DETR's
+      ``0.05 * 2 ** level`` of the grid (3.2 voxels at stride 4 for a 64^3 grid, while organs span 4-45);
+      ``"data"``: per level, from the training organs' box sizes (``anchor_sizes``, filled from the cache by
+      the training engine and saved in the run's config, so a checkpoint rebuilds the same anchors).
+
     Classes (``class_head``): ``"sigmoid"`` scores every class independently (``pred_logits [B, N, K]``,
     sigmoid focal loss, as Deformable DETR / DINO); ``"softmax"`` adds a no-object class
     (``pred_logits [B, N, K + 1]``, cross-entropy, as DETR).
@@ -85,6 +100,10 @@ class ModelConfig:
     two_stage: bool = True  # initial reference boxes from the encoder's per-class proposals
     queries_per_class: int = 3  # two-stage proposals kept per organ class (DQM's 1 + eta must fit)
     n_points: int = 4  # deformable attention sampling points per head and level
+    deform_heads: int = 0  # heads of the decoder's deformable cross-attention (0 = nhead)
+    share_box_head: bool = False  # deformable decoder: one box head for all layers
+    anchors: AnchorKind = "level"  # proposal anchor sizes: 0.05 * 2**level, or from the data's boxes
+    anchor_sizes: tuple[float, ...] = ()  # anchors="data": (i, j, k) per memory level, normalised; filled
     fine_level: bool = False  # deformable decoder: + the backbone stage below the pyramid, fused top-down
     mask_head: bool = False  # + a decoupled mask per query (organdetr.mask_detr): class, box and mask
     class_head: ClassHead = "sigmoid"  # sigmoid per class (focal loss) | softmax with a no-object class (CE)
@@ -116,6 +135,19 @@ class ModelConfig:
                 "ModelConfig.fine_level needs the deformable decoder and a backbone stage below the "
                 f"{self.num_levels} encoded levels (backbone_channels has {len(self.backbone_channels)})"
             )
+        self.anchor_sizes = tuple(float(a) for a in self.anchor_sizes)
+        if self.anchors not in ("level", "data"):
+            raise ValueError(f"ModelConfig.anchors must be 'level' or 'data', got {self.anchors!r}")
+        if any(not 0.0 < a <= 1.0 for a in self.anchor_sizes) or len(self.anchor_sizes) % 3:
+            raise ValueError(
+                "ModelConfig.anchor_sizes must be (i, j, k) triples of normalised sizes in (0, 1], got "
+                f"{self.anchor_sizes}"
+            )
+        if self.deform_heads < 0 or (self.deform_heads and self.d_model % self.deform_heads):
+            raise ValueError(
+                f"ModelConfig.deform_heads={self.deform_heads} must be 0 (= nhead) or divide "
+                f"d_model={self.d_model}"
+            )
         if self.queries_per_class < 1 or self.n_points < 1 or self.dn_number < 0:
             raise ValueError("ModelConfig.queries_per_class and n_points must be >= 1, dn_number >= 0")
         if not (0.0 <= self.dn_box_noise <= 1.0 and 0.0 <= self.dn_label_noise <= 1.0):
@@ -137,6 +169,16 @@ class ModelConfig:
         if self.decoder == "deformable" and self.two_stage:
             return self.queries_per_class * num_classes
         return self.num_queries
+
+    @property
+    def memory_levels(self) -> int:
+        """Levels the deformable decoder reads: the encoded pyramid, + 1 with ``fine_level``."""
+        return self.num_levels + int(self.fine_level)
+
+    @property
+    def cross_attention_heads(self) -> int:
+        """Heads of the decoder's deformable cross-attention (``deform_heads``, 0 = ``nhead``)."""
+        return self.deform_heads or self.nhead
 
     @property
     def strides(self) -> tuple[int, ...]:
@@ -238,6 +280,7 @@ __all__ = [
     "DECODER_KINDS",
     "ENCODER_KINDS",
     "PRESET_NAMES",
+    "AnchorKind",
     "ClassHead",
     "DecoderKind",
     "EncoderKind",

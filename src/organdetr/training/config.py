@@ -33,12 +33,17 @@ from organdetr.runtime.errors import InputError
 from organdetr.runtime.text import collapse
 
 ScheduleKind = Literal["cosine", "step", "constant"]
+BoxTargets = Literal["labels", "exact"]
 AmpMode = Literal["auto", "off", "bf16", "fp16"]
 
 
 @dataclass
 class DataConfig:
     """Where the preprocessed cache is and how it is split and loaded.
+
+    ``box_targets``: ``"labels"`` boxes the organ's voxels on the cache grid (whole voxels); ``"exact"`` maps
+    the organ's box in the original scan onto the grid and through zoom / shift / flip, to a fraction of a
+    voxel (:class:`~organdetr.data.cache_dataset.CacheDataset`).
 
     The split: explicit ``train_cases`` / ``val_cases`` lists win; otherwise ``val_fraction`` of the cache's
     cases (at least one when there are >= 2 cases and the fraction is > 0), drawn with ``split_seed``, are
@@ -52,6 +57,7 @@ class DataConfig:
     split_seed: int = 0
     batch_size: int = 2  # per process (per GPU)
     num_workers: int = 2  # DataLoader worker processes per process
+    box_targets: BoxTargets = "labels"  # training boxes: label voxels, or exact from the original scan
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.val_fraction < 1.0:
@@ -69,6 +75,7 @@ class OptimConfig:
     lr: float = 2e-4
     backbone_lr_scale: float = 1.0  # lr of parameters under ``*.backbone.*`` = lr * this
     transformer_lr_scale: float = 1.0  # lr of parameters under ``*.transformer.*`` = lr * this (MaskMed)
+    offset_lr_scale: float = 1.0  # lr of deformable attention's sampling offsets = lr * this (DDETR: 0.1)
     weight_decay: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = 0.1  # max global grad norm (DETR); 0 = off
@@ -85,9 +92,11 @@ class OptimConfig:
         self.step_milestones = tuple(float(m) for m in self.step_milestones)
         if self.lr <= 0:
             raise ValueError(f"optim.lr must be > 0, got {self.lr}")
-        if min(self.backbone_lr_scale, self.transformer_lr_scale, self.weight_decay, self.grad_clip) < 0:
+        scales = (self.backbone_lr_scale, self.transformer_lr_scale, self.offset_lr_scale)
+        if min(*scales, self.weight_decay, self.grad_clip) < 0:
             raise ValueError(
-                "optim.backbone_lr_scale, transformer_lr_scale, weight_decay and grad_clip must be >= 0"
+                "optim.backbone_lr_scale, transformer_lr_scale, offset_lr_scale, weight_decay and grad_clip "
+                "must be >= 0"
             )
         if self.warmup_steps < 0:
             raise ValueError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")

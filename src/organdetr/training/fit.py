@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from organdetr.data.cache_dataset import CacheDataset, split_cases
 from organdetr.data.properties import DataProperties
 from organdetr.models import detector_from_config
+from organdetr.models.organdetr.proposals import anchor_sizes_from_boxes
 from organdetr.preprocessing.cache import list_cases, verify_cases
 from organdetr.preprocessing.plans import load_plans
 from organdetr.runtime import atomic
@@ -278,8 +279,8 @@ def _load_data(
     if not train_ids:
         raise InputError(cache_dir, "no complete training cases in the cache (run `organdetr preprocess`)")
     verify_cases(cache_dir, [*train_ids, *val_ids], plans, progress=cfg.train.progress and dist_info.is_main)
-    train_ds = CacheDataset(cache_dir, train_ids, cfg.augment)
-    val_ds = CacheDataset(cache_dir, val_ids, None) if val_ids else None
+    train_ds = CacheDataset(cache_dir, train_ids, cfg.augment, cfg.data.box_targets)
+    val_ds = CacheDataset(cache_dir, val_ids, None, cfg.data.box_targets) if val_ids else None
     return RunData(plans, dist_info, device, train_ds, val_ds)
 
 
@@ -292,6 +293,7 @@ def _build_parts(cfg: TrainConfig, data: RunData) -> tuple[TrainConfig, TrainPar
     if cfg.model.in_channels != properties.in_channels:  # model.in_channels comes from the data
         cfg = replace_section(cfg, "model", in_channels=properties.in_channels)
     train_ds = data.train_ds
+    cfg = _with_data_anchors(cfg, train_ds)
     detector = detector_from_config(cfg, train_ds.num_classes, train_ds.input_size, properties)
     detector = detector.to(data.device)
     optimizer = build_optimizer(detector, cfg.optim)
@@ -303,6 +305,17 @@ def _build_parts(cfg: TrainConfig, data: RunData) -> tuple[TrainConfig, TrainPar
         else None
     )
     return cfg, TrainParts(detector, optimizer, amp_dtype, scaler, ema)
+
+
+def _with_data_anchors(cfg: TrainConfig, train_ds: CacheDataset) -> TrainConfig:
+    """``model.anchors: data`` with no ``anchor_sizes`` yet: size the proposal anchors from the training
+    organs (:func:`~organdetr.models.organdetr.proposals.anchor_sizes_from_boxes`); the sizes are saved in the
+    run's config, so a resume or a checkpoint rebuilds the same network."""
+    model = cfg.model
+    if cfg.arch != "organdetr" or model.anchors != "data" or model.anchor_sizes:
+        return cfg
+    sizes = anchor_sizes_from_boxes(train_ds.median_box_sizes(), model.memory_levels)
+    return replace_section(cfg, "model", anchor_sizes=sizes)
 
 
 def _resume_state(run_dir: Path) -> Path | None:

@@ -13,17 +13,24 @@ from organdetr.training.config import OptimConfig
 def build_optimizer(detector: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
     """AdamW; ``*.backbone.*`` parameters get ``lr * backbone_lr_scale``, ``*.transformer.*`` parameters
     ``lr * transformer_lr_scale`` (separate rates for a model's CNN and attention parts, as MaskMed
-    trains them); no decay on norms / biases."""
+    trains them); no decay on norms / biases. With ``offset_lr_scale != 1`` the deformable attention's
+    sampling-offset projections get ``lr * offset_lr_scale`` (Deformable DETR trains them at 0.1x: a large
+    step moves every sampling point of a query at once, away from the features its box head has learned to
+    read); they then form the last groups, after those of older checkpoints."""
     scales = {"transformer": cfg.transformer_lr_scale, "backbone": cfg.backbone_lr_scale, "head": 1.0}
+    if cfg.offset_lr_scale != 1.0:
+        scales["offsets"] = cfg.offset_lr_scale
     groups: dict[tuple[str, bool], list[Tensor]] = {}
     for name, param in detector.named_parameters():
         if not param.requires_grad:
             continue
         part = next((p for p in ("backbone", "transformer") if f".{p}." in f".{name}"), "head")
+        if "offsets" in scales and ".sampling_offsets." in f".{name}":
+            part = "offsets"
         no_decay = param.ndim <= 1 or name.endswith("_embed")
         groups.setdefault((part, no_decay), []).append(param)
     param_groups = []
-    order = list(scales)[::-1]  # head, backbone, transformer: the group order of older checkpoints first
+    order = ["head", "backbone", "transformer", "offsets"]  # the group order of older checkpoints first
     for (part, no_decay), params in sorted(
         groups.items(), key=lambda item: (order.index(item[0][0]), item[0][1])
     ):

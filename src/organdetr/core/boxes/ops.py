@@ -20,6 +20,7 @@ __all__ = [
     "box_volume",
     "box_iou_3d",
     "generalized_box_iou_3d",
+    "paired_box_iou_3d",
 ]
 
 
@@ -48,6 +49,16 @@ def box_iou_3d(boxes1: Tensor, boxes2: Tensor) -> tuple[Tensor, Tensor]:
     inter = (hi - lo).clamp(min=0).prod(dim=-1)
     union = vol1[:, None] + vol2[None, :] - inter
     return inter / union.clamp(min=torch.finfo(union.dtype).tiny), union
+
+
+def paired_box_iou_3d(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """IoU of row-wise pairs of ``xyzxyz`` boxes ``[P, 6], [P, 6] -> [P]`` (the diagonal of
+    :func:`box_iou_3d` without the ``P x P`` matrix)."""
+    lo = torch.maximum(boxes1[:, :3], boxes2[:, :3])
+    hi = torch.minimum(boxes1[:, 3:], boxes2[:, 3:])
+    inter = (hi - lo).clamp(min=0).prod(dim=-1)
+    union = box_volume(boxes1) + box_volume(boxes2) - inter
+    return inter / union.clamp(min=torch.finfo(union.dtype).tiny)
 
 
 def generalized_box_iou_3d(boxes1: Tensor, boxes2: Tensor) -> Tensor:

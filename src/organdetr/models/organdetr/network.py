@@ -74,6 +74,19 @@ def build_encoder(cfg: ModelConfig) -> nn.Module:
     )
 
 
+def _check_anchor_sizes(cfg: ModelConfig, memory_levels: int) -> None:
+    """ValueError unless ``model.anchor_sizes`` fits the decoder's levels (``anchors: data`` needs them)."""
+    if cfg.anchors == "data" and not cfg.anchor_sizes:
+        raise ValueError(
+            "model.anchors=data needs model.anchor_sizes (training fills them from the cache's organ boxes)"
+        )
+    if cfg.anchor_sizes and len(cfg.anchor_sizes) != 3 * memory_levels:
+        raise ValueError(
+            f"model.anchor_sizes has {len(cfg.anchor_sizes)} values; the decoder reads {memory_levels} "
+            f"levels, so it needs {3 * memory_levels} (i, j, k per level)"
+        )
+
+
 class OrganDETR(nn.Module):
     """Organ-DETR (see the module docstring). ``class_activation`` is ``"sigmoid"`` or ``"softmax"``."""
 
@@ -121,9 +134,12 @@ class OrganDETR(nn.Module):
                 cfg.n_points,
                 class_outputs,
                 cfg.class_head == "sigmoid",
+                cfg.cross_attention_heads,
+                cfg.share_box_head,
             )
             self.query_content = nn.Embedding(self.num_queries, d)
             if cfg.two_stage:
+                _check_anchor_sizes(cfg, memory_levels)
                 self.proposal_head = ProposalHead(d, k)
             else:  # learned reference boxes spread over the grid (DAB-DETR's learnable anchors)
                 self.query_reference = nn.Embedding(self.num_queries, 6)
@@ -193,7 +209,7 @@ class OrganDETR(nn.Module):
         b = memory.shape[0]
         extra: dict = {}
         if self.cfg.two_stage:
-            anchors, spacing = token_anchors(shapes, memory.device, memory.dtype)
+            anchors, spacing = token_anchors(shapes, memory.device, torch.float32, self.cfg.anchor_sizes)
             enc_logits, enc_boxes = self.proposal_head(memory, anchors)
             reference = select_per_class(enc_logits, enc_boxes, self.cfg.queries_per_class)[0].detach()
             if self.training:

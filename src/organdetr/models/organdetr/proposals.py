@@ -1,10 +1,11 @@
 """Encoder proposals (two-stage Deformable DETR / DINO's query selection), per organ class.
 
-Every memory token ``t`` (all encoded levels, finest first) has an *anchor*: a box centred on the token
-with a level-dependent size (Deformable DETR: ``0.05 * 2 ** level`` of the grid per axis). A dense head
-scores the token for every organ class and regresses a box relative to its anchor in inverse-sigmoid
-space. Because the box is regressed from the token that sees the organ, a translated organ moves its
-proposal with it: the proposals are what make the detector translation-equivariant.
+Every memory token ``t`` (all encoded levels, finest first) has an *anchor*: a box centred on the token with a
+level-dependent size (Deformable DETR: ``0.05 * 2 ** level`` of the grid per axis; or, with ``model.anchors:
+data``, sizes per level from the training organs, :func:`anchor_sizes_from_boxes`). A dense head scores the
+token for every organ class and regresses a box relative to its anchor in inverse-sigmoid space. Because the
+box is regressed from the token that sees the organ, a translated organ moves its proposal with it: the
+proposals are what make the detector translation-equivariant.
 
 Selection: an organ occurs at most once per scan, so instead of a global top-k (DINO) the best
 ``k = queries_per_class`` tokens of *each* class become the decoder's initial reference boxes (detached,
@@ -48,18 +49,44 @@ def focal_bias() -> float:
     return -math.log((1 - FOCAL_PRIOR) / FOCAL_PRIOR)
 
 
-def token_anchors(spatial_shapes: SpatialShapes, device=None, dtype=torch.float32) -> tuple[Tensor, Tensor]:
+def token_anchors(
+    spatial_shapes: SpatialShapes, device=None, dtype=torch.float32, level_sizes: tuple[float, ...] = ()
+) -> tuple[Tensor, Tensor]:
     """``(anchors [S, 6] cxcyczwhd, spacing [S, 3])`` for the tokens of ``spatial_shapes`` (finest first).
 
-    ``spacing`` is each token's voxel size in normalised units (``1 / I_l`` ...), used by the assignment.
+    ``level_sizes``: ``(i, j, k)`` anchor size per level, flattened (``model.anchor_sizes``); empty =
+    ``0.05 * 2 ** level``. ``spacing`` is each token's voxel size in normalised units (``1 / I_l`` ...),
+    used by the assignment.
     """
+    if level_sizes and len(level_sizes) != 3 * len(spatial_shapes):
+        raise ValueError(f"{len(level_sizes)} anchor sizes for {len(spatial_shapes)} levels (3 per level)")
     centres = token_centres(spatial_shapes, device, dtype)
     sizes, spacing = [], []
     for level, shape in enumerate(spatial_shapes):
         n = math.prod(shape)
-        sizes.append(torch.full((n, 3), ANCHOR_BASE_SIZE * 2.0**level, device=device, dtype=dtype))
+        size = level_sizes[3 * level : 3 * level + 3] if level_sizes else (ANCHOR_BASE_SIZE * 2.0**level,) * 3
+        sizes.append(torch.tensor(size, device=device, dtype=dtype).expand(n, 3))
         spacing.append(torch.tensor([1.0 / s for s in shape], device=device, dtype=dtype).expand(n, 3))
     return torch.cat([centres, torch.cat(sizes)], dim=1), torch.cat(spacing)
+
+
+def anchor_sizes_from_boxes(sizes: Tensor, levels: int) -> tuple[float, ...]:
+    """Anchor sizes per level from organ box sizes ``[N, 3]`` (normalised (i, j, k) extents, e.g. every
+    training organ's median size) -> ``(i, j, k) * levels`` flattened, finest level first.
+
+    The organs are ranked by volume and cut into ``levels`` groups of equal count; level ``l``'s anchor is
+    the per-axis geometric mean of group ``l``: the finest level anchors the smallest organs, the coarsest the
+    largest, as a token's receptive field grows with its level. With fewer organs than levels the last
+    group repeats.
+    """
+    sizes = sizes.double().clamp(min=1e-4, max=1.0)
+    order = sizes.prod(dim=1).argsort()
+    groups = [chunk for chunk in order.tensor_split(levels) if chunk.numel()]
+    out: list[float] = []
+    for level in range(levels):
+        group = sizes[groups[min(level, len(groups) - 1)]]
+        out.extend(float(v) for v in group.log().mean(dim=0).exp())
+    return tuple(round(v, 4) for v in out)
 
 
 class ProposalHead(nn.Module):
@@ -80,7 +107,8 @@ class ProposalHead(nn.Module):
 
     def forward(self, memory: Tensor, anchors: Tensor) -> tuple[Tensor, Tensor]:
         h = self.norm(self.proj(memory))
-        boxes = (self.box_head(h) + inverse_sigmoid(anchors)).sigmoid()
+        with torch.autocast(memory.device.type, enabled=False):  # box maths in fp32 under autocast
+            boxes = (self.box_head(h.float()) + inverse_sigmoid(anchors.float())).sigmoid()
         return self.class_head(h), boxes
 
 
@@ -126,6 +154,7 @@ def assign_proposals(anchors: Tensor, spacing: Tensor, target: dict) -> tuple[Te
 __all__ = [
     "ANCHOR_BASE_SIZE",
     "ProposalHead",
+    "anchor_sizes_from_boxes",
     "assign_proposals",
     "focal_bias",
     "inverse_sigmoid",
