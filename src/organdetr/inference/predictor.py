@@ -3,15 +3,16 @@
 :meth:`Predictor.prepare` reads a scan (``organdetr.io.images``) and preprocesses it exactly as the training
 cache was made (``plans.json``: canonical LPS, ONE resampling straight onto the model grid, e.g. 96^3, so the
 model never sees the full-resolution scan and memory stays bounded by the scan itself); batches of grids go
-through ``Detector.detect`` (bf16 autocast on CUDA) and :meth:`Predictor.to_prediction` maps the grid boxes
-back to the original scan with :func:`organdetr.core.boxes.world.grid_box_to_original` (the prediction JSON of
+through ``Detector.detect`` (in the precision :meth:`Predictor.precision` settles: bf16 on a GPU that has it,
+on the CPU only where measured clearly faster) and :meth:`Predictor.to_prediction` maps the grid boxes back to
+the original scan with :func:`organdetr.core.boxes.world.grid_box_to_original` (the prediction JSON of
 docs/conventions.md). The batch run over many scans is :mod:`organdetr.inference.predict`.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,8 +30,16 @@ from organdetr.preprocessing.plans import (
     num_channels,
 )
 from organdetr.preprocessing.resampling import preprocess_image
-from organdetr.runtime.devices import autocast_dtype, resolve_device
+from organdetr.runtime.devices import (
+    AmpChoice,
+    autocast_dtype,
+    choose_cpu_amp,
+    measures_cpu_amp,
+    resolve_device,
+)
 from organdetr.training.checkpoint import load_detector
+
+PREDICT_MEASURE_STEPS = 1  # timed forwards per precision when predict measures (one scan's worth of waiting)
 
 
 @dataclass
@@ -50,8 +59,12 @@ class Predictor:
     label id in increasing order (docs/conventions.md).
     """
 
-    def __init__(self, detector: torch.nn.Module, plans: dict, device: torch.device | str = "cpu"):
+    def __init__(
+        self, detector: torch.nn.Module, plans: dict, device: torch.device | str = "cpu", amp: str = "auto"
+    ):
         self.device = torch.device(device)
+        self.amp = amp  # auto | off | bf16 | fp16, as train.amp (runtime.devices.autocast_dtype)
+        self.amp_choice: AmpChoice | None = None  # settled by the first detect_grids
         self.detector = detector.to(self.device).eval()
         self.plans = plans
         self.preprocess_config = config_from_plans(plans)
@@ -63,11 +76,11 @@ class Predictor:
         self.case_classes = case_classes_from_plans(plans)
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: str | Path, device: str = "auto") -> Predictor:
+    def from_checkpoint(cls, checkpoint: str | Path, device: str = "auto", amp: str = "auto") -> Predictor:
         """Load a run folder / checkpoint folder (safetensors weights, no unpickling)."""
         resolved = resolve_device(device, option="--device")
         detector, _, plans = load_detector(checkpoint, resolved)
-        predictor = cls(detector, plans, resolved)
+        predictor = cls(detector, plans, resolved, amp)
         predictor.source = str(checkpoint)
         return predictor
 
@@ -122,6 +135,7 @@ class Predictor:
         """Detector on a batch of grids ``[I, J, K]`` -> per grid ``labels [D]``, ``scores [D]``,
         ``boxes [D, 6]`` (voxel xyzxyz on the model grid), as numpy."""
         batch = self._batch(grids)
+        self.precision(lambda: self.detector.detect(batch))
         with self._autocast():
             results = self.detector.detect(batch)
         return [
@@ -170,9 +184,28 @@ class Predictor:
         lut = np.asarray([0, *self.label_ids], dtype=np.uint8 if max(self.label_ids) < 256 else np.uint16)
         return [lut[d] for d in dense]
 
+    def precision(self, forward: Callable[[], object] | None = None) -> AmpChoice:
+        """The precision of the model's forward passes, settled on the first call and kept.
+
+        As ``train.amp``: ``auto`` is bf16 on a CUDA GPU that has it; on the CPU it is fp32 unless the CPU
+        has bf16 instructions and ``forward`` (the first batch's detection) measures clearly faster under
+        bf16 autocast (:func:`organdetr.runtime.devices.choose_cpu_amp`, one timed forward each after a
+        warm-up). Without ``forward`` an unsettled CPU ``auto`` is fp32 without measuring.
+        """
+        if self.amp_choice is None:
+            if measures_cpu_amp(self.amp, self.device) and forward is not None:
+                with torch.random.fork_rng(devices=[]):
+                    self.amp_choice = choose_cpu_amp(forward, steps=PREDICT_MEASURE_STEPS)
+            elif measures_cpu_amp(self.amp, self.device):
+                return AmpChoice(None, None, "not measured")
+            else:
+                dtype = autocast_dtype(self.amp, self.device)
+                self.amp_choice = AmpChoice(dtype, None, f"amp {self.amp} on {self.device.type}")
+        return self.amp_choice
+
     def _autocast(self):
-        dtype = autocast_dtype("auto", self.device)  # bf16 on a GPU that has it, else full fp32
-        return contextlib.nullcontext() if dtype is None else torch.autocast("cuda", dtype=dtype)
+        dtype = self.precision().dtype
+        return contextlib.nullcontext() if dtype is None else torch.autocast(self.device.type, dtype=dtype)
 
     def to_prediction(
         self,

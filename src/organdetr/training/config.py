@@ -114,7 +114,9 @@ class LoopConfig:
     steps: int | None = None  # optimizer-step budget: ends training there, the lr schedule spans exactly it
     val_every: int = 1  # validate every N epochs (0 = never: no best/, load_detector uses last/)
     checkpoint_every: int = 1  # save the "last" checkpoint every N epochs (and always at the end)
-    amp: AmpMode = "auto"  # auto = bf16 on a CUDA GPU that supports it, off on CPU
+    # auto = bf16 on a CUDA GPU that supports it; on a CPU with bf16 instructions bf16 only where the first
+    # batch's step measures clearly faster (training.precision), else fp32. bf16 on a CPU: as asked
+    amp: AmpMode = "auto"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower on GPU)
@@ -183,6 +185,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise ValueError(errors[0] if errors else f"{key}: got {value!r}")
     if origin is Literal:
         choices = typing.get_args(tp)
+        if isinstance(value, bool) and ("on" if value else "off") in choices:
+            value = "on" if value else "off"  # YAML 1.1 reads a bare off / on (train.amp=off) as a boolean
         if value not in choices:
             raise ValueError(f"{key}: {value!r} is not one of {list(choices)}")
         return value

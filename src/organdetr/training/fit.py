@@ -27,7 +27,13 @@ from organdetr.preprocessing.cache import list_cases, verify_cases
 from organdetr.preprocessing.plans import load_plans
 from organdetr.runtime import atomic
 from organdetr.runtime.atomic import remove_stale_temps
-from organdetr.runtime.devices import autocast_dtype, resolve_device, seed_everything
+from organdetr.runtime.devices import (
+    AmpChoice,
+    autocast_dtype,
+    measures_cpu_amp,
+    resolve_device,
+    seed_everything,
+)
 from organdetr.runtime.errors import InputError
 from organdetr.runtime.locking import LOCK_NAME, folder_lock
 from organdetr.runtime.outputs import check_output_folder
@@ -38,6 +44,7 @@ from organdetr.training.distributed import DistInfo
 from organdetr.training.loaders import train_loader
 from organdetr.training.loop import LossModule, StepContext, epoch_summary, train_one_epoch
 from organdetr.training.optim import build_optimizer
+from organdetr.training.precision import choose_train_amp
 from organdetr.training.train_log import TrainLogger
 from organdetr.training.validation import best_metric_value, metrics_summary, validate
 
@@ -223,6 +230,7 @@ def _fit(cfg: TrainConfig, run_dir: Path, cache_dir: Path, *, resume: bool, stop
     data = _load_data(cfg, cache_dir, plans, dist_info, device)
     cfg, parts = _build_parts(cfg, data)
     state = _start_state(cfg, run_dir, parts, device, resume=resume)
+    _choose_precision(cfg, data, parts, state, resume=resume)
     config_yaml = dump_config(cfg)
     if dist_info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -297,7 +305,9 @@ def _build_parts(cfg: TrainConfig, data: RunData) -> tuple[TrainConfig, TrainPar
     detector = detector_from_config(cfg, train_ds.num_classes, train_ds.input_size, properties)
     detector = detector.to(data.device)
     optimizer = build_optimizer(detector, cfg.optim)
-    amp_dtype = autocast_dtype(cfg.train.amp, data.device)
+    # train.amp=auto on the CPU starts in fp32; _choose_precision measures once the weights are loaded
+    measured = measures_cpu_amp(cfg.train.amp, data.device)
+    amp_dtype = None if measured else autocast_dtype(cfg.train.amp, data.device)
     scaler = torch.amp.GradScaler(data.device.type, enabled=amp_dtype == torch.float16)
     ema = (
         AveragedModel(detector, multi_avg_fn=get_ema_multi_avg_fn(cfg.optim.ema_decay), use_buffers=True)
@@ -316,6 +326,28 @@ def _with_data_anchors(cfg: TrainConfig, train_ds: CacheDataset) -> TrainConfig:
         return cfg
     sizes = anchor_sizes_from_boxes(train_ds.median_box_sizes(), model.memory_levels)
     return replace_section(cfg, "model", anchor_sizes=sizes)
+
+
+def _choose_precision(
+    cfg: TrainConfig, data: RunData, parts: TrainParts, state: dict, *, resume: bool
+) -> None:
+    """Settle ``parts.amp_dtype`` (measured for ``train.amp=auto`` on the CPU: :mod:`.precision`), record
+    the choice as ``state["amp"]`` (every checkpoint's ``state.json``) and print it."""
+    if measures_cpu_amp(cfg.train.amp, data.device):
+        choice = choose_train_amp(
+            parts.detector,
+            data.train_ds,
+            cfg.data.batch_size,
+            data.device,
+            distributed=data.dist.enabled,
+            resumed=state.get("amp") if resume else None,
+        )
+        parts.amp_dtype = choice.dtype
+    else:
+        choice = AmpChoice(parts.amp_dtype, None, f"train.amp={cfg.train.amp} on {data.device.type}")
+    state["amp"] = choice.as_dict()
+    if data.dist.is_main and cfg.train.progress:
+        tqdm.write(f"amp: {choice.describe()}")
 
 
 def _resume_state(run_dir: Path) -> Path | None:

@@ -72,18 +72,23 @@ def ms_deform_attn_3d(
     """
     b, _, heads, head_dim = value.shape
     _, lq, _, n_levels, n_points, _ = sampling_locations.shape
-    # [0, 1] (i, j, k) -> [-1, 1] (x, y, z) = (k, j, i); heads folded into the batch
-    grids = (2 * sampling_locations - 1).flip(-1).transpose(1, 2).flatten(0, 1)  # [B*h, Lq, L, P, 3]
-    samples = []
-    for level, volume in enumerate(_split_levels(value, spatial_shapes)):
-        grid = grids[:, :, level, :, None, :]  # [B*h, Lq, P, 1, 3]: an (Lq, P, 1) "output volume"
-        sampled = F.grid_sample(
-            volume, grid.to(volume.dtype), mode="bilinear", padding_mode="zeros", align_corners=False
-        )
-        samples.append(sampled[..., 0])  # [B*h, head_dim, Lq, P]
-    stacked = torch.stack(samples, dim=-2)  # [B*h, head_dim, Lq, L, P]
-    weights = attention_weights.transpose(1, 2).reshape(b * heads, 1, lq, n_levels, n_points)
-    out = (stacked * weights.to(stacked.dtype)).sum(dim=(-1, -2))  # [B*h, head_dim, Lq]
+    # The grid stays at least fp32 under bf16 autocast: bf16's 8-bit mantissa would move a normalised
+    # coordinate by up to 0.4 %, a quarter voxel at 64^3. grid_sample needs one dtype for volume and grid,
+    # so the volume is read in the grid's dtype (what CPU and CUDA autocast do for grid_sample anyway).
+    dtype = torch.promote_types(sampling_locations.dtype, torch.float32)
+    with torch.autocast(device_type=value.device.type, enabled=False):
+        # [0, 1] (i, j, k) -> [-1, 1] (x, y, z) = (k, j, i); heads folded into the batch: [B*h, Lq, L, P, 3]
+        grids = (2 * sampling_locations.to(dtype) - 1).flip(-1).transpose(1, 2).flatten(0, 1)
+        samples = []
+        for level, volume in enumerate(_split_levels(value, spatial_shapes)):
+            grid = grids[:, :, level, :, None, :]  # [B*h, Lq, P, 1, 3]: an (Lq, P, 1) "output volume"
+            sampled = F.grid_sample(
+                volume.to(dtype), grid, mode="bilinear", padding_mode="zeros", align_corners=False
+            )
+            samples.append(sampled[..., 0])  # [B*h, head_dim, Lq, P]
+        stacked = torch.stack(samples, dim=-2)  # [B*h, head_dim, Lq, L, P]
+        weights = attention_weights.transpose(1, 2).reshape(b * heads, 1, lq, n_levels, n_points)
+        out = (stacked * weights.to(dtype)).sum(dim=(-1, -2))  # [B*h, head_dim, Lq]
     return out.reshape(b, heads * head_dim, lq).transpose(1, 2)
 
 
@@ -183,17 +188,25 @@ class MSDeformAttn3d(nn.Module):
         h, n_l, n_p = self.n_heads, self.n_levels, self.n_points
         if len(spatial_shapes) != n_l:
             raise ValueError(f"module has {n_l} levels, got spatial shapes for {len(spatial_shapes)}")
-        offsets = self.sampling_offsets(query).view(b, lq, h, n_l, n_p, 3)
-        weights = self.attention_weights(query).view(b, lq, h, n_l * n_p).softmax(-1).view(b, lq, h, n_l, n_p)
-        ref = reference[:, :, None, None, None, :]
-        if reference.shape[-1] == 3:
-            normaliser = torch.tensor(spatial_shapes, dtype=query.dtype, device=query.device)  # [L, 3]
-            locations = ref + offsets / normaliser[None, None, None, :, None, :]
-        elif reference.shape[-1] == 6:
-            locations = ref[..., :3] + offsets / n_p * ref[..., 3:] * 0.5
-        else:
+        if reference.shape[-1] not in (3, 6):
             raise ValueError(f"reference must end in 3 (points) or 6 (boxes), got {tuple(reference.shape)}")
+        weights = self.attention_weights(query).view(b, lq, h, n_l * n_p).softmax(-1).view(b, lq, h, n_l, n_p)
+        # locations in (at least) fp32 even under bf16 autocast: see ms_deform_attn_3d
+        dtype = torch.promote_types(query.dtype, torch.float32)
+        with torch.autocast(device_type=query.device.type, enabled=False):
+            offsets = self._offsets(query.to(dtype)).view(b, lq, h, n_l, n_p, 3)
+            ref = reference.to(dtype)[:, :, None, None, None, :]
+            if reference.shape[-1] == 3:
+                normaliser = torch.tensor(spatial_shapes, dtype=dtype, device=query.device)  # [L, 3]
+                locations = ref + offsets / normaliser[None, None, None, :, None, :]
+            else:
+                locations = ref[..., :3] + offsets / n_p * ref[..., 3:] * 0.5
         return locations, weights
+
+    def _offsets(self, query: Tensor) -> Tensor:
+        """``sampling_offsets(query)`` in ``query``'s dtype (fp32 / fp64), whatever the layer's dtype."""
+        layer = self.sampling_offsets
+        return F.linear(query, layer.weight.to(query.dtype), layer.bias.to(query.dtype))
 
     def forward(
         self, query: Tensor, reference: Tensor, value: Tensor, spatial_shapes: SpatialShapes
