@@ -13,11 +13,17 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch import nn
 
 from _cache_factory import make_cache, save_random_checkpoint
 from organdetr.inference.predictor import Predictor
 from organdetr.models import detector_from_config
 from organdetr.models.blocks.deformable_attention import MSDeformAttn3d
+from organdetr.models.blocks.small_volume_conv import (
+    SMALL_SIDE,
+    SmallVolumeSafeConv3d,
+    guard_small_volume_convs,
+)
 from organdetr.runtime import devices
 from organdetr.runtime.devices import AmpChoice, autocast_dtype, choose_cpu_amp, cpu_bf16_capable
 from organdetr.training.config import load_config
@@ -238,3 +244,17 @@ def test_predictor_measures_and_takes_bf16(tmp_path, monkeypatch):
     off = Predictor.from_checkpoint(run, "cpu", amp="off")
     off.detect_grids([grid])
     assert off.amp_choice.dtype is None and len(calls) == 2
+
+
+def test_small_volume_convs_leave_cpu_autocast():
+    """Convolutions on inputs with a side <= SMALL_SIDE voxels run in fp32 under CPU autocast (torch's bf16
+    Conv3d weight gradient is intermittently non-finite there); larger ones stay bf16."""
+    model = nn.Sequential(nn.Conv3d(4, 4, 3, padding=1))
+    guard_small_volume_convs(model)
+    assert type(model[0]) is SmallVolumeSafeConv3d and "0.weight" in model.state_dict()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        small = model(torch.randn(1, 4, SMALL_SIDE, 8, 8))
+        large = model(torch.randn(1, 4, SMALL_SIDE + 1, 8, 8))
+    assert small.dtype == torch.float32 and large.dtype == torch.bfloat16
+    detector = detector_from_config(load_config("tiny"), 2, (32, 32, 32))
+    assert not any(type(m) is nn.Conv3d for m in detector.modules())  # the registry guards every model

@@ -14,6 +14,7 @@ from torch import nn
 
 from organdetr.models.baselines.retinanet import build_retinanet_detector
 from organdetr.models.baselines.seg2box import build_seg2box_detector
+from organdetr.models.blocks.small_volume_conv import guard_small_volume_convs
 from organdetr.models.config import ModelConfig
 from organdetr.models.maskmed.network import build_maskmed_detector
 from organdetr.models.mtmed3d.network import build_mtmed3d_detector
@@ -58,7 +59,7 @@ def build_detector(
     if data is not None and data.in_channels != model_cfg.in_channels:
         model_cfg = replace(model_cfg, in_channels=data.in_channels)
     spec = DetectorSpec(model_cfg, num_classes, input_size, arch_cfg, matcher_cfg, loss_cfg, data)
-    return builder(spec)
+    return guard_small_volume_convs(builder(spec))  # bf16 on the CPU: the smallest convs stay fp32
 
 
 def detector_from_config(
