@@ -34,9 +34,12 @@ Runs (``--runs``, comma-separated ``KIND[:SEED][@CAP]``):
 Default caps keep each run under ~90 minutes on 2 cores at one torch thread (CPU per step, BENCHMARKS.md):
 ``demo`` ~0.6 CPU-s/step -> 8000 steps (~80 min); ``seg2box`` ~2 CPU-s/step -> 2400 steps (~80 min);
 RetinaNet on the demo backbone (no fine level, dense heads on strides 8 / 16 / 32) is not measured yet:
-6000 steps, check the s/step printed at its start; nnU-Net 3d_fullres (its planned patch ~24x32x32, batch
-2) ~2 s/step -> 2500 steps, plus ~1-3 min of prediction per point. Each organdetr run prints its measured
-s/step (``measure_step_seconds``, 5 steps) and the projected time first; ``KIND@CAP`` sets one run's cap.
+6000 steps, check the s/step printed at its start. nnU-Net plans ``3d_fullres`` on these scans (~96 x 73 x 96
+voxels of ~4 mm) with a 96^3 patch (the whole scan) and batch 2: a 2-step smoke run measured ~50 CPU-s per
+step (first steps, shared machine): only ~100 steps in 90 minutes. It cannot meet the 90-minute bound at a
+useful budget: run it in resumable pieces over several sessions, with shorter epochs so that its poly
+schedule spans the cap (``--nnunet-iters 25 --chunk 100 nnunet@1000``: ~14 h). Each organdetr run prints
+its measured s/step (``measure_step_seconds``, 5 steps) and projected time first; ``KIND@CAP`` sets a cap.
 
 Resumable: every run keeps ``OUT/runs/<name>/progress.json`` (the curve, CPU-seconds so far, settings),
 written atomically after each chunk, beside ``curve.csv``; a killed or stopped command continues from the
@@ -53,13 +56,14 @@ on a 2-core machine; any line can be re-run to continue)::
     $PY $B --out OUT --runs organdetr:1 --chunk 400 --patience 1600 --threads 1
     $PY $B --out OUT --runs seg2box --chunk 400 --patience 1600 --threads 1
     $PY $B --out OUT --runs retinanet --chunk 400 --patience 1600 --threads 1
-    $PY $B --out OUT --runs nnunet --chunk 500 --patience 1500 --threads 1 --nnunet-python $NN
+    $PY $B --out OUT --runs nnunet@1000 --chunk 100 --patience 400 --nnunet-iters 25 --threads 1 \\
+        --nnunet-python $NN     # ~14 h in total: stop it (Ctrl-C) and re-run the line to continue
     $PY $B --out OUT --report     # redraw OUT/curves.png and print the Markdown table
 
 nnU-Net's halves can also be run by hand (what ``--runs nnunet`` does per chunk and at the end)::
 
-    $NN $B nnunet-train --out OUT --to-step 500 --cap 2500     # train (resuming), predict held-out
-    $NN $B nnunet-predict --out OUT --step 500 --split test    # predict the test scans
+    $NN $B nnunet-train --out OUT --to-step 100 --cap 1000 --nnunet-iters 25  # train (resuming), predict
+    $NN $B nnunet-predict --out OUT --step 100 --split test --nnunet-iters 25  # predict the test scans
     $PY $B nnunet-score --out OUT                               # score every held-out prediction
 
 Outputs: ``OUT/priors.json`` (mean-box priors, held-out and test set), per run ``OUT/runs/<name>/curve.csv``
@@ -89,7 +93,7 @@ from pathlib import Path
 METRICS = ("mAP", "AP50", "AP75", "mAR", "mAP_10_50")
 CONDITIONS = ("clean", "zoom+10%", "shift+10%")  # the test set's (experiments.ablation.PERTURBATIONS)
 CURVE_COLUMNS = ("step", "cpu_s", *METRICS)
-DEFAULT_CAPS = {"organdetr": 8000, "seg2box": 2400, "retinanet": 6000, "nnunet": 2500}
+DEFAULT_CAPS = {"organdetr": 8000, "seg2box": 2400, "retinanet": 6000, "nnunet": 1000}
 DEMO_OPTIM = ["optim.lr=1e-3", "optim.grad_clip=1.0", "optim.warmup_steps=50"]
 RECIPES: dict[str, tuple[str, list[str]]] = {  # kind -> (preset, overrides)
     "organdetr": ("demo", DEMO_OPTIM),
@@ -541,7 +545,8 @@ def nnunet_score(out: Path) -> None:
             continue
         step = int(pred.parent.name[4:])
         metrics = score_label_maps(pred, Path(split["cache"]), split["val"])
-        total += cpu.get(str(step), {}).get("cpu_s", math.nan)  # each chunk's own cost: summed
+        spent = cpu.get(str(step), {}).get("cpu_s")  # each chunk's own cost (None: unknown): summed
+        total += math.nan if spent is None else spent
         row = {"step": step, "cpu_s": round(total, 1)}
         curve.append(row | {k: round(metrics[k], 4) for k in METRICS})
         print(json.dumps(curve[-1]), flush=True)
@@ -652,7 +657,8 @@ def _predict(trainer, dataset_json: dict, weights: Path, images: list[tuple[str,
     predictor = nnUNetPredictor(use_mirroring=False, perform_everything_on_device=False,
                                 device=torch.device("cpu"), verbose=False, allow_tqdm=False)  # fmt: skip
     predictor.manual_initialization(
-        trainer.network, trainer.plans_manager, trainer.configuration_manager, None, dataset_json,
+        trainer.network, trainer.plans_manager, trainer.configuration_manager, [trainer.network.state_dict()],
+        dataset_json,
         type(trainer).__name__, None,
     )  # fmt: skip
     ids = np.asarray(dataset_json["organdetr_label_ids"])
@@ -718,9 +724,11 @@ def nnunet_train(out: Path, to_step: int, cap: int, iters: int, threads: int, se
         torch.manual_seed(seed + done)
         started = time.process_time()
         trainer.train_until(to_step // iters)
-        spent = time.process_time() - started
+        spent = round(time.process_time() - started, 1)
+        if done == to_step:  # trained before a kill, not recorded: its cost is unknown
+            spent = None
         torch.save(trainer.network.state_dict(), weights)
-        ledger[str(to_step)] = {"cpu_s": round(spent, 1), "from_step": done}
+        ledger[str(to_step)] = {"cpu_s": spent, "from_step": done}
         _atomic_write(ledger_path, json.dumps(ledger, indent=1))
     _predict(
         trainer, dataset_json, weights, _split_images(split, "val"), work / "pred" / f"step{to_step}" / "val"
