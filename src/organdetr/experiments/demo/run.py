@@ -26,6 +26,7 @@ from organdetr.models import detector_from_config
 from organdetr.preprocessing.cache import list_cases
 from organdetr.preprocessing.plans import PreprocessConfig, class_map_from_plans, load_plans
 from organdetr.preprocessing.run import preprocess_dataset
+from organdetr.runtime.devices import cpu_bf16_capable
 from organdetr.runtime.errors import InputError
 from organdetr.training.config import load_config, replace_section
 from organdetr.training.fit import fit
@@ -232,8 +233,12 @@ def measure_step_seconds(train_cfg, cache_dir: Path, case_ids: Sequence[str], ba
 
     Runs 5 real steps (cached cases, the config's augmentation, a throw-away model) and returns the
     median of the last 3 (the first two pay one-off allocation and kernel-selection costs). Only used to
-    print the expected time: the budget is a step count.
+    print the expected time: the budget is a step count. The steps run in bf16 autocast where training will
+    most likely use it (``train.amp`` bf16, or auto on a CPU with bf16 instructions; the run itself decides
+    auto by its own measurement, :mod:`organdetr.training.precision`).
     """
+    amp = train_cfg.train.amp
+    bf16 = amp == "bf16" or (amp == "auto" and cpu_bf16_capable())
     torch.manual_seed(0)
     dataset = CacheDataset(cache_dir, list(case_ids), train_cfg.augment)
     detector = detector_from_config(train_cfg, dataset.num_classes, dataset.input_size)
@@ -244,7 +249,8 @@ def measure_step_seconds(train_cfg, cache_dir: Path, case_ids: Sequence[str], ba
         images, targets = collate(
             [dataset[((step * batch_size + b) % len(dataset), step)] for b in range(batch_size)]
         )
-        loss = detector.loss(images, targets)["loss"]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = detector.loss(images, targets)["loss"]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
