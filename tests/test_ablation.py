@@ -126,6 +126,16 @@ def test_perturbed_cache_moves_images_and_boxes_together(micro_data, tmp_path, k
     if kind.startswith("shift"):  # content moved by +10 % of 32 voxels along every axis
         lid = max(boxes1, key=lambda k: np.prod(boxes1[k][3:] - boxes1[k][:3]))
         assert np.all(boxes1[lid][:3] > boxes0[lid][:3])
+        # the truth (box_mm) is the exact box moved by 3.2 voxels, not the re-quantised label box
+        mm0 = {b["label_id"]: np.array(b["box_mm"]) for b in rec0["boxes"]}
+        mm1 = {b["label_id"]: np.array(b["box_mm"]) for b in rec1["boxes"]}
+        direction = np.sign(np.diag(np.reshape(rec0["grid"]["direction"], (3, 3))))
+        step = 3.2 * np.asarray(rec0["grid"]["spacing"]) * direction
+        inside = [k for k in mm1 if np.all(boxes1[k][3:] < 32)]  # not clipped by the grid's far edge
+        assert inside
+        for k in inside:
+            moved = np.sort(mm0[k].reshape(2, 3) + step, 0)
+            np.testing.assert_allclose(np.sort(mm1[k].reshape(2, 3), 0), moved, atol=1e-3)
     else:  # zoom 1.1 enlarges the anatomy: the union of all organs grows
         lo = lambda b: np.min([v[:3] for v in b.values()], 0)  # noqa: E731
         hi = lambda b: np.max([v[3:] for v in b.values()], 0)  # noqa: E731

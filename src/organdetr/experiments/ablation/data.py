@@ -2,8 +2,12 @@
 
 One synthetic phantom set (``organdetr.datasets.synthetic.phantom``, fixed seed) is preprocessed to
 ``size^3`` and split into train / validation / test cases; the robustness conditions (``PERTURBATIONS``:
-+10 % zoom, +10 % translation on each axis) are copies of the test cases with image and labels transformed
-and the boxes re-derived from the transformed labels.
++10 % zoom, +10 % translation on each axis) are copies of the test cases with image and labels transformed.
+Their ground truth is each organ's exact box moved by the same transform (:func:`~organdetr.data.augment.
+transform_boxes` of the original scan's box on the grid): zoom and shift move a box exactly, so the truth
+stays as precise as the clean one's. (Until issue 20 the boxes were re-derived from the transformed label
+voxels: whole voxels of the model grid, a coarser truth than the clean condition's, which penalised a model
+trained on exact boxes under every perturbation.)
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from organdetr.core.boxes.world import grid_box_to_original
-from organdetr.data.augment import AugmentParams, augment_pair
+from organdetr.core.boxes.world import grid_box_to_original, world_box_on_grid
+from organdetr.core.geometry import Geometry, GridMapping
+from organdetr.data.augment import AugmentParams, augment_pair, transform_boxes
 from organdetr.datasets.synthetic.phantom import PhantomConfig, write_synthetic_dataset
 from organdetr.experiments.ablation.suite import BenchmarkConfig
 from organdetr.preprocessing.cache import list_cases, load_case, write_case
@@ -80,38 +85,53 @@ def perturb_params(kind: str, size: tuple[int, int, int]) -> AugmentParams:
     return AugmentParams(zoom=spec.get("zoom", 1.0), shift=shift)
 
 
-def _rederived_boxes(record: dict, new_label: np.ndarray) -> list[dict]:
-    """The case record's boxes recomputed from the transformed label map (an organ gone: no box)."""
+def _exact_truth(out: Path, case_ids: list[str]) -> bool:
+    """Whether the perturbed cache ``out`` holds the exactly moved boxes (not an older label-derived copy)."""
+    return all(load_case(out, c, mmap=True)[2].get("box_truth") == "moved exactly" for c in case_ids[:1])
+
+
+def _moved_boxes(record: dict, new_label: np.ndarray, params: AugmentParams) -> list[dict]:
+    """The case record's boxes moved exactly by ``params`` (organs whose voxels all left the grid dropped);
+    ``box_voxel`` stays the transformed label's voxel box, ``box_mm`` / ``box_voxel_original`` are the
+    moved exact box."""
     slices = ndimage.find_objects(new_label.astype(np.int32))
+    mapping = GridMapping(
+        Geometry.from_dict(record["grid"]),
+        tuple(record["to_original"]["scale"]),
+        tuple(record["to_original"]["offset"]),
+    )
+    size = tuple(int(s) for s in new_label.shape)
     boxes = []
     for box in record["boxes"]:
         lid = int(box["label_id"])
         sl = slices[lid - 1] if lid <= len(slices) else None
-        if sl is None:
+        on_grid = world_box_on_grid(np.asarray(box["box_mm"], dtype=np.float64), mapping)
+        if sl is None or on_grid is None:
             continue
-        box_voxel = np.array([s.start for s in sl] + [s.stop for s in sl], dtype=np.float64)
-        box_original, box_mm = grid_box_to_original(box_voxel, record)
-        voxels = int((new_label[sl] == lid).sum())
+        moved = transform_boxes(on_grid[None], params, size)[0]
+        if np.any(moved[3:] - moved[:3] <= 0):
+            continue
+        box_original, box_mm = grid_box_to_original(moved, record)
         boxes.append(
             {
                 **box,
-                "box_voxel": box_voxel.tolist(),
+                "box_voxel": [float(s.start) for s in sl] + [float(s.stop) for s in sl],
                 "box_voxel_original": np.asarray(box_original).tolist(),
                 "box_mm": np.asarray(box_mm).tolist(),
-                "voxels": voxels,
+                "voxels": int((new_label[sl] == lid).sum()),
             }
         )
     return boxes
 
-
 def write_perturbed_cache(cache: Path, out: Path, case_ids: list[str], kind: str) -> Path:
     """Copy ``case_ids`` of ``cache`` into ``out`` with image and labels transformed by ``kind``.
 
-    Ground-truth boxes are recomputed from the transformed labels (an organ pushed partly out of the grid
-    gets a smaller box; one pushed out entirely leaves the ground truth) and mapped to mm through the case
-    record as the preprocessing does. Reused when complete.
+    Ground-truth boxes are the organs' exact boxes moved by the transform (module docstring), clipped to
+    the grid (an organ pushed partly out of the grid gets a smaller box; one whose voxels all left the grid
+    leaves the ground truth), and mapped to mm through the case record as the preprocessing does. Reused when
+    complete (a folder written before the exact boxes is rewritten: its records lack ``"box_truth"``).
     """
-    if (out / "plans.json").is_file() and list_cases(out) == sorted(case_ids):
+    if (out / "plans.json").is_file() and list_cases(out) == sorted(case_ids) and _exact_truth(out, case_ids):
         return out
     plans = load_plans(cache)
     for case_id in case_ids:
@@ -123,8 +143,8 @@ def write_perturbed_cache(cache: Path, out: Path, case_ids: list[str], kind: str
             params,
         )
         new_label_np = new_label.numpy().astype(label.dtype)
-        boxes = _rederived_boxes(record, new_label_np)
-        new_record = {**record, "boxes": boxes, "perturbation": kind}
+        boxes = _moved_boxes(record, new_label_np, params)
+        new_record = {**record, "boxes": boxes, "perturbation": kind, "box_truth": "moved exactly"}
         write_case(out, case_id, new_image.numpy().astype(image.dtype), new_label_np, new_record)
     atomic.write_json(out / "plans.json", plans)
     return out
