@@ -11,7 +11,8 @@ Test cases = the cache's cases that the first run did not train on (its ``data.t
 or every case of ``--test-cache`` (another cache with the same plans, e.g. phantoms of another seed made
 with ``organdetr synth`` + ``organdetr preprocess``: the demo holds out only 8 scans, too few to measure a
 15 % change - see BENCHMARKS.md).
-Ground-truth boxes of the perturbed scans are re-derived from the transformed labels. Metrics: the engine's
+Ground-truth boxes of the perturbed scans are the organs' exact boxes moved by the same transform
+(``write_perturbed_cache``). Metrics: the engine's
 ``evaluate`` on the cache grid (COCO-style in mm, max 1 detection per organ), so clean numbers can differ
 slightly from ``organdetr evaluate`` on the raw scans. Prints one JSON line per run.
 """
