@@ -193,7 +193,7 @@ def test_micro_suite_end_to_end(micro_data, tmp_path):
     assert set(results["variants"]) == {"msa", "retinanet", "maskmed", "prior"}
     prior = results["variants"].pop("prior")
     assert prior["cost"] is None and 0.0 <= prior["test"]["shift+10%"]["mAP"]["mean"] <= 1.0
-    assert "| prior |" in (out / "table.md").read_text()
+    assert "| prior |" in (out / "table.md").read_text(encoding="utf-8")
     for v in results["variants"].values():
         assert set(v["test"]) == {"clean", "zoom+10%", "shift+10%"}
         assert 0.0 <= v["test"]["clean"]["mAP"]["mean"] <= 1.0
@@ -202,7 +202,7 @@ def test_micro_suite_end_to_end(micro_data, tmp_path):
     seg = results["variants"]["maskmed"]["test"]["clean"]
     assert 0.0 <= seg["dice"]["mean"] <= 1.0 and seg["hd95_mm"]["mean"] > 0 and seg["nsd_tolerance_mm"] > 0
     assert "dice" not in results["variants"]["msa"]["test"]["clean"]
-    table = (out / "table.md").read_text()
+    table = (out / "table.md").read_text(encoding="utf-8")
     assert "## Segmentation" in table and "| maskmed |" in table.split("## Segmentation")[1]
     # dense heads on every level cost far more than the DETR decoder: the counter must see it
     assert results["variants"]["retinanet"]["cost"]["flops"] > results["variants"]["msa"]["cost"]["flops"]
