@@ -164,12 +164,21 @@ def test_token_anchors_take_level_sizes():
         token_anchors(shapes, level_sizes=(0.1, 0.2, 0.3))
 
 
-def test_data_anchors_need_their_sizes():
-    with pytest.raises(ValueError, match="anchor_sizes"):
-        OrganDETR(model_preset("tiny", num_classes=3, anchors="data"))
+def test_data_anchors_until_filled_are_the_level_anchors():
+    """Anchors are not parameters: before training fills ``anchor_sizes`` the level sizes stand in."""
+    torch.manual_seed(0)
+    unfilled = OrganDETR(model_preset("tiny", num_classes=3, anchors="data")).eval()
+    torch.manual_seed(0)
+    level = OrganDETR(model_preset("tiny", num_classes=3)).eval()
+    image = torch.randn(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(unfilled(image)["pred_boxes"], level(image)["pred_boxes"])
     with pytest.raises(ValueError, match="needs 9"):
         OrganDETR(model_preset("tiny", num_classes=3, anchor_sizes=(0.1, 0.1, 0.1)))
-    OrganDETR(model_preset("tiny", num_classes=3, anchors="data", anchor_sizes=(0.2,) * 9))
+    torch.manual_seed(0)
+    filled = OrganDETR(model_preset("tiny", num_classes=3, anchors="data", anchor_sizes=(0.3,) * 9)).eval()
+    with torch.no_grad():
+        assert not torch.equal(filled(image)["pred_boxes"], level(image)["pred_boxes"])
 
 
 def test_training_fills_data_anchors_from_the_cache(coarse_cache, tmp_path):

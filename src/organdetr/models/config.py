@@ -68,7 +68,9 @@ class ModelConfig:
     * ``anchors``: the size of each memory token's proposal anchor. ``"level"``: Deformable DETR's
       ``0.05 * 2 ** level`` of the grid (3.2 voxels at stride 4 for a 64^3 grid, while organs span 4-45);
       ``"data"``: per level, from the training organs' box sizes (``anchor_sizes``, filled from the cache by
-      the training engine and saved in the run's config, so a checkpoint rebuilds the same anchors).
+      the training engine and saved in the run's config, so a checkpoint rebuilds the same anchors). Anchors
+      are not parameters: a network built before the sizes are known (a cost benchmark, a shape test) uses
+      the level sizes, with the same weights and cost.
 
     Classes (``class_head``): ``"sigmoid"`` scores every class independently (``pred_logits [B, N, K]``,
     sigmoid focal loss, as Deformable DETR / DINO); ``"softmax"`` adds a no-object class

@@ -75,11 +75,7 @@ def build_encoder(cfg: ModelConfig) -> nn.Module:
 
 
 def _check_anchor_sizes(cfg: ModelConfig, memory_levels: int) -> None:
-    """ValueError unless ``model.anchor_sizes`` fits the decoder's levels (``anchors: data`` needs them)."""
-    if cfg.anchors == "data" and not cfg.anchor_sizes:
-        raise ValueError(
-            "model.anchors=data needs model.anchor_sizes (training fills them from the cache's organ boxes)"
-        )
+    """ValueError unless ``model.anchor_sizes`` is empty or fits the decoder's levels."""
     if cfg.anchor_sizes and len(cfg.anchor_sizes) != 3 * memory_levels:
         raise ValueError(
             f"model.anchor_sizes has {len(cfg.anchor_sizes)} values; the decoder reads {memory_levels} "
