@@ -13,6 +13,7 @@ grid, ``data.box_targets: exact``: what the metric scores against, to a fraction
 * ``extent_bias_vox``: mean signed error of the reported box's extent per axis ``(i, j, k)`` in voxels
   (positive: too large, the bias rotation augmentation teaches); ``face_error_vox``: mean absolute error of
   the low / high faces per axis.
+* ``per_organ``: AP50 / AP75 of every organ (COCO-style in mm, one detection per organ, the cache's truth).
 
 Usage::
 
@@ -35,6 +36,7 @@ from organdetr.data.cache_dataset import CacheDataset
 from organdetr.models.organdetr.postprocess import class_probabilities
 from organdetr.preprocessing.cache import list_cases
 from organdetr.training.checkpoint import load_detector
+from organdetr.training.validation import per_class_metrics
 
 
 @torch.no_grad()
@@ -64,6 +66,7 @@ def diagnose(run: Path, cache: Path) -> dict:
             error = (last[query] - gt[organ]).numpy()
             extent.append(error[3:] - error[:3])
             faces.append(np.abs(error))
+    per_organ = per_class_metrics(detector, CacheDataset(cache, dataset.case_ids, None), torch.device("cpu"))
     layer = np.asarray(layer_ious)
     faces_arr = np.asarray(faces)
     return {
@@ -78,6 +81,9 @@ def diagnose(run: Path, cache: Path) -> dict:
         "face_error_vox": {
             axis: [round(float(faces_arr[:, a].mean()), 2), round(float(faces_arr[:, a + 3].mean()), 2)]
             for a, axis in enumerate("ijk")
+        },
+        "per_organ": {
+            name: {k: round(float(v[k]), 3) for k in ("AP50", "AP75")} for name, v in per_organ.items()
         },
     }
 

@@ -81,6 +81,22 @@ def evaluate(
     return summary
 
 
+@torch.no_grad()
+def per_class_metrics(detector: nn.Module, dataset: CacheDataset, device: torch.device) -> dict[str, dict]:
+    """Per-organ COCO-style metrics (``AP``, ``AP50``, ``AP75``, ...; one detection per organ, mm) of a
+    box detector on every case of ``dataset``, one scan at a time (what the per-organ tables report)."""
+    was_training = detector.training
+    detector.eval()
+    detections: list[Detection] = []
+    for index in range(len(dataset)):
+        image, target = dataset[index]
+        result = detector.detect(image[None].to(device))[0]
+        detections.extend(_case_detections(result, target, dataset))
+    detector.train(was_training)
+    result = evaluate_detections(detections, _ground_truth(dataset), dataset.class_names, max_detections=1)
+    return result.per_class
+
+
 def _case_detections(result: dict, target: dict, dataset: CacheDataset) -> list[Detection]:
     """One case's detections (voxel boxes on the cache grid) as :class:`Detection` s in LPS mm."""
     record = dataset.record(target["index"])
@@ -179,4 +195,4 @@ def metrics_summary(metrics: dict[str, float]) -> str:
     return text
 
 
-__all__ = ["best_metric_value", "evaluate", "metrics_summary", "validate"]
+__all__ = ["best_metric_value", "evaluate", "metrics_summary", "per_class_metrics", "validate"]
