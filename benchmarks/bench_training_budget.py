@@ -46,30 +46,50 @@ from organdetr.training.fit import fit
 METRICS = ("mAP", "AP50", "AP75", "mAR", "mAP_10_50")
 
 
-def _phantom_cache(raw: Path, cache: Path, cases: int, size: int, hu: tuple[float, float], seed: int) -> list:
+def _phantom_cache(
+    raw: Path,
+    cache: Path,
+    cases: int,
+    size: int,
+    hu: tuple[float, float],
+    seed: int,
+    spacing: tuple[float, float, float] | None = None,
+) -> list:
     """``cases`` phantoms of data seed ``seed`` in ``raw``, preprocessed into ``cache`` (both reused when
     complete); returns the cache's case ids."""
     if not (raw / "dataset.json").is_file():
         write_synthetic_dataset(raw, cases, seed=seed, workers=1)
     if len(list_cases(cache)) < cases:
-        pre = PreprocessConfig(input_size=(size,) * 3, fit="resize", hu_window=hu)
+        fit = {"fit": "pad", "target_spacing": tuple(spacing)} if spacing else {"fit": "resize"}
+        pre = PreprocessConfig(input_size=(size,) * 3, hu_window=hu, **fit)
         preprocess_dataset(raw, cache, pre, workers=1, progress=False)
     return sorted(list_cases(cache))
 
 
-def prepare(out: Path, cases: int, size: int, hu: tuple[float, float], seed: int) -> tuple[Path, list, list]:
-    """Phantoms + cache (reused when complete) and the seeded 80 / 20 split (train ids, held-out ids)."""
-    cache = out / f"cache{size}_hu{hu[0]:g}_{hu[1]:g}"
-    ids = _phantom_cache(out / "raw", cache, cases, size, hu, seed)
+def _grid_name(size: int, hu: tuple[float, float], spacing: tuple[float, float, float] | None) -> str:
+    """``64_hu-200_300`` (whole scan resized onto the grid) or ``64_hu-200_300_pad6x6x8`` (fixed spacing)."""
+    pad = "_pad" + "x".join(f"{s:g}" for s in spacing) if spacing else ""
+    return f"{size}_hu{hu[0]:g}_{hu[1]:g}{pad}"
+
+
+def prepare(
+    out: Path, cases: int, size: int, hu: tuple[float, float], seed: int, spacing=None
+) -> tuple[Path, list, list]:
+    """Phantoms + cache (reused when complete) and the seeded 80 / 20 split (train ids, held-out ids).
+    ``spacing`` (mm, i / j / k): a fixed-spacing cache (``fit="pad"``) instead of the resized whole scan."""
+    cache = out / f"cache{_grid_name(size, hu, spacing)}"
+    ids = _phantom_cache(out / "raw", cache, cases, size, hu, seed, spacing)
     order = np.random.default_rng(seed).permutation(len(ids))
     test = sorted(ids[i] for i in order[: round(0.2 * len(ids))])
     return cache, [c for c in ids if c not in test], test
 
 
-def prepare_test_set(out: Path, cases: int, size: int, hu: tuple[float, float], seed: int) -> dict[str, Path]:
+def prepare_test_set(
+    out: Path, cases: int, size: int, hu: tuple[float, float], seed: int, spacing=None
+) -> dict[str, Path]:
     """``cases`` phantoms of data seed ``seed``, same grid: ``{"clean": cache, <perturbation>: cache}``."""
-    cache = out / f"test_cache{size}_hu{hu[0]:g}_{hu[1]:g}_seed{seed}"
-    ids = _phantom_cache(out / f"test_raw_seed{seed}", cache, cases, size, hu, seed)
+    cache = out / f"test_cache{_grid_name(size, hu, spacing)}_seed{seed}"
+    ids = _phantom_cache(out / f"test_raw_seed{seed}", cache, cases, size, hu, seed, spacing)
     return write_perturbed_caches(cache, cache.parent, ids, prefix=f"{cache.name}_")
 
 
@@ -145,6 +165,9 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=40)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--hu", type=float, nargs=2, default=(-200.0, 300.0))
+    parser.add_argument(
+        "--spacing", type=float, nargs=3, default=None, help="fixed spacing in mm (fit=pad; default: resize)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="phantom data and split seed")
     parser.add_argument("--train-seed", type=int, default=0)
     parser.add_argument("--val-points", type=int, default=4)
@@ -153,9 +176,10 @@ def main() -> None:
     parser.add_argument("--test-seed", type=int, default=7, help="its phantom data seed")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    cache, train, test = prepare(args.out, args.cases, args.size, tuple(args.hu), args.seed)
+    spacing = tuple(args.spacing) if args.spacing else None
+    cache, train, test = prepare(args.out, args.cases, args.size, tuple(args.hu), args.seed, spacing)
     test_set = (
-        prepare_test_set(args.out, args.test_set, args.size, tuple(args.hu), args.test_seed)
+        prepare_test_set(args.out, args.test_set, args.size, tuple(args.hu), args.test_seed, spacing)
         if args.test_set
         else None
     )
