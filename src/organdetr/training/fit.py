@@ -28,7 +28,6 @@ from organdetr.preprocessing.plans import load_plans
 from organdetr.runtime import atomic
 from organdetr.runtime.atomic import remove_stale_temps
 from organdetr.runtime.devices import (
-    AmpChoice,
     autocast_dtype,
     measures_cpu_amp,
     resolve_device,
@@ -44,7 +43,7 @@ from organdetr.training.distributed import DistInfo
 from organdetr.training.loaders import train_loader
 from organdetr.training.loop import LossModule, StepContext, epoch_summary, train_one_epoch
 from organdetr.training.optim import build_optimizer
-from organdetr.training.precision import choose_train_amp
+from organdetr.training.precision import settle_train_amp
 from organdetr.training.train_log import TrainLogger
 from organdetr.training.validation import best_metric_value, metrics_summary, validate
 
@@ -230,7 +229,10 @@ def _fit(cfg: TrainConfig, run_dir: Path, cache_dir: Path, *, resume: bool, stop
     data = _load_data(cfg, cache_dir, plans, dist_info, device)
     cfg, parts = _build_parts(cfg, data)
     state = _start_state(cfg, run_dir, parts, device, resume=resume)
-    _choose_precision(cfg, data, parts, state, resume=resume)
+    parts.amp_dtype = settle_train_amp(
+        cfg, parts.detector, data.train_ds, data.device, parts.amp_dtype, state,
+        resume=resume, distributed=data.dist.enabled, announce=data.dist.is_main and cfg.train.progress,
+    )  # fmt: skip
     config_yaml = dump_config(cfg)
     if dist_info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -305,7 +307,7 @@ def _build_parts(cfg: TrainConfig, data: RunData) -> tuple[TrainConfig, TrainPar
     detector = detector_from_config(cfg, train_ds.num_classes, train_ds.input_size, properties)
     detector = detector.to(data.device)
     optimizer = build_optimizer(detector, cfg.optim)
-    # train.amp=auto on the CPU starts in fp32; _choose_precision measures once the weights are loaded
+    # train.amp=auto on the CPU starts in fp32; settle_train_amp measures once the weights are loaded
     measured = measures_cpu_amp(cfg.train.amp, data.device)
     amp_dtype = None if measured else autocast_dtype(cfg.train.amp, data.device)
     scaler = torch.amp.GradScaler(data.device.type, enabled=amp_dtype == torch.float16)
@@ -326,28 +328,6 @@ def _with_data_anchors(cfg: TrainConfig, train_ds: CacheDataset) -> TrainConfig:
         return cfg
     sizes = anchor_sizes_from_boxes(train_ds.median_box_sizes(), model.memory_levels)
     return replace_section(cfg, "model", anchor_sizes=sizes)
-
-
-def _choose_precision(
-    cfg: TrainConfig, data: RunData, parts: TrainParts, state: dict, *, resume: bool
-) -> None:
-    """Settle ``parts.amp_dtype`` (measured for ``train.amp=auto`` on the CPU: :mod:`.precision`), record
-    the choice as ``state["amp"]`` (every checkpoint's ``state.json``) and print it."""
-    if measures_cpu_amp(cfg.train.amp, data.device):
-        choice = choose_train_amp(
-            parts.detector,
-            data.train_ds,
-            cfg.data.batch_size,
-            data.device,
-            distributed=data.dist.enabled,
-            resumed=state.get("amp") if resume else None,
-        )
-        parts.amp_dtype = choice.dtype
-    else:
-        choice = AmpChoice(parts.amp_dtype, None, f"train.amp={cfg.train.amp} on {data.device.type}")
-    state["amp"] = choice.as_dict()
-    if data.dist.is_main and cfg.train.progress:
-        tqdm.write(f"amp: {choice.describe()}")
 
 
 def _resume_state(run_dir: Path) -> Path | None:

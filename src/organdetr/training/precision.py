@@ -12,13 +12,47 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from organdetr.data.cache_dataset import CacheDataset, collate
-from organdetr.runtime.devices import AmpChoice, choose_cpu_amp
+from organdetr.runtime.devices import AmpChoice, choose_cpu_amp, measures_cpu_amp
 from organdetr.training.checkpoint import rng_state, set_rng_state
+from organdetr.training.config import TrainConfig
 from organdetr.training.loop import targets_to
 
 MEASURE_STEPS = 3  # timed forward + backward steps per precision (after one warm-up each)
+
+
+def settle_train_amp(
+    cfg: TrainConfig,
+    detector: nn.Module,
+    train_ds: CacheDataset,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    state: dict,
+    *,
+    resume: bool,
+    distributed: bool,
+    announce: bool,
+) -> torch.dtype | None:
+    """The autocast dtype a run trains with: ``dtype`` as configured, or for ``train.amp=auto`` on the CPU
+    the measured choice (:func:`choose_train_amp`). Records the choice as ``state["amp"]`` (every
+    checkpoint's ``state.json``) and prints it when ``announce``."""
+    if measures_cpu_amp(cfg.train.amp, device):
+        choice = choose_train_amp(
+            detector,
+            train_ds,
+            cfg.data.batch_size,
+            device,
+            distributed=distributed,
+            resumed=state.get("amp") if resume else None,
+        )
+    else:
+        choice = AmpChoice(dtype, None, f"train.amp={cfg.train.amp} on {device.type}")
+    state["amp"] = choice.as_dict()
+    if announce:
+        tqdm.write(f"amp: {choice.describe()}")
+    return choice.dtype
 
 
 def choose_train_amp(
@@ -85,4 +119,4 @@ def _measured_step(
     return step
 
 
-__all__ = ["MEASURE_STEPS", "choose_train_amp"]
+__all__ = ["MEASURE_STEPS", "choose_train_amp", "settle_train_amp"]
