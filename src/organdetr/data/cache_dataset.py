@@ -35,8 +35,7 @@ from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
 from organdetr.core.boxes.labels import boxes_from_seg
-from organdetr.core.boxes.world import world_box_on_grid
-from organdetr.core.geometry import Geometry, GridMapping
+from organdetr.core.boxes.world import record_box_on_grid
 from organdetr.data.augment import (
     AugmentConfig,
     AugmentParams,
@@ -225,12 +224,8 @@ class CacheDataset(Dataset):
             boxes: dict[int, np.ndarray] = {}
             dense = {label_id: d for d, label_id in enumerate(sorted(self.classes))}
             try:
-                grid, to_original = record["grid"], record["to_original"]
-                mapping = GridMapping(
-                    Geometry.from_dict(grid), tuple(to_original["scale"]), tuple(to_original["offset"])
-                )
                 for entry in record.get("boxes", []):
-                    box = world_box_on_grid(np.asarray(entry["box_mm"], dtype=np.float64), mapping)
+                    box = record_box_on_grid(entry["box_mm"], record)
                     if box is not None and int(entry["label_id"]) in dense:
                         boxes[dense[int(entry["label_id"])]] = box
             except (KeyError, TypeError, ValueError):

@@ -62,6 +62,17 @@ def world_box_on_grid(box_mm: np.ndarray, mapping: GridMapping) -> np.ndarray | 
     return np.concatenate([lo, hi])
 
 
+def record_box_on_grid(box_mm, record: dict) -> np.ndarray | None:
+    """An organ's original-scan LPS mm box ``[6]`` on the preprocessed grid of a case ``record`` (its
+    ``grid`` and ``to_original``): :func:`world_box_on_grid`, continuous and clipped; ``None`` when off
+    the grid."""
+    to_original = record["to_original"]
+    mapping = GridMapping(
+        Geometry.from_dict(record["grid"]), tuple(to_original["scale"]), tuple(to_original["offset"])
+    )
+    return world_box_on_grid(np.asarray(box_mm, dtype=np.float64), mapping)
+
+
 def grid_box_to_canonical(box_voxel_grid: np.ndarray, record: dict) -> np.ndarray:
     """Voxel boxes ``[..., 6]`` on the preprocessed grid -> voxel boxes on the canonical (LPS) scan."""
     box = np.asarray(box_voxel_grid, dtype=np.float64)
@@ -85,4 +96,10 @@ def grid_box_to_original(box_voxel_grid: np.ndarray, record: dict) -> tuple[np.n
     return box_original, box_mm
 
 
-__all__ = ["grid_box_to_canonical", "grid_box_to_original", "voxel_box_to_world", "world_box_to_voxel"]
+__all__ = [
+    "grid_box_to_canonical",
+    "grid_box_to_original",
+    "record_box_on_grid",
+    "voxel_box_to_world",
+    "world_box_to_voxel",
+]

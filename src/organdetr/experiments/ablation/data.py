@@ -18,8 +18,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from organdetr.core.boxes.world import grid_box_to_original, world_box_on_grid
-from organdetr.core.geometry import Geometry, GridMapping
+from organdetr.core.boxes.world import grid_box_to_original, record_box_on_grid
 from organdetr.data.augment import AugmentParams, augment_pair, transform_boxes
 from organdetr.datasets.synthetic.phantom import PhantomConfig, write_synthetic_dataset
 from organdetr.experiments.ablation.suite import BenchmarkConfig
@@ -95,17 +94,12 @@ def _moved_boxes(record: dict, new_label: np.ndarray, params: AugmentParams) -> 
     ``box_voxel`` stays the transformed label's voxel box, ``box_mm`` / ``box_voxel_original`` are the
     moved exact box."""
     slices = ndimage.find_objects(new_label.astype(np.int32))
-    mapping = GridMapping(
-        Geometry.from_dict(record["grid"]),
-        tuple(record["to_original"]["scale"]),
-        tuple(record["to_original"]["offset"]),
-    )
     size = tuple(int(s) for s in new_label.shape)
     boxes = []
     for box in record["boxes"]:
         lid = int(box["label_id"])
         sl = slices[lid - 1] if lid <= len(slices) else None
-        on_grid = world_box_on_grid(np.asarray(box["box_mm"], dtype=np.float64), mapping)
+        on_grid = record_box_on_grid(box["box_mm"], record)
         if sl is None or on_grid is None:
             continue
         moved = transform_boxes(on_grid[None], params, size)[0]
