@@ -5,18 +5,20 @@ Steps: :func:`~organdetr.formats.dicomweb.find_series` picks the CT series (QIDO
 :func:`~organdetr.formats.dicomweb.download_series` streams its instances as stored (WADO-RS) into a
 temporary folder inside ``OUT``; :func:`organdetr.inference.predict.predict_scans` runs with ``dicom_out``;
 :func:`~organdetr.formats.dicomweb.store_instances` stores ``<case>_seg.dcm`` and ``<case>_sr.dcm``
-(STOW-RS). The temporary copy of the series is removed afterwards; ``OUT/<case>.json`` names the series by
-its DICOMweb URL.
+(and ``<case>_rtstruct.dcm`` with ``--format rtstruct``) (STOW-RS). The temporary copy of the series is
+removed afterwards; ``OUT/<case>.json`` names the series by its DICOMweb URL.
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from organdetr.formats.dicomweb import RemoteSeries, download_series, store_instances
+from organdetr.formats.run_outputs import RunOutputs
 from organdetr.inference.predict import load_prediction, predict_scans
 from organdetr.inference.predictor import Predictor
 from organdetr.io.discovery import ScanInput
@@ -43,10 +45,11 @@ def predict_dicomweb(
     score_threshold: float = 0.0,
     overlay: bool = True,
     progress: bool = True,
+    formats: Sequence[str] = (),
 ) -> DicomWebResult:
     """Fetch ``series`` (from :func:`~organdetr.formats.dicomweb.find_series`) with ``client`` (from
     :func:`~organdetr.formats.dicomweb.connect`), predict it into ``out_dir`` with DICOM outputs, store the
-    SEG + SR back into its study.
+    SEG + SR (and, with ``formats`` ``rtstruct``, the RT Structure Set) back into its study.
 
     Outputs in ``out_dir`` are those of ``organdetr predict --dicom-out`` for case id = the series UID.
     Nothing is stored when the prediction fails (the failure is in the returned summary).
@@ -66,6 +69,7 @@ def predict_dicomweb(
             overlay=overlay,
             dicom_out=True,
             progress=progress,
+            outputs=RunOutputs(out_dir, formats) if formats else None,
         )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
