@@ -36,10 +36,9 @@ from organdetr.runtime.atomic import atomic_path
 ALGORITHM_NAME = "organdetr"
 DICOM_OBJECTS = ("seg", "sr", "rtstruct")
 """The DICOM objects a prediction can be written as: ``--dicom-out`` = SEG + SR, ``--format rtstruct``."""
-NO_ORGAN_WARNING = (
-    "no organ detected: no DICOM SEG or RT Structure Set written (they need at least one organ); "
-    "the DICOM SR reports no finding"
-)
+NO_ORGAN_WARNING = "no organ detected (none above the score threshold, or an empty label map)"
+"""Start of the warning (``prediction["warnings"]``) when a DICOM object is left out for want of an organ."""
+OBJECT_NAMES = {"seg": "DICOM SEG", "sr": "DICOM SR", "rtstruct": "RT Structure Set"}
 
 
 def algorithm_parameters(prediction: dict, segmentation: bool) -> dict[str, str]:
@@ -73,10 +72,11 @@ def write_dicom_outputs(
     volume has ``geometry``) when the model segments, else ``None`` (each organ's mask is its box).
     ``classes`` (label id -> name) defaults to the detections' names; ``run`` stamps the series (default:
     now). Returns, per object written, its file name and new SOP instance / series UIDs (also stored in
-    the JSON). No organ (nothing detected, or an empty label map): no SEG and no RT Structure Set (both
-    need at least one segment / ROI), the SR is written with an empty measurement container, and a line
-    saying so goes to ``prediction["warnings"]``. Raises :class:`InputError` naming the source when the
-    series cannot be referenced.
+    the JSON). An object with nothing to hold is left out, never written empty (a SEG needs a segment, an
+    RT Structure Set an ROI, a TID 1500 SR a measurement group): no organ mask (nothing detected, or a
+    segmenting model's empty label map) -> no SEG / RT Structure Set, no detection -> no SR either; a
+    line saying which goes to ``prediction["warnings"]``. Raises :class:`InputError` naming the source
+    when the series cannot be referenced.
     """
     out_dir = Path(out_dir)
     run = run or DicomRun()
@@ -94,7 +94,7 @@ def write_dicom_outputs(
         built["seg"] = build_segmentation(
             masks, organs, source, algorithm=algorithm, tracking_uids=tracking, boxes=seg is None, run=run
         )
-    if "sr" in objects:
+    if detections and "sr" in objects:
         findings = _findings(detections, seg, geometry, tracking)
         evidence = [built["seg"]] if "seg" in built else []
         built["sr"] = build_measurement_report(
@@ -106,8 +106,9 @@ def write_dicom_outputs(
             for o, mask in zip(organs, masks, strict=True)
         ]
         built["rtstruct"] = build_structure_set(rois, source, run=run)
-    if not organs and ({"seg", "rtstruct"} & set(objects)):
-        prediction.setdefault("warnings", []).append(NO_ORGAN_WARNING)
+    skipped = [OBJECT_NAMES[kind] for kind in objects if kind not in built]
+    if skipped:
+        prediction.setdefault("warnings", []).append(f"{NO_ORGAN_WARNING}: no {', '.join(skipped)} written")
     case_id = prediction["case_id"]
     return {kind: _save(ds, out_dir / f"{case_id}_{kind}.dcm") for kind, ds in built.items()}
 
@@ -208,6 +209,7 @@ __all__ = [
     "ALGORITHM_NAME",
     "DICOM_OBJECTS",
     "NO_ORGAN_WARNING",
+    "OBJECT_NAMES",
     "algorithm_parameters",
     "check_dicom_source",
     "organ_masks",

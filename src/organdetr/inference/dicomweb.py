@@ -82,9 +82,8 @@ def predict_dicomweb(
         prediction = load_prediction(json_path)
         prediction["image"] = series.wado_url
         objects = prediction.get("dicom", {})
-        stored = store_instances(
-            client, url, [out_dir / o["file"] for o in objects.values()], series.study_uid
-        )
+        files = [out_dir / o["file"] for o in objects.values()]
+        stored = store_instances(client, url, files, series.study_uid) if files else []  # none: no organ
         prediction["dicomweb"] = {
             "url": url,
             "study_uid": series.study_uid,
