@@ -61,8 +61,12 @@ _PATIENT_STUDY = (
     ("StudyID", ""),
     ("AccessionNumber", ""),
     ("StudyDescription", None),
+    ("PatientAge", None),
+    ("PatientSize", None),
+    ("PatientWeight", None),
 )
-"""Patient / General Study attributes copied from the source (default when absent; None: left out)."""
+"""Patient / General Study / Patient Study attributes copied from the source (default when absent; None: left
+out), as highdicom copies them into the SEG and SR (dcentvfy finds the study's instances consistent)."""
 
 
 @dataclass(frozen=True)

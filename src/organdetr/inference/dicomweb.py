@@ -58,6 +58,7 @@ def predict_dicomweb(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     case_id = series.series_uid
+    outputs = RunOutputs(out_dir, formats) if formats else None  # checks the formats before the download
     folder = Path(tempfile.mkdtemp(prefix=".dicomweb-", dir=out_dir))
     try:
         download_series(client, series, folder, progress=progress)
@@ -69,7 +70,7 @@ def predict_dicomweb(
             overlay=overlay,
             dicom_out=True,
             progress=progress,
-            outputs=RunOutputs(out_dir, formats) if formats else None,
+            outputs=outputs,
         )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
