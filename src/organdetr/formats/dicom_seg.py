@@ -84,7 +84,7 @@ def build_segmentation(
         raise ValueError("no organ to write into a DICOM SEG (a SEG needs at least one segment)")
     if tuple(masks.shape) != expected:
         raise ValueError(f"masks {masks.shape} are not on the source grid {expected} (S, I, J, K)")
-    frames = np.ascontiguousarray(np.transpose(masks, (3, 2, 1, 0)), dtype=np.uint8)  # (K, J, I, S)
+    frames = np.transpose(masks.astype(bool, copy=False), (3, 2, 1, 0))  # (K, J, I, S) view, no copy
     what = "organ box (detection)" if boxes else "organ segmentation"
     descriptions, any_fallback = _segment_descriptions(segments, algorithm, tracking_uids or {}, what)
     with warnings.catch_warnings():
