@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from _cache_factory import save_random_checkpoint
 from _dicom_factory import write_ct_series
 from organdetr.cli import app
-from organdetr.core.boxes.raster import box_voxel_slices
+from organdetr.core.boxes.raster import box_mask, box_voxel_slices
 from organdetr.core.colours import label_colour
 from organdetr.core.geometry import Geometry
 from organdetr.formats.dicom_out import NO_ORGAN_WARNING, write_dicom_outputs
@@ -299,13 +299,15 @@ def test_segmenting_model_puts_its_label_map_into_the_seg(tmp_path):
     assert seg.SeriesDescription == "organdetr organ segmentation"
 
 
-def _detection(label_id: int, box_voxel, geometry: Geometry, score: float = 0.9) -> dict:
+def _detection(
+    label_id: int, box_voxel, geometry: Geometry, score: float = 0.9, name: str | None = None
+) -> dict:
     """A detection dict as predict writes it, for an axis-aligned series (box in voxels -> LPS mm)."""
     box = np.asarray(box_voxel, dtype=np.float64)
     lo = geometry.index_to_world(box[:3] - 0.5)
     hi = geometry.index_to_world(box[3:] - 0.5)
     return {
-        "label": CLASSES[label_id],
+        "label": name or CLASSES[label_id],
         "label_id": label_id,
         "score": score,
         "box_voxel": box.tolist(),
@@ -326,7 +328,9 @@ def test_overlapping_boxes_keep_their_whole_masks(tmp_path):
     detections = [
         _detection(1, (2, 2, 0, 12, 12, 6), geometry, 0.91),  # liver: a large box
         _detection(2, (6, 4, 1, 16, 10, 5), geometry, 0.52),  # left kidney: overlaps the liver's box
-        _detection(4, (4, 4, 2, 8, 8, 4), geometry, 0.125),  # covered by the liver's box entirely
+        _detection(4, (4, 4, 2, 8, 8, 4), geometry, 0.125),  # inside the liver's box, and covered by:
+        _detection(5, (4, 4, 2, 6, 8, 4), geometry, 0.3, "spleen"),  # two smaller boxes, drawn over it
+        _detection(6, (6, 4, 2, 8, 8, 4), geometry, 0.2, "pancreas"),  # in a flattened label map
     ]
     prediction = _prediction(series, detections)
     written = write_dicom_outputs(prediction, geometry, tmp_path / "out")
@@ -341,10 +345,15 @@ def test_overlapping_boxes_keep_their_whole_masks(tmp_path):
     masks, labels = read_segmentation(
         tmp_path / "out" / written["seg"]["file"], read_source_series(series, geometry)
     )
-    assert sorted(labels.values()) == ["Left kidney", "Liver", "Right gluteus maximus muscle"]
     assert {name: int(masks[n].sum()) for n, name in labels.items()} == {
-        "Liver": 10 * 10 * 6, "Left kidney": 10 * 6 * 4, "Right gluteus maximus muscle": 4 * 4 * 2,
-    }  # fmt: skip
+        "Liver": 10 * 10 * 6,
+        "Left kidney": 10 * 6 * 4,
+        "Right gluteus maximus muscle": 4 * 4 * 2,
+        "Spleen": 2 * 4 * 2,
+        "Pancreas": 2 * 4 * 2,
+    }
+    # the box a flattened label map loses entirely (larger boxes are drawn first, smaller ones over them)
+    assert not np.any(box_mask(detections, geometry.size) == 4)
     check_sr(tmp_path / "out" / written["sr"]["file"], series, prediction, seg)
 
 
