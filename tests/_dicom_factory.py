@@ -18,8 +18,12 @@ def write_ct_series(
     *,
     modality: str = "CT",
     seed: int = 0,
+    orientation: tuple[float, ...] = (1, 0, 0, 0, 1, 0),
 ) -> tuple[Path, np.ndarray]:
-    """Axial series of ``size = (I, J, K)`` (columns, rows, slices); returns ``(folder, HU [I, J, K])``.
+    """Series of ``size = (I, J, K)`` (columns, rows, slices); returns ``(folder, HU [I, J, K])``.
+
+    ``orientation``: ImageOrientationPatient (row direction = along i, column direction = along j), axial by
+    default; slice ``k`` lies at ``origin + k * spacing[2] * (row x column)``.
 
     Files are named in *reverse* slice order so that readers must sort by position, not by name.
     """
@@ -28,6 +32,7 @@ def write_ct_series(
     hu = rng.normal(-200, 40, size).astype(np.int16)
     hu[6:18, 4:14, 1:5] = 60
     study, series, frame = generate_uid(), generate_uid(), generate_uid()
+    normal = np.cross(np.asarray(orientation[:3], float), np.asarray(orientation[3:], float))
     for k in range(size[2]):
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = CTImageStorage
@@ -41,8 +46,8 @@ def write_ct_series(
         ds.PatientBirthDate, ds.PatientSex, ds.StudyDate, ds.StudyTime = "", "O", "20250101", "120000"
         ds.AccessionNumber, ds.ReferringPhysicianName, ds.StudyID = "A1", "", "1"
         ds.SeriesNumber, ds.InstanceNumber, ds.Manufacturer = 3, k + 1, "organdetr-tests"
-        ds.ImagePositionPatient = [origin[0], origin[1], origin[2] + spacing[2] * k]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [float(v) for v in np.asarray(origin) + spacing[2] * k * normal]
+        ds.ImageOrientationPatient = [float(v) for v in orientation]
         ds.PixelSpacing = [spacing[1], spacing[0]]  # row spacing (between rows = j), column spacing (i)
         ds.SliceThickness = spacing[2]
         ds.Rows, ds.Columns = size[1], size[0]

@@ -14,6 +14,7 @@ from organdetr.formats.organ_codes import (
     coding_scheme_identification,
     fallback_organ_names,
     organ_code,
+    slicer_terminology,
     table_organ_names,
 )
 
@@ -101,3 +102,34 @@ def test_unknown_names_get_a_private_code():
     assert code.fallback and code.property_type.scheme_designator == FALLBACK_SCHEME
     assert code.property_type.value == "my_custom_lesion"
     assert code.property_type.meaning == "My custom lesion"
+
+
+@pytest.mark.parametrize(
+    ("name", "label"),
+    [
+        ("liver", "Liver"),
+        ("kidney_right", "Right kidney"),
+        ("adrenal_gland_left", "Left adrenal gland"),
+        ("urinary_bladder", "Bladder"),
+        ("kidney_cyst_left", "Cyst of left kidney"),
+        ("gluteus_maximus_right", "Right gluteus maximus muscle"),
+        ("my_own_organ", "My own organ"),
+    ],
+)
+def test_display_name_is_the_codes_meaning_in_words(name, label):
+    """Segment / ROI labels: the SNOMED CT meanings with the side, never the snake_case class name."""
+    assert organ_code(name).display_name == label
+
+
+def test_slicer_terminology_carries_the_seg_codes():
+    """3D Slicer terminology entry: the SEG's category / type codes, laterality as the type's modifier (or the
+    region's, where the organ has a region), in slicerio's ``[scheme, value, meaning]`` triplets."""
+    kidney = slicer_terminology("kidney_right")
+    assert kidney["contextName"] == "Segmentation category and type - 3D Slicer General Anatomy list"
+    assert kidney["category"] == ["SCT", "91723000", "Anatomical Structure"]
+    assert kidney["type"] == ["SCT", "64033007", "Kidney"]
+    assert kidney["typeModifier"] == ["SCT", "24028007", "Right"]
+    cyst = slicer_terminology("kidney_cyst_left")
+    assert "typeModifier" not in cyst and cyst["anatomicRegion"][1] == "64033007"
+    assert cyst["anatomicRegionModifier"] == ["SCT", "7771000", "Left"]
+    assert "typeModifier" not in slicer_terminology("liver")

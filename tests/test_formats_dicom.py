@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from datetime import datetime
 from pathlib import Path
 
 import highdicom as hd
@@ -16,9 +17,11 @@ from typer.testing import CliRunner
 from _cache_factory import save_random_checkpoint
 from _dicom_factory import write_ct_series
 from organdetr.cli import app
-from organdetr.core.boxes.raster import box_mask
+from organdetr.core.boxes.raster import box_mask, box_voxel_slices
+from organdetr.core.colours import label_colour
 from organdetr.core.geometry import Geometry
-from organdetr.formats.dicom_out import write_dicom_outputs
+from organdetr.formats.dicom_out import NO_ORGAN_WARNING, write_dicom_outputs
+from organdetr.formats.dicom_run import DicomRun
 from organdetr.formats.dicom_seg import read_segmentation
 from organdetr.formats.dicom_source import read_source_series
 from organdetr.formats.dicom_sr import box_faces, read_measurement_report
@@ -54,11 +57,28 @@ def _slice_index(ds, geometry: Geometry) -> int:
     return int(round((float(ds.ImagePositionPatient[2]) - geometry.origin[2]) / geometry.spacing[2]))
 
 
+def box_masks(prediction: dict, size) -> dict[str, np.ndarray]:
+    """Each detected organ's full box mask ``[I, J, K]`` (what its SEG segment must hold), by name."""
+    masks = {}
+    for det in prediction["detections"]:
+        mask = np.zeros(tuple(size), bool)
+        mask[box_voxel_slices(det["box_voxel"], mask.shape)] = True
+        masks[det["label"]] = mask
+    return masks
+
+
+def label_masks(label_map: np.ndarray, classes: dict[int, str]) -> dict[str, np.ndarray]:
+    """Each organ of a label map as its own mask, by name."""
+    return {classes[int(v)]: label_map == v for v in np.unique(label_map) if v}
+
+
 def check_seg(
-    seg_path: Path, series: Path, label_map: np.ndarray, classes: dict[int, str]
+    seg_path: Path, series: Path, expected: dict[str, np.ndarray], scores: dict[str, float] | None = None
 ) -> hd.seg.Segmentation:
-    """The SEG holds ``label_map`` frame by frame (slices identified by position, not by our ordering),
-    references the source series, lives in the source study under new UIDs."""
+    """The SEG holds every organ's mask in ``expected`` whole, frame by frame (slices identified by position,
+    not by our ordering, overlaps kept); SNOMED labels, laterality inside the type item, the organ's colour
+    of every output, the score in the description; it references the source series and lives in the
+    source study under new UIDs, with a series date / time."""
     geometry = read_image(series).geometry
     sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in sorted(series.iterdir())]
     seg = hd.seg.segread(str(seg_path))
@@ -67,26 +87,44 @@ def check_seg(
     assert seg.SOPInstanceUID not in {ds.SOPInstanceUID for ds in sources}
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == sources[0].SeriesInstanceUID
     assert seg.FrameOfReferenceUID == sources[0].FrameOfReferenceUID
-    present = [int(v) for v in np.unique(label_map) if v]
-    number_of = {}
+    assert seg.SeriesDate and seg.SeriesTime and int(seg.SeriesNumber) % 10 == 1
+    assert seg.ContentDescription in ("organ boxes (detections)", "organ segmentation")
+    names = []
     for number in seg.segment_numbers:
         description = seg.get_segment_description(number)
-        name = description.segment_label
-        number_of[name] = number
+        name, label_id = _organ_name(description), str(description.tracking_id).split(" (label ")[1][:-1]
+        names.append(name)
         code = organ_code(name)
+        assert description.segment_label == code.display_name  # "Right kidney", not "kidney_right"
         assert description.segmented_property_type == code.property_type
         assert description.algorithm_identification[0].AlgorithmName == "organdetr"
+        assert "SegmentedPropertyTypeModifierCodeSequence" not in description  # not at the segment level
         if code.laterality is not None:
-            assert description.SegmentedPropertyTypeModifierCodeSequence[0].CodeValue == code.laterality.value
-    assert sorted(number_of) == sorted(classes[i] for i in present)
-    lut = np.zeros(max(present) + 1, np.uint8)
-    for label_id in present:
-        lut[label_id] = number_of[classes[label_id]]
+            modifier = description.SegmentedPropertyTypeCodeSequence[
+                0
+            ].SegmentedPropertyTypeModifierCodeSequence
+            assert modifier[0].CodeValue == code.laterality.value
+        rgb = (int(round(255 * c)) for c in label_colour(int(label_id)))
+        assert list(description.RecommendedDisplayCIELabValue) == list(
+            hd.color.CIELabColor.from_rgb(*rgb).value
+        )
+        if scores is not None:
+            assert description.SegmentDescription.endswith(f"score {scores[name]:.3f}")
+    assert sorted(names) == sorted(expected)
+    assert seg.SegmentsOverlap in ("YES", "NO")
     for ds in sources:
         k = _slice_index(ds, geometry)
-        frame = seg.get_pixels_by_source_instance([ds.SOPInstanceUID], combine_segments=True)[0]
-        np.testing.assert_array_equal(frame, lut[label_map[:, :, k].T])
+        frames = seg.get_pixels_by_source_instance([ds.SOPInstanceUID], combine_segments=False)[
+            0
+        ]  # (J, I, S)
+        for index, name in enumerate(names):
+            np.testing.assert_array_equal(frames[:, :, index] > 0, expected[name][:, :, k].T, err_msg=name)
     return seg
+
+
+def _organ_name(description) -> str:
+    """The class name a segment came from (its tracking ID is ``"<name> (label <id>)"``)."""
+    return str(description.tracking_id).split(" (label ")[0]
 
 
 def check_sr(sr_path: Path, series: Path, prediction: dict, seg: hd.seg.Segmentation | None) -> list[dict]:
@@ -115,7 +153,7 @@ def check_sr(sr_path: Path, series: Path, prediction: dict, seg: hd.seg.Segmenta
         assert entry["finding_type"][0] == organ_code(det["label"]).property_type.value
         if seg is not None:
             tracking = {
-                seg.get_segment_description(n).segment_label: seg.get_segment_description(n).tracking_uid
+                _organ_name(seg.get_segment_description(n)): seg.get_segment_description(n).tracking_uid
                 for n in seg.segment_numbers
             }
             if det["label"] in tracking:  # organs detected but absent from a segmentation have no segment
@@ -131,8 +169,8 @@ def test_dicom_out_seg_and_sr_round_trip(tmp_path, checkpoint):
     assert set(prediction["dicom"]) == {"seg", "sr"}
     seg_path, sr_path = (tmp_path / "out" / prediction["dicom"][k]["file"] for k in ("seg", "sr"))
     geometry = read_image(series).geometry
-    label_map = box_mask(prediction["detections"], geometry.size)
-    seg = check_seg(seg_path, series, label_map, CLASSES)
+    scores = {d["label"]: d["score"] for d in prediction["detections"]}
+    seg = check_seg(seg_path, series, box_masks(prediction, geometry.size), scores)
     assert seg.SeriesDescription == "organdetr organ boxes"
     assert seg.SOPInstanceUID == prediction["dicom"]["seg"]["sop_instance_uid"]
     # gluteus maximus has no standard code: the private scheme is declared
@@ -153,14 +191,16 @@ def test_segmentation_label_map_goes_into_the_seg(tmp_path, predictor):
     label_map = np.zeros(geometry.size, np.uint8)
     label_map[2:9, 3:10, 0:4] = 1
     label_map[12:18, 5:12, 1:5] = 2  # label 4 (gluteus) is detected but not segmented
-    written = write_dicom_outputs(prediction, label_map, geometry, out, classes=CLASSES, segmentation=True)
-    seg = check_seg(out / written["seg"]["file"], series, label_map, CLASSES)
+    written = write_dicom_outputs(prediction, geometry, out, seg=label_map, classes=CLASSES)
+    seg = check_seg(out / written["seg"]["file"], series, label_masks(label_map, CLASSES))
     assert seg.SeriesDescription == "organdetr organ segmentation"
-    assert seg.SegmentSequence[0].SegmentDescription == "organ segmentation"
+    assert seg.SegmentSequence[0].SegmentDescription.startswith("organ segmentation")
     source = read_source_series(series, geometry)
-    segment_map, labels = read_segmentation(out / written["seg"]["file"], source)
-    assert labels == {1: "liver", 2: "kidney_left"}
-    np.testing.assert_array_equal(segment_map, label_map)
+    masks, labels = read_segmentation(out / written["seg"]["file"], source)
+    assert labels == {1: "Liver", 2: "Left kidney"}
+    assert seg.SegmentsOverlap == "NO"  # a label map's organs do not overlap
+    np.testing.assert_array_equal(masks[1], label_map == 1)
+    np.testing.assert_array_equal(masks[2], label_map == 2)
     entries = {e["name"]: e for e in check_sr(out / written["sr"]["file"], series, prediction, seg)}
     voxel_cm3 = np.prod(geometry.spacing) / 1000
     assert entries["liver"]["volume_cm3"] == pytest.approx(7 * 7 * 4 * voxel_cm3, rel=1e-6)
@@ -185,8 +225,8 @@ def test_real_ct_3slice_round_trip(tmp_path, predictor, shared_data):
     )
     assert summary.failed == []
     prediction = json.loads((tmp_path / "out" / "ct-3slice.json").read_text())
-    label_map = box_mask(prediction["detections"], read_image(series).geometry.size)
-    seg = check_seg(tmp_path / "out" / "ct-3slice_seg.dcm", series, label_map, CLASSES)
+    masks = box_masks(prediction, read_image(series).geometry.size)
+    seg = check_seg(tmp_path / "out" / "ct-3slice_seg.dcm", series, masks)
     assert str(seg.PatientID) == "99000"  # patient / study modules copied from the source
     check_sr(tmp_path / "out" / "ct-3slice_sr.dcm", series, prediction, seg)
 
@@ -255,5 +295,118 @@ def test_segmenting_model_puts_its_label_map_into_the_seg(tmp_path):
                 np.sum(label_map == label_id) * voxel_cm3, rel=1e-5
             )
     assert label_map.any()  # the seeded random model segments both organs somewhere
-    seg = check_seg(tmp_path / "out" / "ct_seg.dcm", series, label_map, classes)
+    seg = check_seg(tmp_path / "out" / "ct_seg.dcm", series, label_masks(label_map, classes))
     assert seg.SeriesDescription == "organdetr organ segmentation"
+
+
+def _detection(
+    label_id: int, box_voxel, geometry: Geometry, score: float = 0.9, name: str | None = None
+) -> dict:
+    """A detection dict as predict writes it, for an axis-aligned series (box in voxels -> LPS mm)."""
+    box = np.asarray(box_voxel, dtype=np.float64)
+    lo = geometry.index_to_world(box[:3] - 0.5)
+    hi = geometry.index_to_world(box[3:] - 0.5)
+    return {
+        "label": name or CLASSES[label_id],
+        "label_id": label_id,
+        "score": score,
+        "box_voxel": box.tolist(),
+        "box_mm": [*np.minimum(lo, hi).tolist(), *np.maximum(lo, hi).tolist()],
+        "size_mm": np.abs(hi - lo).tolist(),
+    }
+
+
+def _prediction(series: Path, detections: list[dict]) -> dict:
+    return {"case_id": "ct", "image": str(series), "detections": detections, "warnings": []}
+
+
+def test_overlapping_boxes_keep_their_whole_masks(tmp_path):
+    """Overlapping boxes, and a box entirely covered by two smaller ones: every segment read back with
+    highdicom is its organ's full box (``SegmentsOverlap`` YES), none carved, none lost."""
+    series, _ = write_ct_series(tmp_path / "ct", size=(20, 16, 6))
+    geometry = read_image(series).geometry
+    detections = [
+        _detection(1, (2, 2, 0, 12, 12, 6), geometry, 0.91),  # liver: a large box
+        _detection(2, (6, 4, 1, 16, 10, 5), geometry, 0.52),  # left kidney: overlaps the liver's box
+        _detection(4, (4, 4, 2, 8, 8, 4), geometry, 0.125),  # inside the liver's box, and covered by:
+        _detection(5, (4, 4, 2, 6, 8, 4), geometry, 0.3, "spleen"),  # two smaller boxes, drawn over it
+        _detection(6, (6, 4, 2, 8, 8, 4), geometry, 0.2, "pancreas"),  # in a flattened label map
+    ]
+    prediction = _prediction(series, detections)
+    written = write_dicom_outputs(prediction, geometry, tmp_path / "out")
+    assert set(written) == {"seg", "sr"}
+    seg = check_seg(
+        tmp_path / "out" / written["seg"]["file"],
+        series,
+        box_masks(prediction, geometry.size),
+        {d["label"]: d["score"] for d in detections},
+    )
+    assert seg.SegmentsOverlap == "YES"
+    masks, labels = read_segmentation(
+        tmp_path / "out" / written["seg"]["file"], read_source_series(series, geometry)
+    )
+    assert {name: int(masks[n].sum()) for n, name in labels.items()} == {
+        "Liver": 10 * 10 * 6,
+        "Left kidney": 10 * 6 * 4,
+        "Right gluteus maximus muscle": 4 * 4 * 2,
+        "Spleen": 2 * 4 * 2,
+        "Pancreas": 2 * 4 * 2,
+    }
+    # the box a flattened label map loses entirely (larger boxes are drawn first, smaller ones over them)
+    assert not np.any(box_mask(detections, geometry.size) == 4)
+    check_sr(tmp_path / "out" / written["sr"]["file"], series, prediction, seg)
+
+
+def test_no_organ_writes_no_empty_object_and_says_so(tmp_path):
+    """Nothing detected: no DICOM object at all (a SEG needs a segment, an RT Structure Set an ROI, a TID
+    1500 SR a measurement group), one warning in the JSON naming what was left out. A segmenting model that
+    detected an organ but segmented nothing: the SR (volume 0), no SEG. Regression: this raised
+    UnboundLocalError and would have saved the SEG twice."""
+    series, _ = write_ct_series(tmp_path / "ct", size=(12, 10, 4))
+    geometry = read_image(series).geometry
+    prediction = _prediction(series, [])
+    written = write_dicom_outputs(prediction, geometry, tmp_path / "out", objects=("seg", "sr", "rtstruct"))
+    assert written == {} and not (tmp_path / "out").exists()
+    assert prediction["warnings"] == [f"{NO_ORGAN_WARNING}: no DICOM SEG, DICOM SR, RT Structure Set written"]
+
+    detected = _prediction(series, [_detection(1, (2, 2, 0, 6, 6, 4), geometry)])
+    empty = np.zeros(geometry.size, np.uint8)
+    written = write_dicom_outputs(detected, geometry, tmp_path / "out2", seg=empty, classes=CLASSES)
+    assert set(written) == {"sr"}
+    assert detected["warnings"] == [f"{NO_ORGAN_WARNING}: no DICOM SEG written"]
+    assert sorted(p.name for p in (tmp_path / "out2").iterdir()) == ["ct_sr.dcm"]
+    (entry,) = read_measurement_report(tmp_path / "out2" / "ct_sr.dcm")
+    assert entry["name"] == "liver" and entry["volume_cm3"] == 0.0
+
+
+def test_predict_with_nothing_detected_finishes(tmp_path, checkpoint):
+    """`predict --dicom-out` on a scan where every score is under the threshold: exit 0, the JSON and the
+    console say why there is no DICOM object."""
+    series, _ = write_ct_series(tmp_path / "ct")
+    result = _predict(checkpoint, series, tmp_path / "out", "--score-threshold", "1.0")
+    assert result.exit_code == 0, result.output
+    prediction = json.loads((tmp_path / "out" / "ct.json").read_text())
+    assert prediction["detections"] == [] and prediction["dicom"] == {}
+    assert prediction["warnings"] == [f"{NO_ORGAN_WARNING}: no DICOM SEG, DICOM SR written"]
+    assert f"ct: {NO_ORGAN_WARNING}" in result.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["ct.json"]
+
+
+def test_each_run_is_a_new_dated_series_with_a_larger_number(tmp_path):
+    """Two runs on one study: SeriesDate / SeriesTime on every object, SeriesNumber grows from run to run
+    (10-second ticks since 2024, last digit 1 SEG / 2 SR / 3 RT-STRUCT)."""
+    series, _ = write_ct_series(tmp_path / "ct", size=(12, 10, 4))
+    geometry = read_image(series).geometry
+    numbers = []
+    for run, when in enumerate((datetime(2026, 12, 3, 16, 13, 45), datetime(2026, 12, 3, 16, 14, 5))):
+        prediction = _prediction(series, [_detection(1, (2, 2, 0, 6, 6, 4), geometry)])
+        out = tmp_path / f"run{run}"
+        write_dicom_outputs(prediction, geometry, out, objects=("seg", "sr", "rtstruct"), run=DicomRun(when))
+        objects = {kind: pydicom.dcmread(out / f"ct_{kind}.dcm") for kind in ("seg", "sr", "rtstruct")}
+        for ds in objects.values():
+            assert ds.SeriesDate == "20261203" and ds.SeriesTime.startswith(when.strftime("%H%M%S"))
+        numbers.append([int(objects[k].SeriesNumber) for k in ("seg", "sr", "rtstruct")])
+    assert numbers[0] == [92247221, 92247222, 92247223]
+    assert numbers[1] == [92247241, 92247242, 92247243]
+    now = DicomRun()
+    assert now.series_number("seg") > numbers[0][0] and now.date == datetime.now().strftime("%Y%m%d")

@@ -160,25 +160,27 @@ def _predict(checkpoint, url, *options):
 @pytest.mark.shared_data
 def test_fetch_predict_and_store_back(tmp_path, checkpoint, credentials, study):
     out = tmp_path / "out"
-    result = _predict(checkpoint, credentials["url"], "--study", study["study"], "-o", str(out))
+    result = _predict(
+        checkpoint, credentials["url"], "--study", study["study"], "-o", str(out), "--format", "rtstruct"
+    )
     assert result.exit_code == 0, result.output
     assert f"CT series {study['ct']} (20 instances" in result.output  # the CT series, not the MR one
     prediction = json.loads((out / f"{study['ct']}.json").read_text())
     assert prediction["image"].endswith(f"/studies/{study['study']}/series/{study['ct']}")
     assert not list(out.glob(".dicomweb-*"))  # the temporary copy of the series is gone
-    created = {prediction["dicom"][k]["sop_instance_uid"] for k in ("seg", "sr")}
+    created = {prediction["dicom"][k]["sop_instance_uid"] for k in ("seg", "sr", "rtstruct")}
     assert set(prediction["dicomweb"]["stored"]) == created
 
-    # what Orthanc now holds: the source series untouched, plus one SEG and one SR series
+    # what Orthanc now holds: the source series untouched, plus one SEG, one SR and one RT-STRUCT series
     client = _client(credentials)
     series = {
         s["0020000E"]["Value"][0]: s["00080060"]["Value"][0] for s in client.search_for_series(study["study"])
     }
-    assert sorted(series.values()) == ["CT", "MR", "SEG", "SR"]
+    assert sorted(series.values()) == ["CT", "MR", "RTSTRUCT", "SEG", "SR"]
     instances = {
         i["00080018"]["Value"][0]
         for i in client.search_for_instances(study["study"])
-        if i["00080060"]["Value"][0] in ("SEG", "SR")
+        if i["00080060"]["Value"][0] in ("SEG", "SR", "RTSTRUCT")
     }
     assert instances == created
     assert len(client.search_for_instances(study["study"], study["ct"])) == study["ct_instances"]
@@ -194,6 +196,11 @@ def test_fetch_predict_and_store_back(tmp_path, checkpoint, credentials, study):
     seg_series = next(uid for uid, modality in series.items() if modality == "SEG")
     (stored_seg,) = client.retrieve_series(study["study"], seg_series)
     assert stored_seg.ReferencedSeriesSequence[0].SeriesInstanceUID == study["ct"]
+    rt_series = next(uid for uid, modality in series.items() if modality == "RTSTRUCT")
+    (stored_rt,) = client.retrieve_series(study["study"], rt_series)
+    referenced = stored_rt.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0]
+    assert referenced.RTReferencedSeriesSequence[0].SeriesInstanceUID == study["ct"]
+    assert len(stored_rt.StructureSetROISequence) == len(prediction["detections"])
 
 
 @pytest.mark.shared_data

@@ -63,6 +63,16 @@ def test_render_overlay_writes_png_with_coloured_box(tmp_path):
     assert not list(tmp_path.glob(".*tmp*"))  # atomic write left no temporary file
 
 
+def test_overlay_draws_an_organ_in_its_colour_of_every_export(tmp_path):
+    """A detection with a label id is drawn in :func:`label_colour` of that id (the colour of the SEG, the
+    RT-STRUCT, the Slicer files and the viewer), not in the colour of its position in the list."""
+    volume, detections = _box_volume()
+    detections = [{**detections[0], "label": "urinary_bladder", "label_id": 7}]
+    rgb = mpimg.imread(render_overlay(volume, detections, tmp_path / "o.png"))[..., :3]
+    assert np.any(np.all(np.abs(rgb - np.asarray(label_colour(7))) < 0.02, axis=-1))
+    assert not np.any(np.all(np.abs(rgb - np.asarray(label_colour(1))) < 0.02, axis=-1))
+
+
 def test_render_overlay_without_detections(tmp_path):
     volume, _ = _box_volume()
     assert render_overlay(volume, [], tmp_path / "empty.png").stat().st_size > 5_000

@@ -65,7 +65,8 @@ def predict(
         typer.Option(
             "--format",
             help="Also write a sister tool's format (repeatable): slicer (<case>_boxes.mrk.json + "
-            "<case>.seg.nrrd), monai (monai_datalist.json), nndetection (<case>_boxes.pkl).",
+            "<case>.seg.nrrd), monai (monai_datalist.json), nndetection (<case>_boxes.pkl), rtstruct "
+            "(<case>_rtstruct.dcm: DICOM RT Structure Set, one ROI per organ; DICOM series input).",
         ),
     ] = None,
     html: Annotated[
@@ -124,8 +125,9 @@ def predict(
     Per scan: OUT/<case>.json (organ, score, box in voxels of the original scan and in LPS mm, centre and
     size in mm), OUT/<case>.png (W400/L40 views with boxes) and optionally OUT/<case>_boxes.nii.gz,
     files for 3D Slicer, MONAI or nnDetection (--format) and one offline HTML viewer (--html).
-    With --dicom-out also OUT/<case>_seg.dcm and OUT/<case>_sr.dcm; with --dicomweb URL --study UID the
-    series comes from a PACS and the SEG and SR go back to it.
+    With --dicom-out also OUT/<case>_seg.dcm and OUT/<case>_sr.dcm, with --format rtstruct
+    OUT/<case>_rtstruct.dcm; with --dicomweb URL --study UID the series comes from a PACS and the SEG and SR
+    (and RT Structure Set) go back to it.
     A bad scan is reported and skipped; the exit code is 1 if any scan failed.
     """
     import math
@@ -164,6 +166,7 @@ def predict(
             score_threshold=score_threshold,
             overlay=overlay,
             progress=progress,
+            formats=formats or (),
         )
         return
     if not inputs:
@@ -217,5 +220,5 @@ def _predict_dicomweb(checkpoint, url, study, series, out, device, amp, timeout,
     )
     result = predict_dicomweb(predictor, client, remote, out, **options)
     if result.stored:
-        typer.echo(f"stored {len(result.stored)} instance(s) (DICOM SEG + SR) into study {study} -> {url}")
+        typer.echo(f"stored {len(result.stored)} DICOM instance(s) into study {study} -> {url}")
     exit_if_failed(result.summary.failed, "series")

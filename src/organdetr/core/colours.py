@@ -3,8 +3,9 @@ slice the views cut through.
 
 * Colours: RGB in ``[0, 1]`` from a fixed 40-colour palette (matplotlib's ``tab20``, then ``tab20b``,
   stored here as their hex codes so that no plotting library is needed). :func:`label_colour` follows the
-  label id (3D Slicer files, the HTML viewer), :func:`organ_colours` the order of the names drawn (overlays,
-  DICOM SEG).
+  label id: the one colour of an organ in every output (3D Slicer files, the HTML viewer, the overlay
+  pictures, DICOM SEG ``RecommendedDisplayCIELabValue``, RT Structure Set ``ROIDisplayColor``);
+  :func:`organ_colours` the order of the names drawn (boxes without a label id, the phantom's picture).
 * Window: :func:`window_image` maps HU to ``[0, 1]`` for a ``(width, level)`` window, by default the abdominal
   soft-tissue window :data:`SOFT_TISSUE_WINDOW`.
 * :func:`slice_centre`: the voxel index ``(i, j, k)`` of the centre of a set of voxel boxes.

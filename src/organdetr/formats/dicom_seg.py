@@ -1,39 +1,50 @@
-"""DICOM SEG of organ masks (highdicom): a label map on the source scan's grid -> a BINARY segment per organ.
+"""DICOM SEG of organ masks (highdicom): one BINARY segment per organ, each with its full mask.
 
-Input is a label map ``[I, J, K]`` of label ids on the original scan grid (the model's segmentation when it
-segments, else :func:`organdetr.core.boxes.raster.box_mask` of the detected boxes) plus the class map. Frame
-``k`` of the SEG derives from the source slice at volume index ``k`` (``SourceSeries.datasets[k]``); a DICOM
-frame is ``rows x columns = J x I``, i.e. ``label_map[:, :, k].T``. Segment labels are the organ names;
-property types are the SNOMED CT codes of :mod:`organdetr.formats.organ_codes` (laterality as a modifier).
+Input is one boolean mask ``[I, J, K]`` per organ on the original scan grid, stacked ``[S, I, J, K]``: the
+organ's region of the model's segmentation when it segments, else its detection box
+(:func:`organdetr.core.boxes.raster.box_voxel_slices`). Boxes overlap (the pancreas lies inside the
+stomach's and liver's boxes), so the SEG is written with overlapping segments (highdicom sets
+``SegmentsOverlap`` = ``YES`` when any two masks share a voxel): every segment keeps its whole mask, also
+an organ whose box is covered by larger or smaller ones. Frame ``k`` of the SEG derives from the source
+slice at volume index ``k`` (``SourceSeries.datasets[k]``); a DICOM frame is ``rows x columns = J x I``,
+i.e. ``mask[:, :, k].T``.
+
+Per segment: the label is the organ in words from its SNOMED CT codes (``"Liver"``, ``"Right kidney"``,
+:attr:`~organdetr.formats.organ_codes.OrganCode.display_name`); property category / type are the codes of
+:mod:`organdetr.formats.organ_codes`, laterality as the type's modifier *inside* the Segmented Property
+Type Code Sequence item (PS3.3 C.8.20-4, where dciodvfy and conformant readers look for it) or inside the
+Anatomic Region Sequence item where the organ has a region; the colour is the organ's colour everywhere
+(:func:`organdetr.core.colours.label_colour`); the segment description says box or segmentation and the
+model's score (``"organ box (detection), score 0.873"``); the tracking ID keeps the class name.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from organdetr import __version__
-from organdetr.core.colours import organ_colours
+from organdetr.core.colours import label_colour
+from organdetr.formats.dicom_run import DicomRun
 from organdetr.formats.dicom_source import SourceSeries
 from organdetr.formats.organ_codes import coding_scheme_identification, organ_code
-
-SEG_SERIES_NUMBER = 9901
-"""Series number of the SEG series organdetr creates (the SR gets :data:`SEG_SERIES_NUMBER` + 1)."""
 
 MANUFACTURER = "organdetr"
 
 
 @dataclass(frozen=True)
 class Segment:
-    """One SEG segment: its number (1..N), the label id it came from and the organ name."""
+    """One SEG segment: its number (1..N), the label id it came from, the organ (class) name and the
+    model's score for it (None when unknown)."""
 
     number: int
     label_id: int
     name: str
+    score: float | None = None
 
 
 def segments_of(label_map: np.ndarray, classes: Mapping[int, str]) -> list[Segment]:
@@ -49,31 +60,31 @@ def segments_of(label_map: np.ndarray, classes: Mapping[int, str]) -> list[Segme
 
 
 def build_segmentation(
-    label_map: np.ndarray,
-    classes: Mapping[int, str],
+    masks: np.ndarray,
+    segments: Sequence[Segment],
     source: SourceSeries,
     *,
     algorithm,
     tracking_uids: Mapping[int, str] | None = None,
     boxes: bool = True,
-    series_number: int = SEG_SERIES_NUMBER,
+    run: DicomRun | None = None,
 ):
-    """A ``highdicom.seg.Segmentation`` of ``label_map [I, J, K]`` (label ids; 0 = background).
+    """A ``highdicom.seg.Segmentation`` with segment ``segments[s]`` = ``masks[s]`` (``[S, I, J, K]`` bool).
 
     ``algorithm`` is a ``highdicom.AlgorithmIdentificationSequence``; ``tracking_uids`` (label id -> UID)
     ties each segment to its SR measurement group; ``boxes`` says whether the masks are detection boxes
-    (True) or an organ segmentation (False), written into the segment and series descriptions.
-    Raises ``ValueError`` when the label map is empty or not on the source grid.
+    (True) or an organ segmentation (False), written into the segment and series descriptions; ``run``
+    gives SeriesNumber / SeriesDate / SeriesTime (default: now). Raises ``ValueError`` when there is no
+    segment or the masks are not on the source grid.
     """
     import highdicom as hd
 
-    expected = (int(source.first.Columns), int(source.first.Rows), len(source.datasets))
-    if tuple(label_map.shape) != expected:
-        raise ValueError(f"label map {label_map.shape} is not on the source grid {expected} (I, J, K)")
-    segments = segments_of(label_map, classes)
+    expected = (len(segments), int(source.first.Columns), int(source.first.Rows), len(source.datasets))
     if not segments:
-        raise ValueError("label map is empty: no organ to write into a DICOM SEG")
-    frames = _segment_frames(label_map, segments)
+        raise ValueError("no organ to write into a DICOM SEG (a SEG needs at least one segment)")
+    if tuple(masks.shape) != expected:
+        raise ValueError(f"masks {masks.shape} are not on the source grid {expected} (S, I, J, K)")
+    frames = np.transpose(masks.astype(bool, copy=False), (3, 2, 1, 0))  # (K, J, I, S) view, no copy
     what = "organ box (detection)" if boxes else "organ segmentation"
     descriptions, any_fallback = _segment_descriptions(segments, algorithm, tracking_uids or {}, what)
     with warnings.catch_warnings():
@@ -84,30 +95,21 @@ def build_segmentation(
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
             segment_descriptions=descriptions,
             series_instance_uid=hd.UID(),
-            series_number=series_number,
             sop_instance_uid=hd.UID(),
             instance_number=1,
             manufacturer=MANUFACTURER,
             manufacturer_model_name=MANUFACTURER,
             software_versions=__version__,
             device_serial_number="none",
-            content_description=f"{what}s"[:64],
+            content_description="organ boxes (detections)" if boxes else "organ segmentation",
             content_label="ORGANS",
             series_description=f"organdetr {'organ boxes' if boxes else 'organ segmentation'}",
             omit_empty_frames=True,
+            **(run or DicomRun()).highdicom_series("seg"),
         )
     if any_fallback:
         segmentation.CodingSchemeIdentificationSequence = [coding_scheme_identification()]
     return segmentation
-
-
-def _segment_frames(label_map: np.ndarray, segments: list[Segment]) -> np.ndarray:
-    """The SEG frames ``(K, J, I)``: per source slice ``k``, the segment numbers of ``label_map[:, :, k].T``
-    (a DICOM frame is ``rows x columns = J x I``)."""
-    lut = np.zeros(int(label_map.max()) + 1, dtype=np.uint16 if len(segments) > 255 else np.uint8)
-    for seg in segments:
-        lut[seg.label_id] = seg.number
-    return np.stack([lut[label_map[:, :, k].T] for k in range(label_map.shape[2])])
 
 
 def _segment_descriptions(
@@ -117,7 +119,6 @@ def _segment_descriptions(
     whether any organ code is a fallback code (the SEG then names the fallback coding scheme)."""
     import highdicom as hd
 
-    colours = _display_colours([s.name for s in segments])
     descriptions = []
     any_fallback = False
     for seg in segments:
@@ -125,7 +126,7 @@ def _segment_descriptions(
         any_fallback |= code.fallback
         description = hd.seg.SegmentDescription(
             segment_number=seg.number,
-            segment_label=seg.name[:64],
+            segment_label=code.display_name,
             segmented_property_category=code.category,
             segmented_property_type=code.property_type,
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
@@ -133,41 +134,43 @@ def _segment_descriptions(
             tracking_uid=tracking_uids.get(seg.label_id) or hd.UID(),
             tracking_id=f"{seg.name} (label {seg.label_id})"[:64],
             anatomic_regions=[code.region] if code.region is not None else None,
-            display_color=hd.color.CIELabColor.from_rgb(*colours[seg.name]),
+            display_color=hd.color.CIELabColor.from_rgb(*_rgb255(seg.label_id)),
         )
-        description.SegmentDescription = what
+        score = "" if seg.score is None else f", score {seg.score:.3f}"
+        description.SegmentDescription = f"{what}{score}"[:64]
         if code.laterality is not None:
             modifier = [hd.sr.CodedConcept.from_code(code.laterality)]
             if code.region is not None:
                 description.AnatomicRegionSequence[0].AnatomicRegionModifierSequence = modifier
-            else:
-                description.SegmentedPropertyTypeModifierCodeSequence = modifier
+            else:  # nested in the type's item (PS3.3 C.8.20-4), not at the segment level
+                property_type = description.SegmentedPropertyTypeCodeSequence[0]
+                property_type.SegmentedPropertyTypeModifierCodeSequence = modifier
         descriptions.append(description)
     return descriptions, any_fallback
 
 
-def read_segmentation(path: str | Path, source: SourceSeries) -> tuple[np.ndarray, dict[int, str]]:
-    """Read a DICOM SEG back onto ``source``'s grid with highdicom.
+def read_segmentation(path: str | Path, source: SourceSeries) -> tuple[dict[int, np.ndarray], dict[int, str]]:
+    """Read a DICOM SEG back onto ``source``'s grid with highdicom, segment by segment (overlaps kept).
 
-    Returns ``(segment_map [I, J, K] of segment numbers (0 = none), {segment number: segment label})``;
-    where segments overlap the highest number wins.
+    Returns ``({segment number: mask [I, J, K] bool}, {segment number: segment label})``.
     """
     import highdicom as hd
 
     seg = hd.seg.segread(str(path))
-    numbers = list(seg.segment_numbers)
-    frames = seg.get_pixels_by_source_instance(
-        source_sop_instance_uids=[str(ds.SOPInstanceUID) for ds in source.datasets],
-        segment_numbers=numbers,
-        combine_segments=True,
-        skip_overlap_checks=True,
-    )  # (K, J, I)
-    labels = {n: str(seg.get_segment_description(n).segment_label) for n in numbers}
-    return np.ascontiguousarray(np.transpose(frames, (2, 1, 0))), labels
+    uids = [str(ds.SOPInstanceUID) for ds in source.datasets]
+    masks, labels = {}, {}
+    for number in seg.segment_numbers:
+        frames = seg.get_pixels_by_source_instance(
+            source_sop_instance_uids=uids, segment_numbers=[number], combine_segments=True
+        )  # (K, J, I)
+        masks[number] = np.ascontiguousarray(np.transpose(frames, (2, 1, 0))) > 0
+        labels[number] = str(seg.get_segment_description(number).segment_label)
+    return masks, labels
 
 
-def _display_colours(names: list[str]) -> dict[str, tuple[int, int, int]]:
-    return {name: tuple(int(round(255 * c)) for c in rgba[:3]) for name, rgba in organ_colours(names).items()}
+def _rgb255(label_id: int) -> tuple[int, int, int]:
+    """The organ's colour everywhere (:func:`organdetr.core.colours.label_colour`), as 8-bit RGB."""
+    return tuple(int(round(255 * c)) for c in label_colour(label_id))  # type: ignore[return-value]
 
 
-__all__ = ["SEG_SERIES_NUMBER", "Segment", "build_segmentation", "read_segmentation", "segments_of"]
+__all__ = ["Segment", "build_segmentation", "read_segmentation", "segments_of"]

@@ -20,10 +20,9 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from organdetr import __version__
+from organdetr.formats.dicom_run import DicomRun
 from organdetr.formats.dicom_source import SourceSeries
 from organdetr.formats.organ_codes import coding_scheme_identification, organ_code
-
-SR_SERIES_NUMBER = 9902
 
 
 @dataclass(frozen=True)
@@ -60,12 +59,14 @@ def build_measurement_report(
     *,
     algorithm,
     evidence: Sequence[Dataset] = (),
-    series_number: int = SR_SERIES_NUMBER,
+    run: DicomRun | None = None,
 ):
     """A ``highdicom.sr.Comprehensive3DSR`` (TID 1500) with one measurement group per finding.
 
     ``algorithm`` is a ``highdicom.sr.AlgorithmIdentification``; ``evidence`` are further instances the
-    report refers to (the DICOM SEG), listed with the source series in the evidence sequence.
+    report refers to (the DICOM SEG), listed with the source series in the evidence sequence; ``run``
+    gives SeriesNumber / SeriesDate / SeriesTime (default: now). No findings: a report whose imaging
+    measurements container is empty (the model found no organ).
     """
     import highdicom as hd
 
@@ -87,13 +88,13 @@ def build_measurement_report(
             evidence=[*source.datasets, *evidence],
             content=report,
             series_instance_uid=hd.UID(),
-            series_number=series_number,
             sop_instance_uid=hd.UID(),
             instance_number=1,
             manufacturer="organdetr",
             is_complete=True,
             series_description="organdetr organ measurements",
             software_versions=__version__,
+            **(run or DicomRun()).highdicom_series("sr"),
         )
     if any_fallback:
         sr.CodingSchemeIdentificationSequence = [coding_scheme_identification()]
@@ -187,7 +188,6 @@ def read_measurement_report(path: str | Path) -> list[dict]:
 
 
 __all__ = [
-    "SR_SERIES_NUMBER",
     "OrganFinding",
     "box_faces",
     "build_measurement_report",

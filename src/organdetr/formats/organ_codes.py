@@ -43,6 +43,17 @@ class OrganCode:
         """The anatomic concept of the organ: ``region`` where given, else ``property_type``."""
         return self.region or self.property_type
 
+    @property
+    def display_name(self) -> str:
+        """The organ in words, from the codes' meanings (a segment / ROI label): ``"Liver"``,
+        ``"Right kidney"``, ``"Cyst of left kidney"``; at most 64 characters (a DICOM LO)."""
+        side = f"{self.laterality.meaning.lower()} " if self.laterality is not None else ""
+        if self.region is not None:
+            text = f"{self.property_type.meaning} of {side}{self.region.meaning.lower()}"
+        else:
+            text = f"{side}{self.property_type.meaning.lower()}" if side else self.property_type.meaning
+        return (text[:1].upper() + text[1:])[:64]
+
 
 def _code(entry: dict) -> Code:
     return Code(value=entry["value"], scheme_designator=entry["scheme"], meaning=entry["meaning"])
@@ -92,6 +103,35 @@ def organ_code(name: str) -> OrganCode:
     )
 
 
+SLICER_TYPE_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
+SLICER_REGION_CONTEXT = "Anatomic codes - DICOM master list"
+
+
+def slicer_terminology(name: str) -> dict:
+    """3D Slicer's terminology entry of organ ``name`` as slicerio writes it (``Segment<i>_Terminology``:
+    ``context~category~type~type modifier~anatomic context~region~region modifier``, each code
+    ``scheme^value^meaning``): the same codes as the DICOM SEG, laterality as the type's modifier (or the
+    region's, where the organ has a region)."""
+    code = organ_code(name)
+    entry = {
+        "contextName": SLICER_TYPE_CONTEXT,
+        "category": _triple(code.category),
+        "type": _triple(code.property_type),
+    }
+    if code.region is not None:
+        entry["anatomicContextName"] = SLICER_REGION_CONTEXT
+        entry["anatomicRegion"] = _triple(code.region)
+        if code.laterality is not None:
+            entry["anatomicRegionModifier"] = _triple(code.laterality)
+    elif code.laterality is not None:
+        entry["typeModifier"] = _triple(code.laterality)
+    return entry
+
+
+def _triple(code: Code) -> list[str]:
+    return [code.scheme_designator, code.value, code.meaning]
+
+
 def table_organ_names() -> list[str]:
     """Every organ name the code table covers, sorted."""
     return sorted(_table()["organs"])
@@ -121,5 +161,6 @@ __all__ = [
     "fallback_organ_names",
     "laterality_code",
     "organ_code",
+    "slicer_terminology",
     "table_organ_names",
 ]

@@ -9,6 +9,7 @@ is written last) and :meth:`RunOutputs.finish` once at the end:
 ``slicer``         ``<case>_boxes.mrk.json``, ``<case>.seg.nrrd``  per scan
 ``nndetection``    ``<case>_boxes.pkl``                            per scan
 ``monai``          ``monai_datalist.json``                         per run
+``rtstruct``       ``<case>_rtstruct.dcm`` (DICOM series input)    per scan
 ``--html``         ``viewer.html``                                 per run
 =================  ==============================================  ========
 """
@@ -33,7 +34,11 @@ PREDICTION_FORMATS = {
     "slicer": "3D Slicer: <case>_boxes.mrk.json (ROI per organ) + <case>.seg.nrrd",
     "monai": "MONAI detection datalist: monai_datalist.json",
     "nndetection": "nnDetection: <case>_boxes.pkl",
+    "rtstruct": "DICOM RT Structure Set: <case>_rtstruct.dcm (DICOM series input)",
 }
+DICOM_FORMATS = ("rtstruct",)
+"""Formats written with the DICOM objects (:func:`organdetr.formats.dicom_out.write_dicom_outputs`), which
+share the source series' headers, not by :meth:`RunOutputs.add_scan`."""
 MONAI_FILE = "monai_datalist.json"
 VIEWER_FILE = "viewer.html"
 
@@ -68,8 +73,14 @@ class RunOutputs:
 
     @property
     def needs_volume(self) -> bool:
-        """Whether :meth:`add_scan` needs the scan itself (the viewer shows it)."""
-        return self.html
+        """Whether the scan's outputs need the scan itself (the viewer shows it, DICOM objects take its
+        geometry)."""
+        return self.html or bool(self.dicom_objects)
+
+    @property
+    def dicom_objects(self) -> tuple[str, ...]:
+        """The DICOM objects (:data:`DICOM_FORMATS`) chosen with ``--format``, written by the DICOM route."""
+        return tuple(f for f in self.formats if f in DICOM_FORMATS)
 
     @property
     def active(self) -> bool:
@@ -112,4 +123,4 @@ class RunOutputs:
         return written
 
 
-__all__ = ["MONAI_FILE", "PREDICTION_FORMATS", "VIEWER_FILE", "RunOutputs"]
+__all__ = ["DICOM_FORMATS", "MONAI_FILE", "PREDICTION_FORMATS", "VIEWER_FILE", "RunOutputs"]

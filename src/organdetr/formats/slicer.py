@@ -10,8 +10,10 @@ Per scan (``organdetr predict --format slicer``):
     aligned with the scan's voxel axes (``orientation`` = the scan's direction, made a proper rotation),
     so it is the voxel box exactly, also on oblique scans; on axis-aligned scans it equals ``box_mm``.
 ``<case>.seg.nrrd``
-    A Slicer segmentation written with **slicerio**: one segment per organ with its name, colour and
-    label value. From the model's label map (``seg``: label ids ``[I, J, K]`` on the scan grid) when the
+    A Slicer segmentation written with **slicerio**: one segment per organ with its name, colour,
+    label value and terminology (``Segment<i>_Terminology``: the SNOMED CT codes of the DICOM SEG,
+    :func:`organdetr.formats.organ_codes.slicer_terminology`).
+    From the model's label map (``seg``: label ids ``[I, J, K]`` on the scan grid) when the
     model segments, else from the boxes (``<organ> box`` segments; overlapping boxes go to separate
     layers, as Slicer stores overlapping segments).
 
@@ -29,6 +31,7 @@ import numpy as np
 from organdetr.core.boxes.raster import box_voxel_slices
 from organdetr.core.colours import label_colour
 from organdetr.core.geometry import Geometry
+from organdetr.formats.organ_codes import slicer_terminology
 from organdetr.runtime.atomic import atomic_path, write_json
 from organdetr.runtime.errors import InputError
 
@@ -199,7 +202,16 @@ def ijk_to_lps(geometry: Geometry) -> np.ndarray:
     return matrix
 
 
-def _segment(label_value: int, label_id: int, name: str, extent: Sequence[int], layer: int = 0) -> dict:
+def _segment(
+    label_value: int,
+    label_id: int,
+    name: str,
+    extent: Sequence[int],
+    layer: int = 0,
+    organ: str | None = None,
+) -> dict:
+    """One slicerio segment: ``name`` shown, colour by label id, terminology (SNOMED CT) of ``organ``
+    (default ``name``)."""
     return {
         "id": f"{name}_{label_id}".replace(" ", "_"),
         "name": name,
@@ -209,6 +221,7 @@ def _segment(label_value: int, label_id: int, name: str, extent: Sequence[int], 
         "labelValue": int(label_value),
         "layer": int(layer),
         "extent": [int(v) for v in extent],
+        "terminology": slicer_terminology(organ or name),
     }
 
 
@@ -273,7 +286,11 @@ def write_box_segmentation(path: str | Path, detections: Sequence[Mapping], geom
     for layer, value, det, slices in placed:
         voxels[(layer, *slices)] = value
         extent = [v for s in slices for v in (s.start, s.stop - 1)]
-        segments.append(_segment(value, int(det["label_id"]), f"{det['label']} box", extent, layer))
+        segments.append(
+            _segment(
+                value, int(det["label_id"]), f"{det['label']} box", extent, layer, organ=str(det["label"])
+            )
+        )
     segmentation = {
         "voxels": voxels[0] if count == 1 else voxels,
         "ijkToLPS": ijk_to_lps(geometry),

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from organdetr.core.boxes.world import world_box_to_voxel
-from organdetr.core.colours import SOFT_TISSUE_WINDOW, organ_colours, slice_centre, window_image
+from organdetr.core.colours import SOFT_TISSUE_WINDOW, label_colour, organ_colours, slice_centre, window_image
 from organdetr.core.volume import Volume, reorient_to_lps
 from organdetr.runtime.atomic import write_figure
 
@@ -72,7 +72,10 @@ def render_overlay(
         centre = slice_centre(np.concatenate([det_boxes, gt_boxes]), geometry.size)
     else:
         centre = np.clip(np.asarray(centre_index, dtype=int), 0, np.asarray(geometry.size) - 1)
-    colours = organ_colours([str(d["label"]) for d in detections])
+    colours = organ_colours([str(d["label"]) for d in detections])  # boxes without a label id: by order
+    colours.update(  # the organ's colour in every export
+        {str(d["label"]): (*label_colour(int(d["label_id"])), 1.0) for d in detections if "label_id" in d}
+    )
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 5.6), facecolor="black")
     for ax, (name, axis, (row_axis, col_axis), flip_rows) in zip(axes, _VIEWS, strict=True):

@@ -15,6 +15,7 @@ Outputs in ``OUT/`` (schema in docs/conventions.md, "Predictions")::
     3D Slicer / MONAI / nnDetection files, viewer.html           (outputs, organdetr.formats.run_outputs)
     <case>_seg.dcm         DICOM SEG of the organ masks, <case>_sr.dcm DICOM SR (TID 1500)
                            of the boxes, for DICOM input                                   (dicom_out=True)
+    <case>_rtstruct.dcm    RT Structure Set, for DICOM input                     (outputs: --format rtstruct)
 
 A segmenting model (one whose detector has ``segment``: ``seg2box``, MaskMed, ...) also writes its label map
 (label ids of the dataset, nearest-neighbour back from the model grid); its boxes come from the masks. With
@@ -114,12 +115,15 @@ def write_outputs(
         written.append(path)
     if outputs is not None:
         written += outputs.add_scan(prediction, volume, seg=seg)
-    if dicom_out:
-        mask = seg if seg is not None else box_mask(prediction["detections"], volume.geometry.size)
+    objects = (("seg", "sr") if dicom_out else ()) + (outputs.dicom_objects if outputs is not None else ())
+    if objects:
+        warned = len(prediction.get("warnings", []))
         prediction["dicom"] = write_dicom_outputs(
-            prediction, mask, volume.geometry, out_dir, segmentation=seg is not None
+            prediction, volume.geometry, out_dir, seg=seg, objects=objects
         )
         written += [out_dir / entry["file"] for entry in prediction["dicom"].values()]
+        for warning in prediction.get("warnings", [])[warned:]:
+            tqdm.write(f"{case_id}: {warning}")
     json_path = out_dir / f"{case_id}.json"
     write_json(json_path, prediction)  # last: a JSON present means the case is complete
     return [json_path, *written]
@@ -176,8 +180,8 @@ def _scans_to_predict(
 
 
 def _check_dicom_inputs(scans: Sequence[ScanInput]) -> None:
-    """``dicom_out``: highdicom installed and every input a CT DICOM series, before the model runs."""
-    require("highdicom", "--dicom-out")
+    """DICOM outputs: highdicom installed and every input a CT DICOM series, before the model runs."""
+    require("highdicom", "--dicom-out / --format rtstruct")
     for scan in scans:
         check_dicom_source(scan.path)
 
@@ -285,12 +289,13 @@ def predict_scans(
     With ``batch_size`` 1 the original scan is kept in memory for the picture /
     box mask; with larger batches it is read again when needed, so memory holds one full scan at a time.
     ``outputs`` adds the files of other formats (3D Slicer, MONAI, nnDetection, the HTML viewer).
-    ``dicom_out`` (DICOM series inputs only, checked before the model runs) adds the DICOM SEG and SR.
+    ``dicom_out`` (DICOM series inputs only, checked before the model runs) adds the DICOM SEG and SR,
+    ``outputs`` with ``rtstruct`` the RT Structure Set (same checks).
     Returns the case ids done and ``(input path, one-line reason)`` per scan that failed.
     """
     _check_settings(batch_size, score_threshold)
     scans = _scans_to_predict(predictor, inputs)
-    if dicom_out:
+    if dicom_out or (outputs is not None and outputs.dicom_objects):
         _check_dicom_inputs(scans)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
