@@ -25,7 +25,7 @@ def demo(
         bool, typer.Option(help="Also train the seg2box baseline for the same steps (the priors are free).")
     ] = True,
     quick: Annotated[
-        bool, typer.Option("--quick", help="Tiny models, 32^3 grid, ~1 minute (a smoke test, not a result).")
+        bool, typer.Option("--quick", help="Tiny models, 32^3 grid of 13 x 13 x 12 mm, ~1 min (a smoke test)")
     ] = False,
     threads: Annotated[int, typer.Option(min=1, help="CPU threads for torch.")] = 2,
     shared_data: Annotated[
@@ -61,7 +61,7 @@ def demo(
         changes["steps"] = steps
     cfg = DemoConfig.quick(**changes) if quick else DemoConfig(**changes)
     typer.echo(
-        f"organdetr demo: {cfg.cases} phantom scans, {cfg.preset} model on a {cfg.input_size}^3 grid, "
+        f"organdetr demo: {cfg.cases} phantom scans, {cfg.preset} model on a {cfg.grid_text()}, "
         f"{cfg.steps} steps per model, output {cfg.out_dir}"
     )
     result = run_demo(cfg, echo=typer.echo)

@@ -108,7 +108,7 @@ def _report_text(cfg, report, runs, tables, overlays, real, timings, run, has_lo
         "refinement, contrastive denoising, Dense Query Matching, multiscale segmentation loss) trained on "
         f"CPU for **{run['steps']} optimizer steps** of batch {cfg.batch_size} ({seconds} measured before "
         f"training) on synthetic abdomen phantoms ({cfg.cases} scans, {len(run['classes'])} organ classes, "
-        f"model grid {cfg.input_size}^3), then evaluated on {run['held_out_cases']} held-out phantom scans "
+        f"model {cfg.grid_text()}), then evaluated on {run['held_out_cases']} held-out phantom scans "
         "it never saw, read from their raw NIfTI files exactly as `organdetr predict` reads a user's scan."
         + baseline,
         "",

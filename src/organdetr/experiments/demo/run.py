@@ -53,6 +53,11 @@ class DemoConfig:
     baseline_overrides: tuple[str, ...] = ("seg2box.features=[8, 8, 16, 32, 64, 8]",)
     baselines: bool = True  # also train seg2box (the priors are always scored: they cost nothing)
     input_size: int = 64
+    # Fixed voxel size (mm, i / j / k; fit="pad": centre pad / crop to the grid, 416 x 416 x 384 mm at 64^3)
+    # rather than each whole scan squeezed onto the grid: the phantoms' scan ranges vary 87-605 mm in k, so a
+    # resized k voxel is 1.4-9.4 mm and an organ's k extent in voxels varies 6x between scans. Fixed spacing
+    # halved the k faces' error and lifted test mAP (BENCHMARKS.md "Issue 20"). None: resize the whole scan.
+    target_spacing: tuple[float, float, float] | None = (6.5, 6.5, 6.0)
     hu_window: tuple[float, float] = ABDOMEN_WINDOW
     batch_size: int = 2
     lr: float = 1e-3  # a few hundred CPU steps: 5x the presets' DETR-style rates (screened in BENCHMARKS.md)
@@ -75,12 +80,19 @@ class DemoConfig:
             "preset": "tiny",
             "baseline_overrides": ("seg2box.features=[4, 4, 8, 16, 32, 4]",),
             "input_size": 32,
+            "target_spacing": (13.0, 13.0, 12.0),  # the same field of view on the 32^3 grid
             "batch_size": 2,
             "warmup_steps": 10,
             "max_overlays": 2,
         }
         base.update(changes)
         return cls(**base)
+
+    def grid_text(self) -> str:
+        """``64^3 grid at 6.5 x 6.5 x 6 mm`` or ``64^3 grid (whole scan resized)``, for console and report."""
+        if self.target_spacing is None:
+            return f"{self.input_size}^3 grid (whole scan resized)"
+        return f"{self.input_size}^3 grid at " + " x ".join(f"{s:g}" for s in self.target_spacing) + " mm"
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
@@ -144,7 +156,7 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult
 
     with clock.step("synth", f"{next(step)}/{n} synthesising {cfg.cases} phantom CT scans with organ labels"):
         dataset_root = _synthesise(cfg, out / "data")
-    with clock.step("preprocess", f"{next(step)}/{n} preprocessing onto a {cfg.input_size}^3 grid"):
+    with clock.step("preprocess", f"{next(step)}/{n} preprocessing onto a {cfg.grid_text()}"):
         train_ids, test_ids, cache_dir, classes = _preprocess(cfg, dataset_root, out / "cache")
     echo(
         f"      {len(train_ids)} training cases, {len(test_ids)} held-out cases, {len(classes)} organ classes"
@@ -207,13 +219,20 @@ def _synthesise(cfg: DemoConfig, data_dir: Path) -> Path:
     )
 
 
+def _fit(cfg: DemoConfig) -> dict:
+    """PreprocessConfig's fit keys: a fixed spacing (pad / crop) or the whole scan resized onto the grid."""
+    if cfg.target_spacing is None:
+        return {"fit": "resize"}
+    return {"fit": "pad", "target_spacing": tuple(cfg.target_spacing)}
+
+
 def _preprocess(cfg: DemoConfig, dataset_root: Path, cache_dir: Path):
     dataset = load_dataset(dataset_root)
     case_ids = sorted(c.case_id for c in dataset.cases)
     n_test = max(1, round(cfg.test_fraction * len(case_ids)))
     order = np.random.default_rng(cfg.seed).permutation(len(case_ids))
     test_ids = sorted(case_ids[i] for i in order[:n_test])
-    pre = PreprocessConfig(input_size=(cfg.input_size,) * 3, fit="resize", hu_window=cfg.hu_window)
+    pre = PreprocessConfig(input_size=(cfg.input_size,) * 3, hu_window=cfg.hu_window, **_fit(cfg))
     summary = preprocess_dataset(
         dataset_root, cache_dir, pre, workers=max(1, cfg.threads), progress=cfg.progress
     )
