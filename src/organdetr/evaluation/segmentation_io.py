@@ -22,6 +22,7 @@ from organdetr.datasets.nnunet import load_dataset
 from organdetr.io.images import read_label_map
 from organdetr.runtime.errors import InputError
 from organdetr.runtime.json_files import read_json
+from organdetr.runtime.text import brief
 
 PRED_SUFFIXES = ("_seg.nii.gz", ".nii.gz", ".nii", ".nrrd", ".mha")
 
@@ -56,7 +57,7 @@ def load_label_map_truth(path: str | Path, *, split: str = "all") -> LabelMapSet
         if split in ("all", "ts"):
             cases += [(c.case_id, c.label) for c in dataset.test_cases if c.label is not None]
         if not cases:
-            raise InputError(path, f"no labelled cases in split {split!r}")
+            raise InputError(path, f"no labelled cases in split {brief(split)}")
         return LabelMapSet(cases, dict(dataset.classes), f"nnU-Net dataset {path}")
     if (path / "plans.json").is_file():
         return _from_cache(path)

@@ -29,6 +29,7 @@ from organdetr.formats.monai_datalist import write_datalist
 from organdetr.formats.nndetection import write_prediction
 from organdetr.formats.slicer import require_slicerio, write_slicer_files
 from organdetr.runtime.errors import InputError
+from organdetr.runtime.text import brief
 
 PREDICTION_FORMATS = {
     "slicer": "3D Slicer: <case>_boxes.mrk.json (ROI per organ) + <case>.seg.nrrd",
@@ -62,7 +63,9 @@ class RunOutputs:
         self.formats = tuple(dict.fromkeys(self.formats))
         unknown = [f for f in self.formats if f not in PREDICTION_FORMATS]
         if unknown:
-            raise InputError(None, f"--format {unknown[0]!r} is not one of {', '.join(PREDICTION_FORMATS)}")
+            raise InputError(
+                None, f"--format {brief(unknown[0])} is not one of {', '.join(PREDICTION_FORMATS)}"
+            )
         if "monai" in self.formats:
             check_options(self.monai_box_mode, self.monai_coordinates)
             require_monai()  # MONAI installed? say so now, not after the whole run

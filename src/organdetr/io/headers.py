@@ -31,7 +31,7 @@ import numpy as np
 from nibabel.openers import ImageOpener
 
 from organdetr.runtime.errors import InputError
-from organdetr.runtime.text import format_vector, one_line
+from organdetr.runtime.text import brief, format_vector, one_line
 
 MAX_BYTES_ENV = "ORGANDETR_MAX_IMAGE_BYTES"
 MEMORY_FRACTION = 0.25
@@ -82,7 +82,7 @@ def max_image_bytes() -> int:
         try:
             return parse_bytes(raw)
         except ValueError:
-            raise InputError(None, f"${MAX_BYTES_ENV}={raw!r} is not a byte count (e.g. 16G)") from None
+            raise InputError(None, f"${MAX_BYTES_ENV}={brief(raw)} is not a byte count (e.g. 16G)") from None
     ram = _usable_ram()
     return int(ram * MEMORY_FRACTION) if ram else 8 * 2**30
 

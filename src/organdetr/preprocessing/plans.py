@@ -11,11 +11,12 @@ mixing cases made with other settings.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from organdetr.runtime.errors import InputError
+from organdetr.runtime.json_files import read_json
+from organdetr.runtime.text import brief
 
 CACHE_VERSION = 1
 FITS = ("resize", "pad")
@@ -68,13 +69,13 @@ class PreprocessConfig:
         if len(self.input_size) != 3 or min(self.input_size) < 1:
             raise ValueError(f"input_size must be 3 positive integers, got {self.input_size}")
         if self.fit not in FITS:
-            raise ValueError(f"fit must be one of {FITS}, got {self.fit!r}")
+            raise ValueError(f"fit must be one of {FITS}, got {brief(self.fit)}")
         if len(self.hu_window) != 2 or not self.hu_window[0] < self.hu_window[1]:
             raise ValueError(f"hu_window must be (low, high) with low < high, got {self.hu_window}")
         if self.interpolation not in ("linear", "bspline"):
-            raise ValueError(f"interpolation must be 'linear' or 'bspline', got {self.interpolation!r}")
+            raise ValueError(f"interpolation must be 'linear' or 'bspline', got {brief(self.interpolation)}")
         if self.image_dtype not in ("float32", "float16"):
-            raise ValueError(f"image_dtype must be 'float32' or 'float16', got {self.image_dtype!r}")
+            raise ValueError(f"image_dtype must be 'float32' or 'float16', got {brief(self.image_dtype)}")
         if self.min_voxels < 1:
             raise ValueError(f"min_voxels must be >= 1, got {self.min_voxels}")
 
@@ -148,10 +149,7 @@ def load_plans(cache_dir: str | Path) -> dict:
     path = Path(cache_dir) / "plans.json"
     if not path.is_file():
         raise InputError(path, "plans.json not found (is this a folder made by `organdetr preprocess`?)")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InputError(path, f"not valid JSON ({err})") from None
+    return read_json(path, "not valid JSON", not_object="plans.json is not a JSON object")
 
 
 def changed_plans(out_dir: Path, plans: dict) -> tuple[dict | None, list[str]]:

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from organdetr.runtime.errors import InputError
+from organdetr.runtime.json_files import read_json
 
 try:
     import fcntl
@@ -44,9 +45,9 @@ def _open_lock_file(path: Path) -> int | None:
 def _holder(path: Path) -> str:
     """`` (organdetr preprocess, pid 123 on host)`` from the lock file while its writer lives, else ``""``."""
     try:
-        info = json.loads(path.read_text(encoding="utf-8"))
+        info = read_json(path)
         pid, host = int(info["pid"]), str(info.get("host", ""))
-    except (OSError, ValueError, KeyError, TypeError):
+    except (InputError, KeyError, TypeError, ValueError):
         return ""
     if host == socket.gethostname():
         try:

@@ -19,7 +19,6 @@ every other file with its byte size and SHA-256 (``"files"``); :func:`verify_che
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
@@ -306,10 +305,7 @@ def load_detector(
     if config_path is None or plans_path is None:
         raise InputError(ckpt, f"checkpoint lacks {CONFIG_FILE} / {PLANS_FILE} (here or in its run folder)")
     cfg = load_config(config_path)
-    try:
-        plans = json.loads(plans_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise InputError(plans_path, f"unreadable plans ({err})") from None
+    plans = read_json(plans_path, "unreadable plans", not_object="plans.json is not a JSON object")
     classes = class_map_from_plans(plans, plans_path)
     input_size = tuple(int(s) for s in plans["input_size"])
     detector = detector_from_config(cfg, len(classes), input_size, DataProperties.from_plans(plans))
