@@ -20,6 +20,7 @@ from organdetr.core.boxes.labels import boxes_from_labels
 from organdetr.datasets.nnunet import load_dataset
 from organdetr.evaluation.coco import Detection, GroundTruth
 from organdetr.io.images import read_label_map
+from organdetr.runtime.atomic import visible_files
 from organdetr.runtime.errors import InputError
 from organdetr.runtime.json_files import read_json
 from organdetr.runtime.text import brief
@@ -66,7 +67,7 @@ def load_predictions(
         raise InputError(pred_dir, "prediction folder not found")
     known = None if classes is None else set(classes)
     result = PredictionSet([], [], {})
-    for path in sorted(pred_dir.glob("*.json")):
+    for path in visible_files(pred_dir, "*.json"):
         data = read_json(path)
         if not isinstance(data, dict) or "detections" not in data:
             result.skipped.append(path)
@@ -179,7 +180,7 @@ def _from_cache(cache_dir: Path) -> GroundTruthSet:
     classes = [name for _, name in id_names]
     boxes, case_ids = [], []
     case_labels: dict[str, str | None] = {}
-    for record_path in sorted((cache_dir / "cases").glob("*.json")):
+    for record_path in visible_files(cache_dir / "cases", "*.json"):
         record = read_json(record_path)
         case_id = record.get("case_id") if isinstance(record, dict) else None
         if not isinstance(case_id, str) or not isinstance(record.get("boxes"), list):

@@ -40,6 +40,12 @@ PREDICTION_FORMATS = {
 DICOM_FORMATS = ("rtstruct",)
 """Formats written with the DICOM objects (:func:`organdetr.formats.dicom_out.write_dicom_outputs`), which
 share the source series' headers, not by :meth:`RunOutputs.add_scan`."""
+CASE_ENDINGS = {
+    "slicer": ("_boxes.mrk.json", ".seg.nrrd"),
+    "nndetection": ("_boxes.pkl",),
+    "rtstruct": ("_rtstruct.dcm",),
+}
+"""The per-case files of each format: ``<case><ending>``."""
 MONAI_FILE = "monai_datalist.json"
 VIEWER_FILE = "viewer.html"
 
@@ -89,6 +95,14 @@ class RunOutputs:
     def active(self) -> bool:
         """Whether anything is to be written."""
         return bool(self.formats) or self.html
+
+    def case_endings(self) -> list[str]:
+        """Endings of the per-case files the chosen formats write (``<case><ending>``)."""
+        return [ending for fmt in self.formats for ending in CASE_ENDINGS.get(fmt, ())]
+
+    def run_files(self) -> list[str]:
+        """Names of the run-level files (``monai_datalist.json``, ``viewer.html``) that will be written."""
+        return [MONAI_FILE] * ("monai" in self.formats) + [VIEWER_FILE] * self.html
 
     def add_scan(
         self, prediction: Mapping, volume: Volume | None, *, seg: np.ndarray | None = None

@@ -35,7 +35,7 @@ from organdetr.io.headers import (
     max_image_bytes,
     pixel_bytes,
 )
-from organdetr.runtime.atomic import atomic_path
+from organdetr.runtime.atomic import atomic_path, temp_affixes
 from organdetr.runtime.errors import InputError
 from organdetr.runtime.text import collapse
 
@@ -345,7 +345,8 @@ def write_image(path: str | Path, array: np.ndarray, geometry: Geometry, compres
             sitk.WriteImage(image, str(tmp), useCompression=compress)
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent) as tmp_dir:
+    prefix, _ = temp_affixes(path.name)
+    with tempfile.TemporaryDirectory(prefix=prefix, suffix=".tmp", dir=path.parent) as tmp_dir:
         sitk.WriteImage(image, str(Path(tmp_dir) / path.name), useCompression=compress)
         written = sorted(Path(tmp_dir).iterdir(), key=lambda p: p.name == path.name)  # header last
         for file in written:

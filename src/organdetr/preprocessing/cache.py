@@ -17,7 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from organdetr.preprocessing.plans import num_channels
-from organdetr.runtime.atomic import file_sha256, write_json, write_npy
+from organdetr.runtime.atomic import file_sha256, visible_files, write_json, write_npy
 from organdetr.runtime.errors import InputError
 from organdetr.runtime.json_files import read_json
 from organdetr.runtime.text import brief, collapse
@@ -200,7 +200,7 @@ def list_cases(cache_dir: str | Path) -> list[str]:
     cases = Path(cache_dir) / "cases"
     if not cases.is_dir():
         return []
-    return sorted(p.stem for p in cases.glob("*.json") if not p.name.startswith("."))
+    return [p.stem for p in visible_files(cases, "*.json")]
 
 
 def load_case(

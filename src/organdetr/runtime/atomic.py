@@ -3,9 +3,11 @@
 Every writer goes to a temporary file in the destination folder, flushes and fsyncs it, then
 ``os.replace``-s it onto the final name (atomic on POSIX and Windows for same-volume renames); folder
 swaps (checkpoints) also fsync the parent folder (:func:`fsync_folder`). Temporary names start with ``.``
-and hold ``.tmp`` (:func:`is_temp_name`), so that a later run that owns the folder (it holds the folder's
-lock, ``organdetr.runtime.locking``) can remove what a killed writer left (:func:`remove_stale_temps`). A
-write
+and hold ``.tmp`` (:func:`is_temp_name`: ``.<stem>.<pid>.<random>.tmp<suffix>``, the stem shortened so that
+the name fits the file system's 255 bytes): every reader that lists a folder skips them
+(:func:`visible_files`), a later run that owns the folder (it holds the folder's lock,
+``organdetr.runtime.locking``) removes what a killed writer left (:func:`remove_stale_temps`), and any later
+writer removes the temporaries of writers that are no longer running (:func:`remove_dead_temps`). A write
 that fails because the disk is full raises :class:`~organdetr.runtime.errors.DiskFullError` naming the file.
 :func:`file_sha256` is the checksum that caches and checkpoints record of what was written.
 """
@@ -30,7 +32,9 @@ from organdetr.runtime.errors import DiskFullError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
-_TEMP_NAME = re.compile(r"^\..+\.tmp")  # ".<stem>.<random>.tmp<suffix>", ".<name>.tmp-<pid>", ...
+_TEMP_NAME = re.compile(r"^\..+\.tmp")  # ".<stem>.<pid>.<random>.tmp<suffix>", ".<name>.tmp-<pid>", ...
+_TEMP_PID = re.compile(r"\.(\d+)\.[^.]+\.tmp|\.tmp-(\d+)")  # the writer's pid in a temporary name
+_NAME_MAX = 255  # bytes of one file name (ext4, xfs, btrfs, tmpfs, NTFS, APFS)
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 
 
@@ -43,9 +47,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes) if path.suffixes else ""
+    prefix, suffix = temp_affixes(path.name)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{suffix}", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
     except OSError as err:
         full = _disk_full(path, err)
         if full is not None:
@@ -68,6 +72,23 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def temp_affixes(name: str) -> tuple[str, str]:
+    """``(prefix, suffix)`` of a temporary name for ``name``: ``.<stem>.<pid>.`` and ``.tmp<suffixes>``.
+
+    The suffixes are kept (libraries choose a format by them) and the stem is cut so that the whole name,
+    with ``mkstemp``'s 8 random characters, fits in :data:`_NAME_MAX` bytes: a valid long file name stays
+    writable.
+    """
+    path = Path(name)
+    suffix = ".tmp" + "".join(path.suffixes)
+    stem = name[: len(name) - len(suffix) + 4] if path.suffixes else name
+    pid = f".{os.getpid()}."
+    room = _NAME_MAX - len(("." + pid + "x" * 8 + suffix).encode())
+    while len(stem.encode()) > max(room, 1):
+        stem = stem[:-1]
+    return f".{stem}{pid}", suffix
 
 
 _FULL_MESSAGES = ("No space left on device", "StorageFull", "Disk quota exceeded", "requested and")
@@ -137,6 +158,51 @@ def remove_stale_temps(folder: str | Path) -> list[Path]:
                 entry.unlink()
             removed.append(entry)
     return removed
+
+
+def visible_files(folder: str | Path, pattern: str = "*") -> list[Path]:
+    """The entries of ``folder`` matching ``pattern`` that are not temporaries (:func:`is_temp_name`), sorted.
+
+    Every reader that lists a folder of records or predictions goes through this: a writer's temporary
+    (``.<case>.<pid>.<random>.tmp.json``, perhaps a killed writer's) is never taken for data.
+    """
+    return sorted(p for p in Path(folder).glob(pattern) if not is_temp_name(p.name))
+
+
+def remove_dead_temps(folder: str | Path) -> list[Path]:
+    """Remove the temporaries in ``folder`` whose writer (the pid in the name, this host) no longer runs.
+
+    Safe without the folder's lock: a live writer's temporaries are kept; a name without a pid is kept.
+    """
+    dead = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return dead
+    for entry in entries:
+        match = _TEMP_PID.search(entry.name) if is_temp_name(entry.name) else None
+        if match is None or _pid_alive(int(match.group(1) or match.group(2))):
+            continue
+        with contextlib.suppress(OSError):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            dead.append(entry)
+    return dead
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host (one we may not signal counts as existing)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True
+    return True
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 MAX_PROBLEM = 1000
-"""Characters of a problem kept in the message (values in messages are cut earlier, ``runtime.text.brief``)."""
+"""Characters of a problem kept in the message (values are cut earlier: ``runtime.text.brief``)."""
 
 
 class InputError(ValueError):
