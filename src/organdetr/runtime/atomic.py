@@ -15,6 +15,7 @@ that fails because the disk is full raises :class:`~organdetr.runtime.errors.Dis
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import hashlib
 import json
@@ -34,6 +35,8 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 _TEMP_NAME = re.compile(r"^\..+\.tmp")  # ".<stem>.<pid>.<random>.tmp<suffix>", ".<name>.tmp-<pid>", ...
 _TEMP_PID = re.compile(r"\.(\d+)\.[^.]+\.tmp|\.tmp-(\d+)")  # the writer's pid in a temporary name
+_Staged = list[tuple[Path, Path]]  # (temporary, final) of the writes held by staged_writes
+_STAGED: contextvars.ContextVar[_Staged | None] = contextvars.ContextVar("staged", default=None)
 _NAME_MAX = 255  # bytes of one file name (ext4, xfs, btrfs, tmpfs, NTFS, APFS)
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 
@@ -62,7 +65,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
-        os.replace(tmp_path, path)
+        staged = _STAGED.get()
+        if staged is None:
+            os.replace(tmp_path, path)
+        else:
+            staged.append((tmp_path, path))
     except Exception as err:
         tmp_path.unlink(missing_ok=True)
         full = None if isinstance(err, DiskFullError) else _disk_full(path, err)
@@ -89,6 +96,28 @@ def temp_affixes(name: str) -> tuple[str, str]:
     while len(stem.encode()) > max(room, 1):
         stem = stem[:-1]
     return f".{stem}{pid}", suffix
+
+
+@contextlib.contextmanager
+def staged_writes() -> Iterator[None]:
+    """Write a set of files all or nothing (a report: JSON, CSV, Markdown, pictures).
+
+    Inside, every :func:`atomic_path` write stays under its temporary name; when the block ends they are all
+    moved onto their final names (renames need no disk space, so a full disk cannot leave half a set), and
+    when it fails they are all removed.
+    """
+    staged: _Staged = []
+    token = _STAGED.set(staged)
+    try:
+        yield
+    except BaseException:
+        for tmp_path, _ in staged:
+            tmp_path.unlink(missing_ok=True)
+        raise
+    finally:
+        _STAGED.reset(token)
+    for tmp_path, path in staged:
+        os.replace(tmp_path, path)
 
 
 _FULL_MESSAGES = ("No space left on device", "StorageFull", "Disk quota exceeded", "requested and")

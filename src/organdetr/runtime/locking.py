@@ -43,11 +43,20 @@ def _open_lock_file(path: Path) -> int | None:
 
 
 def _holder(path: Path) -> str:
-    """`` (organdetr preprocess, pid 123 on host)`` from the lock file while its writer lives, else ``""``."""
+    """`` (organdetr preprocess, pid 123 on host)`` of the process holding the lock, else ``""``.
+
+    The pids come from the kernel's lock table (``/proc/locks``, Linux), so a reader (shared lock, which
+    records nothing) is named too; the purpose and host from the lock file an exclusive holder wrote.
+    """
+    pids = _flock_pids(path)
     try:
         info = read_json(path)
         pid, host = int(info["pid"]), str(info.get("host", ""))
     except (InputError, KeyError, TypeError, ValueError):
+        info, pid, host = {}, None, ""
+    if pids and pid not in pids:  # the lock file names an earlier holder: the kernel's pids only
+        return f" (pid {', '.join(map(str, pids))})"
+    if pid is None:
         return ""
     if host == socket.gethostname():
         try:
@@ -57,6 +66,24 @@ def _holder(path: Path) -> str:
         except PermissionError:
             pass
     return f" ({info.get('purpose', 'organdetr')}, pid {pid} on {host or 'unknown host'})"
+
+
+def _flock_pids(path: Path) -> list[int]:
+    """Pids holding an ``flock`` on ``path`` per ``/proc/locks`` (empty where there is none to read)."""
+    try:
+        stat = path.stat()
+        with open("/proc/locks", encoding="ascii", errors="replace") as fh:
+            table = fh.read()
+    except OSError:
+        return []
+    device = f"{os.major(stat.st_dev):02x}:{os.minor(stat.st_dev):02x}:{stat.st_ino}"
+    pids = []
+    for line in table.splitlines():
+        fields = line.split()
+        if "FLOCK" in fields and device in fields:
+            with contextlib.suppress(ValueError, IndexError):
+                pids.append(int(fields[fields.index(device) - 1]))
+    return sorted(set(pids))
 
 
 @contextlib.contextmanager

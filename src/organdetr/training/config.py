@@ -274,9 +274,22 @@ def config_to_dict(cfg: TrainConfig) -> dict:
     return plain(asdict(cfg))
 
 
+RESOLVED_HEADER = "# organdetr: the resolved config of this run, written by organdetr train (edit a copy)\n"
+"""First line of every config organdetr writes: a config.yaml without it is a user's file, never replaced."""
+
+
 def dump_config(cfg: TrainConfig) -> str:
-    """YAML text of ``cfg`` (round-trips through :func:`load_config`)."""
-    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
+    """YAML text of ``cfg`` after :data:`RESOLVED_HEADER` (round-trips through :func:`load_config`)."""
+    return RESOLVED_HEADER + yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
+
+
+def written_by_organdetr(path: str | Path) -> bool:
+    """Whether the config file ``path`` starts with :data:`RESOLVED_HEADER` (organdetr wrote it)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return fh.readline() == RESOLVED_HEADER
+    except OSError:
+        return False
 
 
 def apply_overrides(
@@ -349,6 +362,7 @@ def replace_section(cfg: TrainConfig, section: str, **changes: Any) -> TrainConf
 
 __all__ = [
     "PRESETS",
+    "RESOLVED_HEADER",
     "AmpMode",
     "DataConfig",
     "LoopConfig",
@@ -363,4 +377,5 @@ __all__ = [
     "read_config_dict",
     "replace_section",
     "resolve_config_path",
+    "written_by_organdetr",
 ]
