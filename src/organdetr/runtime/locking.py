@@ -87,13 +87,16 @@ def _flock_pids(path: Path) -> list[int]:
 
 
 @contextlib.contextmanager
-def folder_lock(folder: str | Path, *, exclusive: bool, purpose: str = "organdetr") -> Iterator[bool]:
+def folder_lock(
+    folder: str | Path, *, exclusive: bool, purpose: str = "organdetr", wait: bool = False
+) -> Iterator[bool]:
     """Hold the lock of ``folder`` (which must exist) for the ``with`` block.
 
     Yields ``True`` while locked, ``False`` where no lock file can exist (a read-only folder without one:
     nobody can write there, and the caller must not either). Raises :class:`InputError` naming ``folder``
     when another process holds a conflicting lock. ``purpose`` (e.g. ``"organdetr preprocess"``) is
-    recorded by exclusive holders for that message.
+    recorded by exclusive holders for that message. ``wait``: wait for the lock instead (for short
+    read-modify-write steps that two runs may reach at once, never for a whole run).
     """
     folder = Path(folder)
     if fcntl is None:
@@ -105,7 +108,7 @@ def folder_lock(folder: str | Path, *, exclusive: bool, purpose: str = "organdet
         yield False
         return
     try:
-        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | (0 if wait else fcntl.LOCK_NB))
     except BlockingIOError:
         os.close(fd)
         action = "written" if not exclusive else "used"
