@@ -23,7 +23,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -162,7 +162,7 @@ def fsync_folder(folder: str | Path) -> None:
 
 
 def is_temp_name(name: str) -> bool:
-    """``True`` for organdetr's temporary names (``.<stem>.<random>.tmp...``, ``.<name>.tmp-<pid>``)."""
+    """``True`` for organdetr's temporary names (``.<stem>.<pid>.<random>.tmp...``, ``.<name>.tmp-<pid>``)."""
     return bool(_TEMP_NAME.match(name))
 
 
@@ -171,14 +171,18 @@ def remove_stale_temps(folder: str | Path) -> list[Path]:
 
     Only call this while holding the folder's exclusive lock: then every temporary is a dead writer's.
     """
-    folder = Path(folder)
+    return _remove_temps(folder, lambda name: False)
+
+
+def _remove_temps(folder: str | Path, keep: Callable[[str], bool]) -> list[Path]:
+    """Remove the temporaries directly in ``folder`` (files and folders) that ``keep`` does not keep."""
     removed = []
     try:
-        entries = list(folder.iterdir())
+        entries = list(Path(folder).iterdir())
     except OSError:
         return removed
     for entry in entries:
-        if not is_temp_name(entry.name):
+        if not is_temp_name(entry.name) or keep(entry.name):
             continue
         with contextlib.suppress(OSError):
             if entry.is_dir() and not entry.is_symlink():
@@ -203,22 +207,13 @@ def remove_dead_temps(folder: str | Path) -> list[Path]:
 
     Safe without the folder's lock: a live writer's temporaries are kept; a name without a pid is kept.
     """
-    dead = []
-    try:
-        entries = list(Path(folder).iterdir())
-    except OSError:
-        return dead
-    for entry in entries:
-        match = _TEMP_PID.search(entry.name) if is_temp_name(entry.name) else None
-        if match is None or _pid_alive(int(match.group(1) or match.group(2))):
-            continue
-        with contextlib.suppress(OSError):
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
-            dead.append(entry)
-    return dead
+    return _remove_temps(folder, _writer_alive)
+
+
+def _writer_alive(name: str) -> bool:
+    """Whether the writer named in a temporary name still runs (``True`` when the name holds no pid)."""
+    match = _TEMP_PID.search(name)
+    return match is None or _pid_alive(int(match.group(1) or match.group(2)))
 
 
 def _pid_alive(pid: int) -> bool:
