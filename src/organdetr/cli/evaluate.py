@@ -68,7 +68,7 @@ def evaluate(
     from organdetr.evaluation import evaluate_detections
     from organdetr.evaluation.io import load_ground_truth, load_predictions
     from organdetr.evaluation.report import print_table, write_report
-    from organdetr.runtime.atomic import staged_writes
+    from organdetr.runtime.atomic import remove_dead_temps, staged_writes
     from organdetr.runtime.outputs import check_output_folder
 
     console = Console()
@@ -100,6 +100,7 @@ def evaluate(
         case_ids=truth.case_ids,
     )
     print_table(result, console)
+    remove_dead_temps(out_dir)  # what a killed evaluate left
     with staged_writes():  # the whole report or none of it (a full disk)
         paths = write_report(
             result,
@@ -164,7 +165,7 @@ def _evaluate_label_maps(
     from organdetr.evaluation.segmentation import evaluate_segmentation
     from organdetr.evaluation.segmentation_io import load_label_map_truth, pair_predictions, read_pairs
     from organdetr.evaluation.segmentation_report import print_seg_table, write_seg_report
-    from organdetr.runtime.atomic import staged_writes
+    from organdetr.runtime.atomic import remove_dead_temps, staged_writes
     from organdetr.runtime.outputs import check_output_folder
 
     out_dir = check_output_folder(output or pred_dir / "evaluation", "report folder")
@@ -192,6 +193,7 @@ def _evaluate_label_maps(
         progress=True,
     )
     print_seg_table(result, console)
+    remove_dead_temps(out_dir)  # what a killed evaluate left
     with staged_writes():  # the whole report or none of it (a full disk)
         paths = write_seg_report(
             result,
