@@ -111,14 +111,10 @@ def _resolve_classes(classes: str | None, label_file: Path) -> dict[int, str] | 
 
 def _class_map_file(path: Path) -> dict[int, str]:
     """``{"1": "liver", ...}``, ``{"labels": {id: name}}`` or an nnU-Net dataset.json (name -> id)."""
-    import json
-
     from organdetr.runtime.errors import InputError
+    from organdetr.runtime.json_files import read_json
 
-    try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InputError(path, f"not valid JSON ({err})") from None
+    content = read_json(path, "not valid JSON")
     table = content.get("labels", content) if isinstance(content, dict) else None
     if not isinstance(table, dict) or not table:
         raise InputError(path, "expected a JSON object mapping label id -> name (or a dataset.json)")

@@ -68,6 +68,7 @@ def evaluate(
     from organdetr.evaluation import evaluate_detections
     from organdetr.evaluation.io import load_ground_truth, load_predictions
     from organdetr.evaluation.report import print_table, write_report
+    from organdetr.runtime.atomic import remove_dead_temps, staged_writes
     from organdetr.runtime.outputs import check_output_folder
 
     console = Console()
@@ -99,18 +100,20 @@ def evaluate(
         case_ids=truth.case_ids,
     )
     print_table(result, console)
-    paths = write_report(
-        result,
-        out_dir,
-        extra={
-            "predictions": str(pred_dir),
-            "ground_truth": truth.source,
-            "missing_predictions": missing,
-            "ignored_predictions": extra,
-        },
-    )
-    if truth.case_classes:
-        paths += _classification_report(truth, preds, out_dir, console, pred_dir)
+    remove_dead_temps(out_dir)  # what a killed evaluate left
+    with staged_writes():  # the whole report or none of it (a full disk)
+        paths = write_report(
+            result,
+            out_dir,
+            extra={
+                "predictions": str(pred_dir),
+                "ground_truth": truth.source,
+                "missing_predictions": missing,
+                "ignored_predictions": extra,
+            },
+        )
+        if truth.case_classes:
+            paths += _classification_report(truth, preds, out_dir, console, pred_dir)
     console.print(f"wrote {', '.join(p.name for p in paths)} to {out_dir}")
 
 
@@ -162,6 +165,7 @@ def _evaluate_label_maps(
     from organdetr.evaluation.segmentation import evaluate_segmentation
     from organdetr.evaluation.segmentation_io import load_label_map_truth, pair_predictions, read_pairs
     from organdetr.evaluation.segmentation_report import print_seg_table, write_seg_report
+    from organdetr.runtime.atomic import remove_dead_temps, staged_writes
     from organdetr.runtime.outputs import check_output_folder
 
     out_dir = check_output_folder(output or pred_dir / "evaluation", "report folder")
@@ -189,14 +193,16 @@ def _evaluate_label_maps(
         progress=True,
     )
     print_seg_table(result, console)
-    paths = write_seg_report(
-        result,
-        out_dir,
-        extra={
-            "predictions": str(pred_dir),
-            "ground_truth": truth.source,
-            "missing_predictions": paired.missing,
-            "ignored_predictions": paired.extra,
-        },
-    )
+    remove_dead_temps(out_dir)  # what a killed evaluate left
+    with staged_writes():  # the whole report or none of it (a full disk)
+        paths = write_seg_report(
+            result,
+            out_dir,
+            extra={
+                "predictions": str(pred_dir),
+                "ground_truth": truth.source,
+                "missing_predictions": paired.missing,
+                "ignored_predictions": paired.extra,
+            },
+        )
     console.print(f"wrote {', '.join(p.name for p in paths)} to {out_dir}")

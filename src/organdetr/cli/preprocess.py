@@ -61,14 +61,14 @@ def preprocess(
 
     Re-running resumes where it stopped; failed cases are listed at the end (exit code 1).
     """
-    import json
-
     from rich.console import Console
 
     from organdetr.datasets.nnunet import load_dataset
     from organdetr.preprocessing.intensity import foreground_window
     from organdetr.preprocessing.plans import PreprocessConfig, default_channel_norm
     from organdetr.preprocessing.run import preprocess_dataset
+    from organdetr.runtime.errors import InputError
+    from organdetr.runtime.json_files import read_json
 
     channels = load_dataset(dataset).channels
     if norm == Norm.auto:
@@ -81,8 +81,8 @@ def preprocess(
     if hu is None:  # resume with the window already chosen, else measure it on the labelled organs
         plans = Path(out) / "plans.json"
         try:
-            hu = tuple(json.loads(plans.read_text(encoding="utf-8"))["hu_window"])
-        except (OSError, ValueError, KeyError, TypeError):
+            hu = tuple(read_json(plans)["hu_window"])
+        except (InputError, ValueError, KeyError, TypeError):
             hu = foreground_window(dataset)
         typer.echo(f"HU window {hu[0]:g} .. {hu[1]:g} (labelled-organ intensities, 0.5-99.5 percentiles)")
     try:

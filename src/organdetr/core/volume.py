@@ -18,6 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from organdetr.core.geometry import Geometry, lps_reorientation, reorient_geometry
+from organdetr.runtime.text import brief
 
 
 @dataclass
@@ -97,7 +98,7 @@ def resample(
     source get ``default_value``. Returns ``[I', J', K']`` = ``target.size``.
     """
     if interpolation not in _INTERPOLATORS:
-        raise ValueError(f"interpolation must be one of {sorted(_INTERPOLATORS)}, got {interpolation!r}")
+        raise ValueError(f"interpolation must be one of {sorted(_INTERPOLATORS)}, got {brief(interpolation)}")
     source = to_sitk(array, geometry)
     pixel_type = source.GetPixelID()
     if output_dtype is not None:

@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from organdetr.runtime.text import brief
+
 RotateAxes = Literal["ijk", "k"]
 
 
@@ -56,7 +58,7 @@ class AugmentConfig:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"augment.{name} must be a probability in [0, 1]")
         if self.rotate_axes not in ("ijk", "k"):
-            raise ValueError(f"augment.rotate_axes must be 'ijk' or 'k', got {self.rotate_axes!r}")
+            raise ValueError(f"augment.rotate_axes must be 'ijk' or 'k', got {brief(self.rotate_axes)}")
         if not 0.0 <= self.zoom < 1.0:
             raise ValueError(f"augment.zoom must be in [0, 1), got {self.zoom}")
         for name in ("rotate_deg", "translate", "intensity_scale", "intensity_shift", "noise_std"):

@@ -53,6 +53,7 @@ from organdetr.preprocessing.plans import (
     regions_from_plans,
 )
 from organdetr.runtime.errors import InputError
+from organdetr.runtime.text import brief
 
 BOX_TARGETS: tuple[str, ...] = ("labels", "exact")
 
@@ -124,7 +125,7 @@ class CacheDataset(Dataset):
         box_targets: str = "labels",
     ):
         if box_targets not in BOX_TARGETS:
-            raise ValueError(f"box_targets must be one of {BOX_TARGETS}, got {box_targets!r}")
+            raise ValueError(f"box_targets must be one of {BOX_TARGETS}, got {brief(box_targets)}")
         self.box_targets = box_targets
         self.cache_dir = Path(cache_dir)
         self.plans = load_plans(self.cache_dir)
@@ -260,7 +261,7 @@ class CacheDataset(Dataset):
         if name not in self.case_classes:
             raise InputError(
                 self.cache_dir / "cases" / f"{case_id}.json",
-                f"case_label {name!r} is not one of plans.json case_classes {self.case_classes}",
+                f"case_label {brief(name)} is not one of plans.json case_classes {self.case_classes}",
             )
         return self.case_classes.index(name)
 

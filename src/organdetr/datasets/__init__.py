@@ -11,6 +11,8 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING
 
+from organdetr.runtime.text import brief
+
 if TYPE_CHECKING:
     from organdetr.datasets.conversion import ConversionSummary
 
@@ -40,7 +42,7 @@ LABEL_SETS: dict[str, dict[str, str | None]] = {
 def get_converter(fmt: str) -> Callable[..., ConversionSummary]:
     """The ``convert(src, dst, **options) -> ConversionSummary`` function of dataset format ``fmt``."""
     if fmt not in FORMATS:
-        raise KeyError(f"unknown dataset format {fmt!r}; known: {', '.join(FORMATS)}")
+        raise KeyError(f"unknown dataset format {brief(fmt)}; known: {', '.join(FORMATS)}")
     module_name, fixed = FORMATS[fmt]
     module = importlib.import_module(f"organdetr.datasets.{module_name}")
     return partial(module.convert, **fixed)

@@ -37,6 +37,7 @@ from organdetr.datasets.conversion import ConversionSummary, convert_cases
 from organdetr.datasets.labels import class_map_description, class_map_source, load_class_map
 from organdetr.datasets.source import SourceCase, check_paths, nifti_stem, require_folder, select_cases
 from organdetr.runtime.errors import InputError
+from organdetr.runtime.text import brief
 
 FORMAT = "abdomenct1k"
 # label set name (convert --classes) -> class map name (labels/<name>.json)
@@ -56,7 +57,7 @@ def discover_cases(src: str | Path) -> list[SourceCase]:
         stem = nifti_stem(path)
         table, case_id = (images, stem[:-5]) if stem.endswith("_0000") else (masks, stem)
         if case_id in table:
-            raise InputError(path, f"case {case_id!r} also found at {table[case_id]}")
+            raise InputError(path, f"case {brief(case_id)} also found at {table[case_id]}")
         table[case_id] = path
     if not images:
         raise InputError(src, "no AbdomenCT-1K images (Case_XXXXX_0000.nii.gz) found")
@@ -80,7 +81,7 @@ def label_set_class_map(label_set: str) -> str:
     """The class map name of AbdomenCT-1K label set ``label_set``; InputError for unknown sets."""
     if label_set not in LABEL_SETS:
         raise InputError(
-            None, f"unknown AbdomenCT-1K label set {label_set!r}; known: {', '.join(LABEL_SETS)}"
+            None, f"unknown AbdomenCT-1K label set {brief(label_set)}; known: {', '.join(LABEL_SETS)}"
         )
     return LABEL_SETS[label_set]
 

@@ -12,7 +12,6 @@ with ``labels/amos.json`` (names compared in snake_case; the published typo ``ar
 
 from __future__ import annotations
 
-import json
 import re
 import warnings
 from collections.abc import Sequence
@@ -30,6 +29,8 @@ from organdetr.datasets.source import (
     select_cases,
 )
 from organdetr.runtime.errors import InputError
+from organdetr.runtime.json_files import read_json
+from organdetr.runtime.text import brief
 
 FORMAT = "amos"
 MAX_CT_ID = 500
@@ -41,14 +42,14 @@ def case_number(case_id: str) -> int:
     """``amos_0507`` -> 507; InputError if the id has no number."""
     match = re.search(r"(\d+)$", case_id)
     if match is None:
-        raise InputError(None, f"AMOS case id {case_id!r} does not end in a number")
+        raise InputError(None, f"AMOS case id {brief(case_id)} does not end in a number")
     return int(match.group(1))
 
 
 def discover_cases(src: str | Path, modality: str = "ct") -> list[SourceCase]:
     """AMOS cases of ``images{Tr,Va,Ts}`` at or below ``src``; ``modality`` "ct" (ids <= 500) or "mr"."""
     if modality not in ("ct", "mr"):
-        raise InputError(None, f"modality must be 'ct' or 'mr', got {modality!r}")
+        raise InputError(None, f"modality must be 'ct' or 'mr', got {brief(modality)}")
     root = find_root(require_folder(src), "imagesTr")
     cases = []
     for suffix, split in SPLITS.items():
@@ -71,9 +72,9 @@ def class_map(root: Path) -> dict[int, str]:
     if not path.is_file():
         return ours
     try:
-        labels = json.loads(path.read_text(encoding="utf-8"))["labels"]
+        labels = read_json(path, "not a readable AMOS dataset.json")["labels"]
         theirs = {int(k): str(v) for k, v in labels.items() if int(k) != 0}
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+    except (KeyError, TypeError, ValueError, AttributeError):
         raise InputError(path, "expected a 'labels' object mapping id -> name (AMOS dataset.json)") from None
     official = {i: snake_case(n) for i, n in official_names(FORMAT).items()}
     agree = set(theirs) == set(ours) and all(

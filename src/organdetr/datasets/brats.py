@@ -29,6 +29,7 @@ from organdetr.datasets.conversion import ConversionSummary, convert_cases
 from organdetr.datasets.labels import class_map_source, load_class_map, load_regions
 from organdetr.datasets.source import SourceCase, check_paths, require_folder, select_cases
 from organdetr.runtime.errors import InputError
+from organdetr.runtime.text import brief
 
 FORMAT = "brats"
 CHANNEL_NAMES = ("T1", "T1ce", "T2", "FLAIR")
@@ -108,7 +109,7 @@ def discover_cases(src: str | Path) -> tuple[list[SourceCase], str]:
             path = _file(folder, case_id, separator, suffix)
             if path is None:
                 raise InputError(
-                    folder, f"case {case_id!r} has no {name} file ({case_id}{separator}{suffix}.nii.gz)"
+                    folder, f"case {brief(case_id)} has no {name} file ({case_id}{separator}{suffix}.nii.gz)"
                 )
             channels.append(path)
         label = _segmentation(folder, case_id, separator, seg_suffix)
@@ -136,7 +137,7 @@ def convert(
     cases, naming = discover_cases(root)
     if label_set not in ("auto", *LABEL_SET_MAPS):
         raise InputError(
-            None, f"unknown BraTS label set {label_set!r}; known: auto, {', '.join(LABEL_SET_MAPS)}"
+            None, f"unknown BraTS label set {brief(label_set)}; known: auto, {', '.join(LABEL_SET_MAPS)}"
         )
     release = naming if label_set == "auto" else label_set
     class_map = LABEL_SET_MAPS[release]

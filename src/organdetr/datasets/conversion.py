@@ -27,7 +27,6 @@ in :mod:`.source_checks`):
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -55,7 +54,8 @@ from organdetr.datasets.source_checks import (
 )
 from organdetr.io.images import write_image
 from organdetr.runtime.errors import InputError
-from organdetr.runtime.text import one_line
+from organdetr.runtime.json_files import read_json
+from organdetr.runtime.text import brief, one_line
 from organdetr.runtime.workers import BatchSummary, map_tasks, single_threaded_itk
 
 FILE_ENDING = ".nii.gz"
@@ -277,14 +277,14 @@ def _write_case_labels(dst: Path, cases: Sequence[SourceCase], case_classes: Seq
     labels: dict[str, str] = {}
     if path.is_file():
         try:
-            labels = {str(k): str(v) for k, v in json.loads(path.read_text(encoding="utf-8")).items()}
-        except (ValueError, AttributeError):
+            labels = {str(k): str(v) for k, v in read_json(path).items()}
+        except (InputError, AttributeError):
             labels = {}
     for case in cases:
         if case.case_label is not None:
             if case.case_label not in case_classes:
                 raise InputError(
-                    case.image, f"case label {case.case_label!r} is not one of {list(case_classes)}"
+                    case.image, f"case label {brief(case.case_label)} is not one of {list(case_classes)}"
                 )
             labels[case.case_id] = case.case_label
     complete = {c for split in ("Tr", "Ts") for c in _complete_ids(dst, split)}
@@ -321,7 +321,9 @@ def _check_unique_ids(cases: Sequence[SourceCase]) -> None:
     seen: dict[str, Path] = {}
     for case in cases:
         if case.case_id in seen:
-            raise InputError(case.image, f"case id {case.case_id!r} is also used by {seen[case.case_id]}")
+            raise InputError(
+                case.image, f"case id {brief(case.case_id)} is also used by {seen[case.case_id]}"
+            )
         seen[case.case_id] = case.image
 
 

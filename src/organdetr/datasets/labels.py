@@ -17,6 +17,8 @@ import re
 from functools import cache
 from pathlib import Path
 
+from organdetr.runtime.text import brief
+
 LABELS_DIR = Path(__file__).resolve().parent / "labels"
 
 CLASS_MAP_NAMES = (
@@ -36,7 +38,7 @@ CLASS_MAP_NAMES = (
 @cache
 def _load_table(dataset: str) -> dict:
     if dataset not in CLASS_MAP_NAMES:
-        raise KeyError(f"unknown dataset {dataset!r}; known: {', '.join(CLASS_MAP_NAMES)}")
+        raise KeyError(f"unknown dataset {brief(dataset)}; known: {', '.join(CLASS_MAP_NAMES)}")
     with open(LABELS_DIR / f"{dataset}.json", encoding="utf-8") as fh:
         return json.load(fh)
 

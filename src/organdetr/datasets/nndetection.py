@@ -19,7 +19,6 @@ nnDetection's format is :mod:`organdetr.formats.nndetection`; its box convention
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
@@ -33,6 +32,7 @@ from organdetr.datasets.labels import snake_case
 from organdetr.datasets.source import SourceCase, require_folder, select_cases
 from organdetr.datasets.source_checks import read_label_file
 from organdetr.runtime.errors import InputError
+from organdetr.runtime.json_files import read_json
 from organdetr.runtime.text import collapse
 
 FORMAT = "nndetection"
@@ -66,9 +66,11 @@ def read_task_info(task: Path) -> dict:
     if path is None:
         raise InputError(task, "no dataset.yaml or dataset.json")
     try:
-        text = path.read_text(encoding="utf-8")
-        info = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as err:
+        if path.suffix == ".json":
+            info = read_json(path, "not readable")
+        else:
+            info = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as err:
         raise InputError(path, f"not readable ({collapse(str(err), 200)})") from None
     labels = info.get("labels") if isinstance(info, dict) else None
     if not isinstance(labels, dict) or not labels:
@@ -111,13 +113,14 @@ def discover_cases(task: Path) -> list:
 
 def read_instances(path: Path) -> dict[int, int]:
     """``<case>.json`` -> ``{instance id: class}``; InputError naming the file when malformed."""
+    if not path.exists():
+        raise InputError(path, "instance file is missing (every label map needs <case>.json)")
+    data = read_json(path, "unreadable instance file")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
         instances = {int(k): int(v) for k, v in data["instances"].items()}
-    except FileNotFoundError:
-        raise InputError(path, "instance file is missing (every label map needs <case>.json)") from None
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as err:
-        raise InputError(path, f'needs {{"instances": {{"1": <class>, ...}}}} ({err})') from None
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        reason = collapse(str(err), 200)
+        raise InputError(path, f'needs {{"instances": {{"1": <class>, ...}}}} ({reason})') from None
     return instances
 
 

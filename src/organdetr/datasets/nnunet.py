@@ -32,6 +32,7 @@ from typing import Any
 from organdetr.runtime.atomic import write_json
 from organdetr.runtime.errors import InputError
 from organdetr.runtime.json_files import read_json
+from organdetr.runtime.text import brief
 
 CHANNEL = "_0000"
 CASE_LABELS_FILE = "case_labels.json"
@@ -112,7 +113,7 @@ def write_dataset_json(
     path = root / "dataset.json"
     _check_classes(path, classes)
     if not file_ending.startswith("."):
-        raise InputError(path, f"file_ending must start with '.', got {file_ending!r}")
+        raise InputError(path, f"file_ending must start with '.', got {brief(file_ending)}")
     labels = {"background": 0} | {classes[i]: int(i) for i in sorted(classes)}
     content = {
         "name": name,
@@ -140,14 +141,16 @@ def parse_regions(path: Path, regions: Any, classes: dict[int, str]) -> dict[str
     out: dict[str, tuple[int, ...]] = {}
     for name, ids in regions.items():
         if not isinstance(ids, list | tuple) or not ids:
-            raise InputError(path, f"region {name!r} must list label ids, got {ids!r}")
+            raise InputError(path, f"region {brief(name)} must list label ids, got {brief(ids)}")
         if any(isinstance(i, bool) or not isinstance(i, int) for i in ids):
-            raise InputError(path, f"region {name!r} has non-integer label ids {ids!r}")
+            raise InputError(path, f"region {brief(name)} has non-integer label ids {brief(ids)}")
         unknown = sorted(set(ids) - set(classes))
         if unknown:
-            raise InputError(path, f"region {name!r} names label ids {unknown} that 'labels' does not have")
+            raise InputError(
+                path, f"region {brief(name)} names label ids {unknown} that 'labels' does not have"
+            )
         if len(set(ids)) != len(ids):
-            raise InputError(path, f"region {name!r} repeats a label id: {ids!r}")
+            raise InputError(path, f"region {brief(name)} repeats a label id: {brief(ids)}")
         out[str(name)] = tuple(sorted(int(i) for i in ids))
     if len(set(out.values())) != len(out):
         raise InputError(path, "two regions unite the same label ids")
@@ -177,9 +180,11 @@ def read_case_labels(root: Path, case_classes: list[str], case_ids: list[str]) -
     known = set(case_ids)
     for case_id, name in content.items():
         if case_id not in known:
-            raise InputError(path, f"case {case_id!r} is not a case of the dataset")
+            raise InputError(path, f"case {brief(case_id)} is not a case of the dataset")
         if name not in case_classes:
-            raise InputError(path, f"case {case_id!r} has class {name!r}, not one of {case_classes}")
+            raise InputError(
+                path, f"case {brief(case_id)} has class {brief(name)}, not one of {case_classes}"
+            )
     return {str(k): str(v) for k, v in content.items()}
 
 
@@ -220,13 +225,16 @@ def parse_labels(path: Path, labels: Any) -> dict[int, str]:
         if isinstance(value, list | tuple):
             raise InputError(
                 path,
-                f"region-based label {name!r}: {list(value)} is not supported; give one integer id per class "
+                f"region-based label {brief(name)}: {list(value)} is not supported; give one "
+                f"integer id per class "
                 'and declare regions under "regions": {name: [label ids]}',
             )
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise InputError(path, f"label {name!r} has id {value!r}; expected a non-negative integer")
+            raise InputError(
+                path, f"label {brief(name)} has id {brief(value)}; expected a non-negative integer"
+            )
         if value in seen:
-            raise InputError(path, f"label id {value} is used twice ({seen[value]!r} and {name!r})")
+            raise InputError(path, f"label id {value} is used twice ({brief(seen[value])} and {brief(name)})")
         seen[value] = name
         if value != 0:
             classes[value] = name
@@ -247,14 +255,18 @@ def load_dataset(root: str | Path) -> NnUNetDataset:
     content = read_dataset_json(root)
     for key in ("labels", "file_ending", "numTraining"):
         if key not in content:
-            raise InputError(json_path, f"missing required key {key!r}")
+            raise InputError(json_path, f"missing required key {brief(key)}")
     classes = parse_labels(json_path, content["labels"])
     file_ending = content["file_ending"]
     if not isinstance(file_ending, str) or not file_ending.startswith("."):
-        raise InputError(json_path, f"'file_ending' must be a string starting with '.', got {file_ending!r}")
+        raise InputError(
+            json_path, f"'file_ending' must be a string starting with '.', got {brief(file_ending)}"
+        )
     num_training = content["numTraining"]
     if isinstance(num_training, bool) or not isinstance(num_training, int) or num_training < 0:
-        raise InputError(json_path, f"'numTraining' must be a non-negative integer, got {num_training!r}")
+        raise InputError(
+            json_path, f"'numTraining' must be a non-negative integer, got {brief(num_training)}"
+        )
     channel_names = content.get("channel_names", content.get("modality", {"0": "CT"}))
     if not isinstance(channel_names, dict) or "0" not in channel_names:
         raise InputError(json_path, "'channel_names' must be an object with channel \"0\"")
@@ -312,7 +324,7 @@ def _discover_cases(
         label = label_path(root, case_id, split, file_ending)
         if not label.is_file():
             if require_labels:
-                raise InputError(label, f"label file of case {case_id!r} is missing")
+                raise InputError(label, f"label file of case {brief(case_id)} is missing")
             label = None
         channels = _channel_files(root, case_id, split, file_ending, num_channels)
         cases.append(NnUNetCase(case_id, image, label, channels))
@@ -328,7 +340,7 @@ def _channel_files(
     files = tuple(image_path(root, case_id, split, file_ending, c) for c in range(num_channels))
     for channel, path in enumerate(files):
         if not path.is_file():
-            raise InputError(path, f"channel {channel} of case {case_id!r} is missing")
+            raise InputError(path, f"channel {channel} of case {brief(case_id)} is missing")
     return files
 
 
@@ -342,18 +354,22 @@ def _explicit_cases(root: Path, json_path: Path, listing: Any, num_channels: int
             image = root / entry["images"][0]
             label = root / entry["label"]
         except (KeyError, IndexError, TypeError):
-            raise InputError(json_path, f"case {case_id!r}: expected 'images' (list) and 'label'") from None
+            raise InputError(
+                json_path, f"case {brief(case_id)}: expected 'images' (list) and 'label'"
+            ) from None
         for path, what in ((image, "image"), (label, "label")):
             if not path.is_file():
-                raise InputError(path, f"{what} of case {case_id!r} named in dataset.json is missing")
+                raise InputError(path, f"{what} of case {brief(case_id)} named in dataset.json is missing")
         channels: tuple[Path, ...] = ()
         if num_channels > 1:
             if len(entry["images"]) != num_channels:
                 given = len(entry["images"])
-                raise InputError(json_path, f"case {case_id!r}: {given} images for {num_channels} channels")
+                raise InputError(
+                    json_path, f"case {brief(case_id)}: {given} images for {num_channels} channels"
+                )
             channels = tuple(root / p for p in entry["images"])
             for c, path in enumerate(channels):
                 if not path.is_file():
-                    raise InputError(path, f"channel {c} of case {case_id!r} (dataset.json) is missing")
+                    raise InputError(path, f"channel {c} of case {brief(case_id)} (dataset.json) is missing")
         cases.append(NnUNetCase(str(case_id), image, label, channels))
     return cases

@@ -17,7 +17,7 @@ from organdetr.datasets.source import SourceCase
 from organdetr.io.images import integer_labels as cast_label_ids
 from organdetr.io.images import read_image
 from organdetr.runtime.errors import InputError
-from organdetr.runtime.text import format_vector
+from organdetr.runtime.text import brief, format_vector
 
 # Geometry tolerance between an image and its label (headers are often rewritten in float32).
 SPACING_RTOL = 1e-4
@@ -117,7 +117,7 @@ def check_is_image(path: Path, array: np.ndarray) -> None:
 def read_label_file(case: SourceCase, geometry: Geometry) -> np.ndarray:
     """Default :data:`LabelReader`: one multi-label file that must share the image's grid."""
     if case.label is None or not case.label.is_file():
-        raise InputError(case.label or case.image, f"label file of case {case.case_id!r} is missing")
+        raise InputError(case.label or case.image, f"label file of case {brief(case.case_id)} is missing")
     label = read_image(case.label)
     labels = integer_labels(case.label, label.array)
     check_same_geometry(case.label, label.geometry, geometry, case.image)

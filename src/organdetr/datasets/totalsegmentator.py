@@ -39,7 +39,7 @@ from organdetr.datasets.labels import class_map_description, class_map_source, l
 from organdetr.datasets.source import SourceCase, check_paths, nifti_stem, require_folder, select_cases
 from organdetr.datasets.source_checks import check_same_geometry
 from organdetr.runtime.errors import InputError
-from organdetr.runtime.text import collapse
+from organdetr.runtime.text import brief, collapse
 
 OVERLAP_RULE = "masks painted in ascending official id order: the higher id wins where masks overlap"
 # format -> (class map name, image file name, channel name)
@@ -74,15 +74,15 @@ def read_splits(src: Path) -> dict[str, str]:
         raise InputError(path, "expected columns 'image_id' and 'split'")
     splits: dict[str, str] = {}
     for row in reader:
-        where = f"row {reader.line_num} ({lines[reader.line_num - 1].strip()!r})"
+        where = f"row {reader.line_num} ({brief(lines[reader.line_num - 1].strip())})"
         subject = (row.get("image_id") or "").strip()
         split = (row.get("split") or "").strip().lower()
         if not subject or not split:
-            raise InputError(path, f"{where} has no {'image_id' if not subject else 'split'!r} value")
+            raise InputError(path, f"{where} has no {brief('image_id' if not subject else 'split')} value")
         if split not in SPLITS:
-            raise InputError(path, f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
+            raise InputError(path, f"{where}: split {brief(split)} is not one of {', '.join(SPLITS)}")
         if subject in splits:
-            raise InputError(path, f"{where}: subject {subject!r} is listed twice")
+            raise InputError(path, f"{where}: subject {brief(subject)} is listed twice")
         splits[subject] = split
     return splits
 
@@ -195,14 +195,14 @@ def _raise_unknown_masks(files: dict[str, Path], unknown: list[str], release: st
     """InputError naming the first mask file whose name the class map lacks (and the other odd ones)."""
     if release is None:
         name = unknown[0]
-        raise InputError(files[name], f"structure {name!r} is not in the TotalSegmentator class map")
+        raise InputError(files[name], f"structure {brief(name)} is not in the TotalSegmentator class map")
     other = {r: marks for r, marks in release_only_names().items() if r != release}
     foreign = {r: [n for n in unknown if n in marks] for r, marks in other.items()}
     foreign = {r: names for r, names in foreign.items() if names}
     if not foreign:
         name = unknown[0]
         raise InputError(
-            files[name], f"structure {name!r} is not in the TotalSegmentator {release} class map"
+            files[name], f"structure {brief(name)} is not in the TotalSegmentator {release} class map"
         )
     odd_release, odd = next(iter(foreign.items()))
     own = sorted(set(files) & release_only_names()[release])
@@ -242,7 +242,7 @@ def choose_release(label_set: str, cases: Sequence[SourceCase]) -> tuple[str, st
     """``(release, how)`` for ``label_set`` "auto" (detected), "v1" or "v2" (forced)."""
     if label_set not in LABEL_SETS:
         raise InputError(
-            None, f"unknown TotalSegmentator label set {label_set!r}; known: {', '.join(LABEL_SETS)}"
+            None, f"unknown TotalSegmentator label set {brief(label_set)}; known: {', '.join(LABEL_SETS)}"
         )
     if label_set == "auto":
         return detect_release(cases)
@@ -266,7 +266,9 @@ def convert(
     of :func:`convert_cases`.
     """
     if variant not in VARIANTS:
-        raise InputError(None, f"unknown TotalSegmentator variant {variant!r}; known: {', '.join(VARIANTS)}")
+        raise InputError(
+            None, f"unknown TotalSegmentator variant {brief(variant)}; known: {', '.join(VARIANTS)}"
+        )
     map_name, image_name, channel = VARIANTS[variant]
     if channel == "MR" and label_set != "auto":
         raise InputError(None, "--classes applies to the CT dataset only (the MRI release has one class map)")

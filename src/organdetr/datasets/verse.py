@@ -17,6 +17,7 @@ from organdetr.datasets.conversion import ConversionSummary, convert_cases
 from organdetr.datasets.labels import class_map_source, load_class_map
 from organdetr.datasets.source import SourceCase, check_paths, require_folder, select_cases
 from organdetr.runtime.errors import InputError
+from organdetr.runtime.text import brief
 
 FORMAT = "verse"
 IMAGE_SUFFIX = "_ct.nii.gz"
@@ -31,7 +32,7 @@ def _index(src: Path, suffix: str, part: str) -> dict[str, Path]:
             continue
         key = path.name[: -len(suffix)]
         if key in found:
-            raise InputError(path, f"case {key!r} also found at {found[key]}")
+            raise InputError(path, f"case {brief(key)} also found at {found[key]}")
         found[key] = path
     return found
 

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from organdetr.runtime.atomic import write_figure
+from organdetr.runtime.text import brief
 
 
 @dataclass
@@ -82,10 +83,10 @@ def evaluate_classification(
             missing.append(case_id)
             continue
         if name not in index:
-            raise ValueError(f"case {case_id!r} has true class {name!r}, not one of {classes}")
+            raise ValueError(f"case {brief(case_id)} has true class {brief(name)}, not one of {classes}")
         unknown = sorted(set(probabilities[case_id]) - set(classes))
         if unknown:
-            raise ValueError(f"case {case_id!r}: probabilities for unknown classes {unknown}")
+            raise ValueError(f"case {brief(case_id)}: probabilities for unknown classes {unknown}")
         scored.append((index[name], [float(probabilities[case_id].get(c, 0.0)) for c in classes]))
     n, k = len(scored), len(classes)
     if n == 0:

@@ -14,6 +14,7 @@ import numpy as np
 
 from organdetr.evaluation.matching import match_detections
 from organdetr.runtime.errors import InputError
+from organdetr.runtime.text import brief
 
 Mode = Literal["coco", "monai"]
 NUM_RECALL_POINTS = 101
@@ -176,7 +177,7 @@ def evaluate_arrays(
 ) -> EvaluationResult:
     """:func:`evaluate_detections` on already-indexed arrays (no per-box Python objects)."""
     if mode not in ("coco", "monai"):
-        raise ValueError(f"mode must be 'coco' or 'monai', got {mode!r}")
+        raise ValueError(f"mode must be 'coco' or 'monai', got {brief(mode)}")
     if int(max_detections) < 1:
         raise ValueError(f"max_detections must be >= 1, got {max_detections}")
     classes = list(classes)
@@ -240,11 +241,13 @@ def _to_arrays(items, classes: list[str], case_ids: list[str], *, scored: bool) 
         c = case_index.get(item.case_id)
         if c is None:
             raise InputError(
-                None, f"{kind} for case {item.case_id!r}, which is not among the evaluated cases"
+                None, f"{kind} for case {brief(item.case_id)}, which is not among the evaluated cases"
             )
         k = class_index.get(item.label)
         if k is None:
-            raise InputError(None, f"{kind} of case {item.case_id!r} has unknown organ {item.label!r}")
+            raise InputError(
+                None, f"{kind} of case {brief(item.case_id)} has unknown organ {brief(item.label)}"
+            )
         case[i], label[i] = c, k
     boxes = (
         np.asarray([item.box_mm for item in items], dtype=np.float64).reshape(n, -1)
@@ -265,7 +268,7 @@ def _check_boxes(arrays: BoxArrays, kind: str, *, case_ids=None, classes=None) -
     def where(i: int) -> str:
         if case_ids is None:
             return f"{kind} #{i}"
-        return f"{kind} of case {case_ids[arrays.case[i]]!r} ({classes[arrays.label[i]]})"
+        return f"{kind} of case {brief(case_ids[arrays.case[i]])} ({classes[arrays.label[i]]})"
 
     boxes = arrays.box_mm
     bad = np.flatnonzero(~np.isfinite(boxes).all(axis=1))

@@ -20,8 +20,10 @@ from organdetr.core.boxes.labels import boxes_from_labels
 from organdetr.datasets.nnunet import load_dataset
 from organdetr.evaluation.coco import Detection, GroundTruth
 from organdetr.io.images import read_label_map
+from organdetr.runtime.atomic import visible_files
 from organdetr.runtime.errors import InputError
 from organdetr.runtime.json_files import read_json
+from organdetr.runtime.text import brief
 
 Split = Literal["all", "tr", "ts"]
 
@@ -65,7 +67,7 @@ def load_predictions(
         raise InputError(pred_dir, "prediction folder not found")
     known = None if classes is None else set(classes)
     result = PredictionSet([], [], {})
-    for path in sorted(pred_dir.glob("*.json")):
+    for path in visible_files(pred_dir, "*.json"):
         data = read_json(path)
         if not isinstance(data, dict) or "detections" not in data:
             result.skipped.append(path)
@@ -74,10 +76,12 @@ def load_predictions(
         if not isinstance(case_id, str) or not case_id:
             raise InputError(path, "prediction JSON needs a non-empty string 'case_id'")
         if case_id in result.files:
-            raise InputError(path, f"duplicate case id {case_id!r} (also in {result.files[case_id].name})")
+            raise InputError(
+                path, f"duplicate case id {brief(case_id)} (also in {result.files[case_id].name})"
+            )
         frame = data.get("world_frame", "LPS")
         if frame != "LPS":
-            raise InputError(path, f"world_frame is {frame!r}; boxes must be LPS mm")
+            raise InputError(path, f"world_frame is {brief(frame)}; boxes must be LPS mm")
         if not isinstance(data["detections"], list):
             raise InputError(path, "'detections' must be a list")
         result.files[case_id] = path
@@ -98,7 +102,7 @@ def _case_probabilities(path: Path, entry) -> dict[str, float]:
         isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and 0 <= v <= 1
         for v in probs.values()
     ):
-        raise InputError(path, f"'case_label' probabilities must be numbers in [0, 1], got {probs!r}")
+        raise InputError(path, f"'case_label' probabilities must be numbers in [0, 1], got {brief(probs)}")
     return {str(k): float(v) for k, v in probs.items()}
 
 
@@ -112,17 +116,17 @@ def _detection(
     if not isinstance(label, str):
         raise InputError(path, f"{where} needs a string 'label' (organ name)")
     if known is not None and label not in known:
-        raise InputError(path, f"{where} has unknown organ {label!r} (not in the ground-truth classes)")
+        raise InputError(path, f"{where} has unknown organ {brief(label)} (not in the ground-truth classes)")
     if "label_id" in det:
         label_id = det["label_id"]
         if isinstance(label_id, bool) or not isinstance(label_id, int):
-            raise InputError(path, f"{where} ({label}) has a non-integer label_id {label_id!r}")
+            raise InputError(path, f"{where} ({label}) has a non-integer label_id {brief(label_id)}")
         if class_ids and label in class_ids and class_ids[label] != label_id:
             owner = next((name for name, i in class_ids.items() if i == label_id), None)
-            also = f" (that id is {owner!r})" if owner else ""
+            also = f" (that id is {brief(owner)})" if owner else ""
             raise InputError(
                 path,
-                f"{where}: label {label!r} is label id {class_ids[label]} in the class map, "
+                f"{where}: label {brief(label)} is label id {class_ids[label]} in the class map, "
                 f"but the detection says label_id {label_id}{also}",
             )
     score = det.get("score")
@@ -133,7 +137,7 @@ def _detection(
         or not 0.0 <= score <= 1.0
     ):
         raise InputError(
-            path, f"{where} ({label}) has an invalid score {score!r}; expected a number in [0, 1]"
+            path, f"{where} ({label}) has an invalid score {brief(score)}; expected a number in [0, 1]"
         )
     box = _box(path, f"{where} ({label})", det.get("box_mm"))
     return Detection(case_id, label, float(score), box)
@@ -176,19 +180,19 @@ def _from_cache(cache_dir: Path) -> GroundTruthSet:
     classes = [name for _, name in id_names]
     boxes, case_ids = [], []
     case_labels: dict[str, str | None] = {}
-    for record_path in sorted((cache_dir / "cases").glob("*.json")):
+    for record_path in visible_files(cache_dir / "cases", "*.json"):
         record = read_json(record_path)
         case_id = record.get("case_id") if isinstance(record, dict) else None
         if not isinstance(case_id, str) or not isinstance(record.get("boxes"), list):
             raise InputError(record_path, "not a case record (needs 'case_id' and 'boxes')")
         if case_id in case_ids:
-            raise InputError(record_path, f"duplicate case id {case_id!r}")
+            raise InputError(record_path, f"duplicate case id {brief(case_id)}")
         case_ids.append(case_id)
         case_labels[case_id] = record.get("case_label")
         for i, box in enumerate(record["boxes"]):
             name = box.get("name") if isinstance(box, dict) else None
             if name not in classes:
-                raise InputError(record_path, f"box #{i} has organ {name!r}, not in plans.json classes")
+                raise InputError(record_path, f"box #{i} has organ {brief(name)}, not in plans.json classes")
             boxes.append(
                 GroundTruth(case_id, name, _box(record_path, f"box #{i} ({name})", box.get("box_mm")))
             )
@@ -216,11 +220,13 @@ def _from_dataset(root: Path, split: Split, progress: bool) -> GroundTruthSet:
     if split in ("all", "ts"):
         cases += [c for c in dataset.test_cases if c.label is not None]
     if not cases:
-        raise InputError(root, f"no labelled cases in split {split!r}")
+        raise InputError(root, f"no labelled cases in split {brief(split)}")
     boxes, case_ids = [], []
     for case in tqdm(cases, desc="ground truth", unit="case", disable=not progress, leave=False):
         if case.case_id in case_ids:
-            raise InputError(case.label, f"duplicate case id {case.case_id!r} (in labelsTr and labelsTs)")
+            raise InputError(
+                case.label, f"duplicate case id {brief(case.case_id)} (in labelsTr and labelsTs)"
+            )
         case_ids.append(case.case_id)
         labels = read_label_map(case.label)
         found = boxes_from_labels(

@@ -43,6 +43,7 @@ import numpy as np
 from scipy import ndimage
 from tqdm.auto import tqdm
 
+from organdetr.runtime.text import brief
 from organdetr.runtime.workers import map_tasks
 
 METRICS: tuple[str, ...] = ("dice", "nsd", "hd95")
@@ -54,7 +55,7 @@ _FACE_NEIGHBOURS = ndimage.generate_binary_structure(3, 1)
 def _as_spacing(spacing: float | Sequence[float], ndim: int = 3) -> np.ndarray:
     values = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (ndim,)).copy()
     if not np.isfinite(values).all() or (values <= 0).any():
-        raise ValueError(f"spacing must be {ndim} positive finite numbers (mm), got {spacing!r}")
+        raise ValueError(f"spacing must be {ndim} positive finite numbers (mm), got {brief(spacing)}")
     return values
 
 

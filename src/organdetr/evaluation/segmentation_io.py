@@ -20,8 +20,10 @@ import numpy as np
 
 from organdetr.datasets.nnunet import load_dataset
 from organdetr.io.images import read_label_map
+from organdetr.runtime.atomic import visible_files
 from organdetr.runtime.errors import InputError
 from organdetr.runtime.json_files import read_json
+from organdetr.runtime.text import brief
 
 PRED_SUFFIXES = ("_seg.nii.gz", ".nii.gz", ".nii", ".nrrd", ".mha")
 
@@ -56,7 +58,7 @@ def load_label_map_truth(path: str | Path, *, split: str = "all") -> LabelMapSet
         if split in ("all", "ts"):
             cases += [(c.case_id, c.label) for c in dataset.test_cases if c.label is not None]
         if not cases:
-            raise InputError(path, f"no labelled cases in split {split!r}")
+            raise InputError(path, f"no labelled cases in split {brief(split)}")
         return LabelMapSet(cases, dict(dataset.classes), f"nnU-Net dataset {path}")
     if (path / "plans.json").is_file():
         return _from_cache(path)
@@ -70,7 +72,7 @@ def _from_cache(cache_dir: Path) -> LabelMapSet:
     except (KeyError, TypeError, ValueError, AttributeError):
         raise InputError(cache_dir / "plans.json", "needs 'classes' as {label id: name}") from None
     cases = []
-    for record_path in sorted((cache_dir / "cases").glob("*.json")):
+    for record_path in visible_files(cache_dir / "cases", "*.json"):
         record = read_json(record_path, not_object="expected a JSON object")
         label = record.get("label")
         if not isinstance(record.get("case_id"), str) or not isinstance(label, str):
@@ -100,7 +102,7 @@ def pair_predictions(pred_dir: str | Path, truth: LabelMapSet) -> PairedLabelMap
     used = {p.name for p in found.values() if p is not None}
     extra = sorted(
         p.name
-        for p in pred_dir.iterdir()
+        for p in visible_files(pred_dir)
         if p.is_file() and p.name.endswith(PRED_SUFFIXES) and p.name not in used
     )
     missing = [c for c, p in found.items() if p is None]

@@ -31,7 +31,7 @@ from organdetr.formats.dicom_source import SOURCE_MODALITIES
 from organdetr.formats.optional import require
 from organdetr.runtime.atomic import atomic_path
 from organdetr.runtime.errors import InputError
-from organdetr.runtime.text import collapse
+from organdetr.runtime.text import brief, collapse
 
 DEFAULT_TIMEOUT_S = 60.0
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -73,7 +73,9 @@ def connect(url: str, timeout: float = DEFAULT_TIMEOUT_S):
     from dicomweb_client.session_utils import create_session, create_session_from_user_pass
 
     if not re.match(r"^https?://", url):
-        raise InputError(None, f"--dicomweb {url!r}: not an http(s) URL (e.g. http://pacs:8042/dicom-web)")
+        raise InputError(
+            None, f"--dicomweb {brief(url)}: not an http(s) URL (e.g. http://pacs:8042/dicom-web)"
+        )
     token = os.environ.get("ORGANDETR_DICOMWEB_TOKEN")
     user = os.environ.get("ORGANDETR_DICOMWEB_USER")
     if user:
@@ -133,7 +135,7 @@ def find_series(client, url: str, study_uid: str, series_uid: str | None = None)
     """
     for flag, uid in (("--study", study_uid), ("--series", series_uid)):
         if uid is not None and not _UID.match(uid):
-            raise InputError(None, f"{flag} {uid!r} is not a DICOM UID (digits and dots)")
+            raise InputError(None, f"{flag} {brief(uid)} is not a DICOM UID (digits and dots)")
     with server_errors(url, f"QIDO-RS search for the series of study {study_uid}"):
         answers = client.search_for_series(study_instance_uid=study_uid)
     found = [_remote_series(url, study_uid, a) for a in answers or []]

@@ -28,7 +28,11 @@ from organdetr.formats.html_viewer import RunViewer
 from organdetr.formats.monai_datalist import write_datalist
 from organdetr.formats.nndetection import write_prediction
 from organdetr.formats.slicer import require_slicerio, write_slicer_files
+from organdetr.runtime.atomic import visible_files
 from organdetr.runtime.errors import InputError
+from organdetr.runtime.json_files import read_json
+from organdetr.runtime.locking import folder_lock
+from organdetr.runtime.text import brief
 
 PREDICTION_FORMATS = {
     "slicer": "3D Slicer: <case>_boxes.mrk.json (ROI per organ) + <case>.seg.nrrd",
@@ -39,13 +43,19 @@ PREDICTION_FORMATS = {
 DICOM_FORMATS = ("rtstruct",)
 """Formats written with the DICOM objects (:func:`organdetr.formats.dicom_out.write_dicom_outputs`), which
 share the source series' headers, not by :meth:`RunOutputs.add_scan`."""
+CASE_ENDINGS = {
+    "slicer": ("_boxes.mrk.json", ".seg.nrrd"),
+    "nndetection": ("_boxes.pkl",),
+    "rtstruct": ("_rtstruct.dcm",),
+}
+"""The per-case files of each format: ``<case><ending>``."""
 MONAI_FILE = "monai_datalist.json"
 VIEWER_FILE = "viewer.html"
 
 
 @dataclass
 class RunOutputs:
-    """Writers for the formats chosen; holds only small per-scan results between scans."""
+    """Writers for the formats chosen; the MONAI datalist is made at the end from the folder's JSONs."""
 
     out_dir: Path
     formats: Sequence[str] = ()
@@ -54,7 +64,6 @@ class RunOutputs:
     monai_coordinates: str = "world"
     title: str = "organdetr predictions"
     classes: Mapping[int, str] | None = None  # the model's label id -> organ name (set by predict)
-    _predictions: list[dict] = field(default_factory=list, repr=False)
     _viewer: RunViewer | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -62,7 +71,9 @@ class RunOutputs:
         self.formats = tuple(dict.fromkeys(self.formats))
         unknown = [f for f in self.formats if f not in PREDICTION_FORMATS]
         if unknown:
-            raise InputError(None, f"--format {unknown[0]!r} is not one of {', '.join(PREDICTION_FORMATS)}")
+            raise InputError(
+                None, f"--format {brief(unknown[0])} is not one of {', '.join(PREDICTION_FORMATS)}"
+            )
         if "monai" in self.formats:
             check_options(self.monai_box_mode, self.monai_coordinates)
             require_monai()  # MONAI installed? say so now, not after the whole run
@@ -87,6 +98,14 @@ class RunOutputs:
         """Whether anything is to be written."""
         return bool(self.formats) or self.html
 
+    def case_endings(self) -> list[str]:
+        """Endings of the per-case files the chosen formats write (``<case><ending>``)."""
+        return [ending for fmt in self.formats for ending in CASE_ENDINGS.get(fmt, ())]
+
+    def run_files(self) -> list[str]:
+        """Names of the run-level files (``monai_datalist.json``, ``viewer.html``) that will be written."""
+        return [MONAI_FILE] * ("monai" in self.formats) + [VIEWER_FILE] * self.html
+
     def add_scan(
         self, prediction: Mapping, volume: Volume | None, *, seg: np.ndarray | None = None
     ) -> list[Path]:
@@ -96,10 +115,6 @@ class RunOutputs:
             written += write_slicer_files(prediction, self.out_dir, seg=seg, classes=self.classes)
         if "nndetection" in self.formats:
             written.append(write_prediction(prediction, self.out_dir))
-        if "monai" in self.formats:
-            self._predictions.append(
-                {k: prediction[k] for k in ("case_id", "image", "detections") if k in prediction}
-            )
         if self._viewer is not None:
             if volume is None:
                 raise InputError(prediction.get("image"), "the HTML viewer needs the scan")
@@ -109,18 +124,33 @@ class RunOutputs:
     def finish(self) -> list[Path]:
         """Write the run-level files (``monai_datalist.json``, ``viewer.html``); returns their paths."""
         written: list[Path] = []
-        if "monai" in self.formats:
-            written.append(
-                write_datalist(
-                    self.out_dir / MONAI_FILE,
-                    self._predictions,
-                    box_mode=self.monai_box_mode,
-                    coordinates=self.monai_coordinates,
+        if "monai" in self.formats:  # every prediction in the folder: two runs into one folder list both
+            with folder_lock(self.out_dir, exclusive=True, purpose="organdetr predict", wait=True):
+                written.append(
+                    write_datalist(
+                        self.out_dir / MONAI_FILE,
+                        folder_predictions(self.out_dir),
+                        box_mode=self.monai_box_mode,
+                        coordinates=self.monai_coordinates,
+                    )
                 )
-            )
         if self._viewer is not None:
             written.append(self._viewer.write(self.out_dir / VIEWER_FILE))
         return written
+
+
+def folder_predictions(out_dir: Path) -> list[dict]:
+    """The prediction JSONs (``case_id``, ``image``, ``detections``) in ``out_dir``, by case id; other JSON
+    files (markups, datalists, a user's) and temporaries are passed over."""
+    predictions = []
+    for path in visible_files(out_dir, "*.json"):
+        try:
+            data = read_json(path)
+        except InputError:
+            continue
+        if isinstance(data, dict) and {"case_id", "image", "detections"} <= data.keys():
+            predictions.append({k: data[k] for k in ("case_id", "image", "detections")})
+    return sorted(predictions, key=lambda p: str(p["case_id"]))
 
 
 __all__ = ["DICOM_FORMATS", "MONAI_FILE", "PREDICTION_FORMATS", "VIEWER_FILE", "RunOutputs"]

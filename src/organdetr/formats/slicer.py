@@ -22,7 +22,6 @@ Open both in Slicer by dragging them onto the window together with the scan (or 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from organdetr.core.geometry import Geometry
 from organdetr.formats.organ_codes import slicer_terminology
 from organdetr.runtime.atomic import atomic_path, write_json
 from organdetr.runtime.errors import InputError
+from organdetr.runtime.json_files import read_json
 
 MARKUPS_SCHEMA = (
     "https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/Resources/Schema/"
@@ -142,10 +142,7 @@ def read_markups_rois(path: str | Path) -> list[dict]:
     InputError naming the file when it is not a markups file.
     """
     path = Path(path)
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(path, f"not a readable markups JSON ({err})") from None
+    document = read_json(path, "not a readable markups JSON")
     if not isinstance(document, dict) or not isinstance(document.get("markups"), list):
         raise InputError(path, "not a Slicer markups file (no 'markups' list)")
     rois = []

@@ -24,6 +24,7 @@ from organdetr.models.organdetr.detector import DETRDetector
 from organdetr.models.organdetr.postprocess import postprocess
 from organdetr.runtime.atomic import atomic_path
 from organdetr.runtime.errors import InputError
+from organdetr.runtime.json_files import parse_json
 from organdetr.runtime.text import collapse
 from organdetr.training.checkpoint import load_detector
 
@@ -166,7 +167,7 @@ def load_session(path: str | Path):
 def onnx_plans(session) -> dict | None:
     """The ``plans.json`` stored in an exported model's metadata (``None`` if absent)."""
     raw = session.get_modelmeta().custom_metadata_map.get(PLANS_METADATA_KEY)
-    return None if raw is None else json.loads(raw)
+    return None if raw is None else parse_json(raw, None, "unreadable plans in the model's metadata")
 
 
 def onnx_detect(session, images: np.ndarray) -> list[dict[str, torch.Tensor]]:

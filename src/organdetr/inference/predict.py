@@ -28,7 +28,8 @@ scan as the nnU-Net channel files ``<case>_0000`` .. ``<case>_000{C-1}`` side by
 file or the folder holding them; the picture shows the FLAIR (or first) channel, windowed by percentiles.
 
 One bad scan does not stop the others: failures are collected in the returned
-:class:`~organdetr.runtime.workers.BatchSummary`.
+:class:`~organdetr.runtime.workers.BatchSummary`; a full disk (``DiskFullError``)
+stops the batch. Output names are planned before the first scan (:mod:`organdetr.inference.output_names`).
 """
 
 from __future__ import annotations
@@ -48,12 +49,13 @@ from organdetr.formats.dicom_out import write_dicom_outputs
 from organdetr.formats.dicom_source import check_dicom_source
 from organdetr.formats.optional import require
 from organdetr.formats.run_outputs import RunOutputs
+from organdetr.inference.output_names import OutputNames, plan_outputs
 from organdetr.inference.overlay import render_overlay
 from organdetr.inference.predictor import Predictor, PreparedScan
 from organdetr.io.discovery import ScanInput, find_scans, group_channels
 from organdetr.io.images import UnevenSlices, read_image, write_image
-from organdetr.runtime.atomic import write_json
-from organdetr.runtime.errors import InputError
+from organdetr.runtime.atomic import remove_dead_temps, write_json
+from organdetr.runtime.errors import DiskFullError, InputError
 from organdetr.runtime.json_files import read_json
 from organdetr.runtime.text import one_line
 from organdetr.runtime.workers import BatchSummary
@@ -262,6 +264,8 @@ def _predict_batch(
         try:
             _write_scan(predictor, prepared, result, seg, prob, settings)
             summary.done.append(prepared.scan.case_id)
+        except DiskFullError:
+            raise  # every later scan would fail the same way: the batch stops here
         except _SCAN_ERRORS as err:
             summary.failed.append(_failure(prepared.scan, err))
         bar.update(1)
@@ -294,11 +298,20 @@ def predict_scans(
     Returns the case ids done and ``(input path, one-line reason)`` per scan that failed.
     """
     _check_settings(batch_size, score_threshold)
-    scans = _scans_to_predict(predictor, inputs)
+    out_dir = Path(out_dir)
+    outputs = _active_outputs(outputs, predictor)
+    names = OutputNames.for_run(
+        overlay=overlay,
+        save_box_mask=save_box_mask,
+        segments=predictor.segments,
+        dicom_out=dicom_out,
+        outputs=outputs,
+    )
+    scans = plan_outputs(_scans_to_predict(predictor, inputs), out_dir, names)
     if dicom_out or (outputs is not None and outputs.dicom_objects):
         _check_dicom_inputs(scans)
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_dead_temps(out_dir)  # a killed run's half-written files
     summary = BatchSummary()
     settings = _RunSettings(
         out_dir=out_dir,
@@ -307,7 +320,7 @@ def predict_scans(
         save_box_mask=save_box_mask,
         uneven_slices=uneven_slices,
         dicom_out=dicom_out,
-        outputs=_active_outputs(outputs, predictor),
+        outputs=outputs,
     )
     # a multi-channel scan keeps its display channel: the picture cannot reread it by name
     keep_volume = (batch_size == 1 or predictor.in_channels > 1) and settings.needs_volume

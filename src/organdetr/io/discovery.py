@@ -8,7 +8,7 @@ the nnU-Net channel files ``<case>_0000`` .. ``<case>_000{C-1}`` side by side (:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,8 +73,8 @@ def find_scans(inputs: Iterable[str | Path]) -> list[ScanInput]:
 
     Each input is an image file, a DICOM series folder (a folder directly holding DICOM files), or a
     folder of scans (its image files and its sub-folders that are DICOM series, sorted by name). A
-    missing input or a folder with no scans raises :class:`InputError`. Case ids are made unique by
-    appending ``_2``, ``_3``, ... where two inputs share a name.
+    missing input or a folder with no scans raises :class:`InputError`. Case ids are made unique
+    (:func:`unique_case_ids`) where two inputs share a name.
     """
     scans: list[Path] = []
     for raw in inputs:
@@ -85,15 +85,39 @@ def find_scans(inputs: Iterable[str | Path]) -> list[ScanInput]:
             scans.extend(_scans_in_folder(path))
         else:
             raise InputError(path, "no such file or folder")
-    seen: dict[str, int] = {}
-    result = []
-    for path in scans:
-        case_id = case_id_of(path)
-        seen[case_id] = seen.get(case_id, 0) + 1
-        if seen[case_id] > 1:
-            case_id = f"{case_id}_{seen[case_id]}"
-        result.append(ScanInput(path, case_id))
-    return result
+    case_ids = unique_case_ids([case_id_of(path) for path in scans])
+    return [ScanInput(path, case_id) for path, case_id in zip(scans, case_ids, strict=True)]
+
+
+def unique_case_ids(
+    case_ids: Sequence[str],
+    names_of: Callable[[str], Iterable[str]] = lambda case_id: (case_id,),
+    reserved: Iterable[str] = (),
+) -> list[str]:
+    """``case_ids`` made unique against the final set of names: ``names_of(case_id)`` (the files a case
+    writes; by default the id itself) may not meet another case's names nor ``reserved`` (compared without
+    case, as macOS and Windows file systems do).
+
+    Every case whose names are free keeps its id (first come first served); the others get the first free
+    ``<id>_2``, ``<id>_3``, ...: inputs ``a``, ``a``, ``a_2`` become ``a``, ``a_3``, ``a_2``.
+    """
+    taken = {name.casefold() for name in reserved}
+    result: list[str | None] = [None] * len(case_ids)
+    for i, case_id in enumerate(case_ids):
+        names = {name.casefold() for name in names_of(case_id)}
+        if not names & taken:
+            result[i] = case_id
+            taken |= names
+    for i, case_id in enumerate(case_ids):
+        number = 2
+        while result[i] is None:
+            candidate = f"{case_id}_{number}"
+            names = {name.casefold() for name in names_of(candidate)}
+            if not names & taken:
+                result[i] = candidate
+                taken |= names
+            number += 1
+    return [case_id for case_id in result if case_id is not None]
 
 
 def group_channels(scans: Sequence[ScanInput], num_channels: int) -> list[ScanInput]:
@@ -159,4 +183,5 @@ __all__ = [
     "is_dicom_file",
     "is_dicom_series",
     "is_image_file",
+    "unique_case_ids",
 ]

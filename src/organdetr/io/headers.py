@@ -31,7 +31,7 @@ import numpy as np
 from nibabel.openers import ImageOpener
 
 from organdetr.runtime.errors import InputError
-from organdetr.runtime.text import format_vector, one_line
+from organdetr.runtime.text import brief, format_vector, one_line
 
 MAX_BYTES_ENV = "ORGANDETR_MAX_IMAGE_BYTES"
 MEMORY_FRACTION = 0.25
@@ -82,7 +82,7 @@ def max_image_bytes() -> int:
         try:
             return parse_bytes(raw)
         except ValueError:
-            raise InputError(None, f"${MAX_BYTES_ENV}={raw!r} is not a byte count (e.g. 16G)") from None
+            raise InputError(None, f"${MAX_BYTES_ENV}={brief(raw)} is not a byte count (e.g. 16G)") from None
     ram = _usable_ram()
     return int(ram * MEMORY_FRACTION) if ram else 8 * 2**30
 
@@ -205,9 +205,15 @@ def check_nifti_pixdim(path: Path) -> None:
 
 
 def _check_nifti(path: Path, claimed: int) -> None:
-    """File size (``.nii``) or gzip bound + size trailer (``.nii.gz``) against the header."""
+    """File size (``.nii``) or gzip bound + size trailer (``.nii.gz``) against the header.
+
+    The bytes on disk follow the header's own datatype (``bitpix``), not ``claimed``: ITK reports a scaled
+    image (``scl_slope`` / ``scl_inter``, as dcm2niix writes CT) as float32, twice a uint16 file's bytes.
+    """
     try:
-        offset = int(_raw_nifti_header(path).get_data_offset())
+        header = _raw_nifti_header(path)
+        offset = int(header.get_data_offset())
+        claimed = _nifti_data_bytes(header)
     except Exception as err:
         raise InputError(path, f"cannot read image (bad NIfTI header: {one_line(err, limit=200)})") from None
     size = path.stat().st_size
@@ -216,6 +222,17 @@ def _check_nifti(path: Path, claimed: int) -> None:
         return
     _check_deflate(path, size, claimed, offset)
     _check_gzip_complete(path, offset + claimed)
+
+
+def _nifti_data_bytes(header) -> int:
+    """Voxel bytes stored in a NIfTI file: the product of ``dim[1..dim[0]]`` times the datatype's size
+    (``bitpix / 8``; the datatype code's size where ``bitpix`` is not set)."""
+    dim = [int(d) for d in header["dim"]]
+    voxels = int(np.prod([max(d, 0) for d in dim[1 : 1 + min(max(dim[0], 1), 7)]], dtype=np.int64))
+    bitpix = int(header["bitpix"])
+    if bitpix <= 0:
+        bitpix = 8 * header.get_data_dtype().itemsize
+    return (voxels * bitpix + 7) // 8
 
 
 def _check_gzip_complete(path: Path, expected: int) -> None:

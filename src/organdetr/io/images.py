@@ -12,10 +12,12 @@ cannot decode falls back to pydicom (+pylibjpeg).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tempfile
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -35,7 +37,7 @@ from organdetr.io.headers import (
     max_image_bytes,
     pixel_bytes,
 )
-from organdetr.runtime.atomic import atomic_path
+from organdetr.runtime.atomic import atomic_path, temp_affixes
 from organdetr.runtime.errors import InputError
 from organdetr.runtime.text import collapse
 
@@ -202,31 +204,42 @@ def _read_dicom_series(
     Slice positions are checked first (``organdetr.io.dicom_series``); pixels come from SimpleITK/GDCM in
     the checked order, or from pydicom when GDCM cannot decode them.
     """
-    series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    with _quiet_itk():  # GDCM's "No Series were found" would print before our one line
+        series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+        files = max(
+            (sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids),
+            key=len,
+            default=(),
+        )
     if not series_ids:
         raise InputError(folder, "folder holds no DICOM series (and is not an image file)")
-    files = max(
-        (sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids), key=len
-    )
     if len(files) < 2:
         raise InputError(folder, "DICOM series has a single slice; expected a 3D series")
     layout, warnings = _checked_layout(folder, [Path(f) for f in files], max_voxels, max_bytes, uneven_slices)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames([str(f) for f in layout.files])
-    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK's "non uniform sampling" warning: checked above
     try:
-        image = reader.Execute()
+        with _quiet_itk():  # ITK's "non uniform sampling" warning: checked above
+            image = reader.Execute()
     except RuntimeError:
         image = None
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
     if image is None or image.GetNumberOfComponentsPerPixel() != 1:
         stack = _pydicom_pixels(layout)
     else:
         _check_header(folder, tuple(image.GetSize()), image.GetNumberOfComponentsPerPixel(), max_voxels)
         stack = sitk.GetArrayFromImage(image)
     return _series_image(stack, layout), warnings
+
+
+@contextlib.contextmanager
+def _quiet_itk() -> Iterator[None]:
+    """ITK's and GDCM's C++ warnings off in the block: what they warn about is checked, said in one line."""
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
 
 
 def _checked_layout(
@@ -345,7 +358,8 @@ def write_image(path: str | Path, array: np.ndarray, geometry: Geometry, compres
             sitk.WriteImage(image, str(tmp), useCompression=compress)
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent) as tmp_dir:
+    prefix, _ = temp_affixes(path.name)
+    with tempfile.TemporaryDirectory(prefix=prefix, suffix=".tmp", dir=path.parent) as tmp_dir:
         sitk.WriteImage(image, str(Path(tmp_dir) / path.name), useCompression=compress)
         written = sorted(Path(tmp_dir).iterdir(), key=lambda p: p.name == path.name)  # header last
         for file in written:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Literal
 
 from organdetr.models.blocks.backbone import Backbone3d
+from organdetr.runtime.text import brief
 
 EncoderKind = Literal["msa", "deformable", "fpn", "single"]
 ENCODER_KINDS: tuple[str, ...] = ("msa", "deformable", "fpn", "single")
@@ -123,13 +124,13 @@ class ModelConfig:
         self.backbone_channels = tuple(int(c) for c in self.backbone_channels)
         self.kv_pool = tuple(int(p) for p in self.kv_pool)
         if self.encoder not in ENCODER_KINDS:
-            raise ValueError(f"ModelConfig.encoder must be one of {ENCODER_KINDS}, got {self.encoder!r}")
+            raise ValueError(f"ModelConfig.encoder must be one of {ENCODER_KINDS}, got {brief(self.encoder)}")
         if self.class_head not in ("sigmoid", "softmax"):
             raise ValueError(
-                f"ModelConfig.class_head must be 'sigmoid' or 'softmax', got {self.class_head!r}"
+                f"ModelConfig.class_head must be 'sigmoid' or 'softmax', got {brief(self.class_head)}"
             )
         if self.decoder not in DECODER_KINDS:
-            raise ValueError(f"ModelConfig.decoder must be one of {DECODER_KINDS}, got {self.decoder!r}")
+            raise ValueError(f"ModelConfig.decoder must be one of {DECODER_KINDS}, got {brief(self.decoder)}")
         if self.fine_level and (
             self.decoder != "deformable" or self.num_levels >= len(self.backbone_channels)
         ):
@@ -139,7 +140,7 @@ class ModelConfig:
             )
         self.anchor_sizes = tuple(float(a) for a in self.anchor_sizes)
         if self.anchors not in ("level", "data"):
-            raise ValueError(f"ModelConfig.anchors must be 'level' or 'data', got {self.anchors!r}")
+            raise ValueError(f"ModelConfig.anchors must be 'level' or 'data', got {brief(self.anchors)}")
         if any(not 0.0 < a <= 1.0 for a in self.anchor_sizes) or len(self.anchor_sizes) % 3:
             raise ValueError(
                 "ModelConfig.anchor_sizes must be (i, j, k) triples of normalised sizes in (0, 1], got "
@@ -248,7 +249,7 @@ PRESET_NAMES: tuple[str, ...] = tuple(_PRESETS)
 def model_preset(name: str, num_classes: int = 0, **overrides) -> ModelConfig:
     """Return the named preset ("tiny", "small", "paper") with ``num_classes`` and field ``overrides``."""
     if name not in _PRESETS:
-        raise ValueError(f"unknown model preset {name!r}; choose one of {PRESET_NAMES}")
+        raise ValueError(f"unknown model preset {brief(name)}; choose one of {PRESET_NAMES}")
     known = {f.name for f in fields(ModelConfig)}
     unknown = sorted(set(overrides) - known)
     if unknown:

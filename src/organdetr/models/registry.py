@@ -22,6 +22,7 @@ from organdetr.models.organdetr.builder import build_organdetr_detector
 from organdetr.models.organdetr.criterion import LossConfig
 from organdetr.models.organdetr.matcher import MatcherConfig
 from organdetr.models.protocols import DetectorBuilder, DetectorSpec
+from organdetr.runtime.text import brief
 
 ARCHITECTURES: dict[str, DetectorBuilder] = {
     "organdetr": build_organdetr_detector,  # encoder / decoder / matcher set by the model / matcher sections
@@ -55,7 +56,7 @@ def build_detector(
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     builder = ARCHITECTURES.get(arch)
     if builder is None:
-        raise ValueError(f"unknown architecture {arch!r}; choose one of {tuple(ARCHITECTURES)}")
+        raise ValueError(f"unknown architecture {brief(arch)}; choose one of {tuple(ARCHITECTURES)}")
     if data is not None and data.in_channels != model_cfg.in_channels:
         model_cfg = replace(model_cfg, in_channels=data.in_channels)
     spec = DetectorSpec(model_cfg, num_classes, input_size, arch_cfg, matcher_cfg, loss_cfg, data)

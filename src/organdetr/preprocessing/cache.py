@@ -11,16 +11,16 @@ whole training set, :func:`load_case` memory-maps a case after cheap header chec
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from organdetr.preprocessing.plans import num_channels
-from organdetr.runtime.atomic import file_sha256, write_json, write_npy
+from organdetr.runtime.atomic import file_sha256, visible_files, write_json, write_npy
 from organdetr.runtime.errors import InputError
-from organdetr.runtime.text import collapse
+from organdetr.runtime.json_files import read_json
+from organdetr.runtime.text import brief, collapse
 
 
 def _case_paths(cache_dir: Path, case_id: str) -> tuple[Path, Path, Path]:
@@ -78,14 +78,9 @@ def write_case(
 
 
 def _read_record(record_path: Path, case_id: str) -> dict:
-    try:
-        record = json.loads(record_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(record_path, f"case {case_id!r} is not in the cache") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(
-            record_path, f"unreadable case record ({collapse(str(err), 200)})"
-        ) from None
+    if not record_path.exists():
+        raise InputError(record_path, f"case {brief(case_id)} is not in the cache")
+    record = read_json(record_path, "unreadable case record")
     if not isinstance(record, dict) or not isinstance(record.get("image_file"), str):
         raise InputError(record_path, "not a case record (needs 'image_file')")
     return record
@@ -205,7 +200,7 @@ def list_cases(cache_dir: str | Path) -> list[str]:
     cases = Path(cache_dir) / "cases"
     if not cases.is_dir():
         return []
-    return sorted(p.stem for p in cases.glob("*.json") if not p.name.startswith("."))
+    return [p.stem for p in visible_files(cases, "*.json")]
 
 
 def load_case(
@@ -230,7 +225,7 @@ def load_case(
         try:
             array = np.load(path, mmap_mode=mode, allow_pickle=False)
         except FileNotFoundError:
-            raise InputError(path, f"array of case {case_id!r} is missing") from None
+            raise InputError(path, f"array of case {brief(case_id)} is missing") from None
         except (OSError, ValueError, EOFError) as err:
             raise InputError(
                 path, f"unreadable or truncated array ({collapse(str(err), 200)})"

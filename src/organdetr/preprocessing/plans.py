@@ -11,11 +11,13 @@ mixing cases made with other settings.
 
 from __future__ import annotations
 
-import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from organdetr.runtime.errors import InputError
+from organdetr.runtime.json_files import read_json
+from organdetr.runtime.text import brief, collapse
 
 CACHE_VERSION = 1
 FITS = ("resize", "pad")
@@ -63,18 +65,20 @@ class PreprocessConfig:
         object.__setattr__(self, "target_spacing", tuple(float(s) for s in self.target_spacing))
         object.__setattr__(self, "input_size", tuple(int(s) for s in self.input_size))
         object.__setattr__(self, "hu_window", tuple(float(h) for h in self.hu_window))
-        if len(self.target_spacing) != 3 or min(self.target_spacing) <= 0:
+        if len(self.target_spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in self.target_spacing):
             raise ValueError(f"target_spacing must be 3 positive numbers (mm), got {self.target_spacing}")
         if len(self.input_size) != 3 or min(self.input_size) < 1:
             raise ValueError(f"input_size must be 3 positive integers, got {self.input_size}")
         if self.fit not in FITS:
-            raise ValueError(f"fit must be one of {FITS}, got {self.fit!r}")
-        if len(self.hu_window) != 2 or not self.hu_window[0] < self.hu_window[1]:
+            raise ValueError(f"fit must be one of {FITS}, got {brief(self.fit)}")
+        if len(self.hu_window) != 2 or not all(map(math.isfinite, self.hu_window)) or not (
+            self.hu_window[0] < self.hu_window[1]
+        ):
             raise ValueError(f"hu_window must be (low, high) with low < high, got {self.hu_window}")
         if self.interpolation not in ("linear", "bspline"):
-            raise ValueError(f"interpolation must be 'linear' or 'bspline', got {self.interpolation!r}")
+            raise ValueError(f"interpolation must be 'linear' or 'bspline', got {brief(self.interpolation)}")
         if self.image_dtype not in ("float32", "float16"):
-            raise ValueError(f"image_dtype must be 'float32' or 'float16', got {self.image_dtype!r}")
+            raise ValueError(f"image_dtype must be 'float32' or 'float16', got {brief(self.image_dtype)}")
         if self.min_voxels < 1:
             raise ValueError(f"min_voxels must be >= 1, got {self.min_voxels}")
 
@@ -148,10 +152,23 @@ def load_plans(cache_dir: str | Path) -> dict:
     path = Path(cache_dir) / "plans.json"
     if not path.is_file():
         raise InputError(path, "plans.json not found (is this a folder made by `organdetr preprocess`?)")
+    return check_plans(read_json(path, "not valid JSON", not_object="plans.json is not a JSON object"), path)
+
+
+def check_plans(plans: dict, path: str | Path | None) -> dict:
+    """``plans`` when its grid, HU window and classes make sense; InputError naming ``path`` otherwise.
+
+    A cache's or a checkpoint's ``plans.json`` may lie (negative or NaN spacing, NaN input size, a reversed
+    HU window): it is refused in one line before anything is built from it.
+    """
+    if not isinstance(plans, dict):
+        raise InputError(path, "plans.json is not a JSON object")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InputError(path, f"not valid JSON ({err})") from None
+        config_from_plans(plans)
+    except (ValueError, TypeError, OverflowError) as err:
+        raise InputError(path, f"plans.json is not valid: {collapse(str(err), 300)}") from None
+    class_map_from_plans(plans, path)
+    return plans
 
 
 def changed_plans(out_dir: Path, plans: dict) -> tuple[dict | None, list[str]]:
@@ -220,6 +237,7 @@ __all__ = [
     "PreprocessConfig",
     "case_classes_from_plans",
     "changed_plans",
+    "check_plans",
     "class_map_from_plans",
     "config_from_plans",
     "default_channel_norm",

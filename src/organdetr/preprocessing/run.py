@@ -27,7 +27,7 @@ from organdetr.preprocessing.plans import (
     refuse_other_plans,
 )
 from organdetr.preprocessing.resampling import preprocess_channels, preprocess_volume
-from organdetr.runtime.atomic import remove_stale_temps, write_json
+from organdetr.runtime.atomic import remove_stale_temps, visible_files, write_json
 from organdetr.runtime.errors import DiskFullError, InputError
 from organdetr.runtime.locking import folder_lock
 from organdetr.runtime.outputs import check_output_folder, probe_writable
@@ -159,7 +159,7 @@ def prepare_cache(
     if changed:  # --overwrite: stale cases must never count as complete under the new plans
         if problem is not None:
             raise InputError(out_dir, f"cannot replace the cache: {problem}")
-        for record_path in (out_dir / "cases").glob("*.json"):
+        for record_path in visible_files(out_dir / "cases", "*.json"):
             record_path.unlink()
     return existing, problem
 

@@ -3,9 +3,11 @@
 Every writer goes to a temporary file in the destination folder, flushes and fsyncs it, then
 ``os.replace``-s it onto the final name (atomic on POSIX and Windows for same-volume renames); folder
 swaps (checkpoints) also fsync the parent folder (:func:`fsync_folder`). Temporary names start with ``.``
-and hold ``.tmp`` (:func:`is_temp_name`), so that a later run that owns the folder (it holds the folder's
-lock, ``organdetr.runtime.locking``) can remove what a killed writer left (:func:`remove_stale_temps`). A
-write
+and hold ``.tmp`` (:func:`is_temp_name`: ``.<stem>.<pid>.<random>.tmp<suffix>``, the stem shortened so that
+the name fits the file system's 255 bytes): every reader that lists a folder skips them
+(:func:`visible_files`), a later run that owns the folder (it holds the folder's lock,
+``organdetr.runtime.locking``) removes what a killed writer left (:func:`remove_stale_temps`), and any later
+writer removes the temporaries of writers that are no longer running (:func:`remove_dead_temps`). A write
 that fails because the disk is full raises :class:`~organdetr.runtime.errors.DiskFullError` naming the file.
 :func:`file_sha256` is the checksum that caches and checkpoints record of what was written.
 """
@@ -13,6 +15,7 @@ that fails because the disk is full raises :class:`~organdetr.runtime.errors.Dis
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import hashlib
 import json
@@ -20,7 +23,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +33,11 @@ from organdetr.runtime.errors import DiskFullError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
-_TEMP_NAME = re.compile(r"^\..+\.tmp")  # ".<stem>.<random>.tmp<suffix>", ".<name>.tmp-<pid>", ...
+_TEMP_NAME = re.compile(r"^\..+\.tmp")  # ".<stem>.<pid>.<random>.tmp<suffix>", ".<name>.tmp-<pid>", ...
+_TEMP_PID = re.compile(r"\.(\d+)\.[^.]+\.tmp|\.tmp-(\d+)")  # the writer's pid in a temporary name
+_Staged = list[tuple[Path, Path]]  # (temporary, final) of the writes held by staged_writes
+_STAGED: contextvars.ContextVar[_Staged | None] = contextvars.ContextVar("staged", default=None)
+_NAME_MAX = 255  # bytes of one file name (ext4, xfs, btrfs, tmpfs, NTFS, APFS)
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 
 
@@ -43,9 +50,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes) if path.suffixes else ""
+    prefix, suffix = temp_affixes(path.name)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{suffix}", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
     except OSError as err:
         full = _disk_full(path, err)
         if full is not None:
@@ -58,7 +65,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
-        os.replace(tmp_path, path)
+        staged = _STAGED.get()
+        if staged is None:
+            os.replace(tmp_path, path)
+        else:
+            staged.append((tmp_path, path))
     except Exception as err:
         tmp_path.unlink(missing_ok=True)
         full = None if isinstance(err, DiskFullError) else _disk_full(path, err)
@@ -68,6 +79,45 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def temp_affixes(name: str) -> tuple[str, str]:
+    """``(prefix, suffix)`` of a temporary name for ``name``: ``.<stem>.<pid>.`` and ``.tmp<suffixes>``.
+
+    The suffixes are kept (libraries choose a format by them) and the stem is cut so that the whole name,
+    with ``mkstemp``'s 8 random characters, fits in :data:`_NAME_MAX` bytes: a valid long file name stays
+    writable.
+    """
+    path = Path(name)
+    suffix = ".tmp" + "".join(path.suffixes)
+    stem = name[: len(name) - len(suffix) + 4] if path.suffixes else name
+    pid = f".{os.getpid()}."
+    room = _NAME_MAX - len(("." + pid + "x" * 8 + suffix).encode())
+    while len(stem.encode()) > max(room, 1):
+        stem = stem[:-1]
+    return f".{stem}{pid}", suffix
+
+
+@contextlib.contextmanager
+def staged_writes() -> Iterator[None]:
+    """Write a set of files all or nothing (a report: JSON, CSV, Markdown, pictures).
+
+    Inside, every :func:`atomic_path` write stays under its temporary name; when the block ends they are all
+    moved onto their final names (renames need no disk space, so a full disk cannot leave half a set), and
+    when it fails they are all removed.
+    """
+    staged: _Staged = []
+    token = _STAGED.set(staged)
+    try:
+        yield
+    except BaseException:
+        for tmp_path, _ in staged:
+            tmp_path.unlink(missing_ok=True)
+        raise
+    finally:
+        _STAGED.reset(token)
+    for tmp_path, path in staged:
+        os.replace(tmp_path, path)
 
 
 _FULL_MESSAGES = ("No space left on device", "StorageFull", "Disk quota exceeded", "requested and")
@@ -112,7 +162,7 @@ def fsync_folder(folder: str | Path) -> None:
 
 
 def is_temp_name(name: str) -> bool:
-    """``True`` for organdetr's temporary names (``.<stem>.<random>.tmp...``, ``.<name>.tmp-<pid>``)."""
+    """``True`` for organdetr's temporary names (``.<stem>.<pid>.<random>.tmp...``, ``.<name>.tmp-<pid>``)."""
     return bool(_TEMP_NAME.match(name))
 
 
@@ -121,14 +171,18 @@ def remove_stale_temps(folder: str | Path) -> list[Path]:
 
     Only call this while holding the folder's exclusive lock: then every temporary is a dead writer's.
     """
-    folder = Path(folder)
+    return _remove_temps(folder, lambda name: False)
+
+
+def _remove_temps(folder: str | Path, keep: Callable[[str], bool]) -> list[Path]:
+    """Remove the temporaries directly in ``folder`` (files and folders) that ``keep`` does not keep."""
     removed = []
     try:
-        entries = list(folder.iterdir())
+        entries = list(Path(folder).iterdir())
     except OSError:
         return removed
     for entry in entries:
-        if not is_temp_name(entry.name):
+        if not is_temp_name(entry.name) or keep(entry.name):
             continue
         with contextlib.suppress(OSError):
             if entry.is_dir() and not entry.is_symlink():
@@ -137,6 +191,42 @@ def remove_stale_temps(folder: str | Path) -> list[Path]:
                 entry.unlink()
             removed.append(entry)
     return removed
+
+
+def visible_files(folder: str | Path, pattern: str = "*") -> list[Path]:
+    """The entries of ``folder`` matching ``pattern`` that are not temporaries (:func:`is_temp_name`), sorted.
+
+    Every reader that lists a folder of records or predictions goes through this: a writer's temporary
+    (``.<case>.<pid>.<random>.tmp.json``, perhaps a killed writer's) is never taken for data.
+    """
+    return sorted(p for p in Path(folder).glob(pattern) if not is_temp_name(p.name))
+
+
+def remove_dead_temps(folder: str | Path) -> list[Path]:
+    """Remove the temporaries in ``folder`` whose writer (the pid in the name, this host) no longer runs.
+
+    Safe without the folder's lock: a live writer's temporaries are kept; a name without a pid is kept.
+    """
+    return _remove_temps(folder, _writer_alive)
+
+
+def _writer_alive(name: str) -> bool:
+    """Whether the writer named in a temporary name still runs (``True`` when the name holds no pid)."""
+    match = _TEMP_PID.search(name)
+    return match is None or _pid_alive(int(match.group(1) or match.group(2)))
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host (one we may not signal counts as existing)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True
+    return True
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:

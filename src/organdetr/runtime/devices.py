@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from organdetr.runtime.errors import InputError
+from organdetr.runtime.text import brief
 
 
 def resolve_device(name: str = "auto", local_rank: int = 0, *, option: str = "--device") -> torch.device:
@@ -34,9 +35,9 @@ def resolve_device(name: str = "auto", local_rank: int = 0, *, option: str = "--
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise InputError(None, f"{option} {name!r} is not a device (cpu, cuda, cuda:N, auto)") from None
+        raise InputError(None, f"{option} {brief(name)} is not a device (cpu, cuda, cuda:N, auto)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(None, f"{option} {name!r}: no CUDA GPU is visible to torch (use cpu)")
+        raise InputError(None, f"{option} {brief(name)}: no CUDA GPU is visible to torch (use cpu)")
     if device.type == "cuda" and device.index is None:
         device = torch.device(f"cuda:{local_rank}")
     return device

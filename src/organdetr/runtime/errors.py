@@ -10,13 +10,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+MAX_PROBLEM = 1000
+"""Characters of a problem kept in the message (values are cut earlier: ``runtime.text.brief``)."""
+
 
 class InputError(ValueError):
     """A user-supplied file or value is unusable. ``str(err)`` is one line: ``"<file>: <problem>"``."""
 
     def __init__(self, path: str | Path | None, problem: str):
         self.path = None if path is None else Path(path)
-        self.problem = " ".join(str(problem).split())  # force one line
+        problem = " ".join(str(problem).split())  # force one line
+        self.problem = problem if len(problem) <= MAX_PROBLEM else problem[: MAX_PROBLEM - 3] + "..."
         super().__init__(self.problem if path is None else f"{path}: {self.problem}")
 
     def __reduce__(self):

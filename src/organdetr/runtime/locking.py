@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from organdetr.runtime.errors import InputError
+from organdetr.runtime.json_files import read_json
 
 try:
     import fcntl
@@ -42,11 +43,20 @@ def _open_lock_file(path: Path) -> int | None:
 
 
 def _holder(path: Path) -> str:
-    """`` (organdetr preprocess, pid 123 on host)`` from the lock file while its writer lives, else ``""``."""
+    """`` (organdetr preprocess, pid 123 on host)`` of the process holding the lock, else ``""``.
+
+    The pids come from the kernel's lock table (``/proc/locks``, Linux), so a reader (shared lock, which
+    records nothing) is named too; the purpose and host from the lock file an exclusive holder wrote.
+    """
+    pids = _flock_pids(path)
     try:
-        info = json.loads(path.read_text(encoding="utf-8"))
+        info = read_json(path)
         pid, host = int(info["pid"]), str(info.get("host", ""))
-    except (OSError, ValueError, KeyError, TypeError):
+    except (InputError, KeyError, TypeError, ValueError):
+        info, pid, host = {}, None, ""
+    if pids and pid not in pids:  # the lock file names an earlier holder: the kernel's pids only
+        return f" (pid {', '.join(map(str, pids))})"
+    if pid is None:
         return ""
     if host == socket.gethostname():
         try:
@@ -58,14 +68,35 @@ def _holder(path: Path) -> str:
     return f" ({info.get('purpose', 'organdetr')}, pid {pid} on {host or 'unknown host'})"
 
 
+def _flock_pids(path: Path) -> list[int]:
+    """Pids holding an ``flock`` on ``path`` per ``/proc/locks`` (empty where there is none to read)."""
+    try:
+        stat = path.stat()
+        with open("/proc/locks", encoding="ascii", errors="replace") as fh:
+            table = fh.read()
+    except OSError:
+        return []
+    device = f"{os.major(stat.st_dev):02x}:{os.minor(stat.st_dev):02x}:{stat.st_ino}"
+    pids = []
+    for line in table.splitlines():
+        fields = line.split()
+        if "FLOCK" in fields and device in fields:
+            with contextlib.suppress(ValueError, IndexError):
+                pids.append(int(fields[fields.index(device) - 1]))
+    return sorted(set(pids))
+
+
 @contextlib.contextmanager
-def folder_lock(folder: str | Path, *, exclusive: bool, purpose: str = "organdetr") -> Iterator[bool]:
+def folder_lock(
+    folder: str | Path, *, exclusive: bool, purpose: str = "organdetr", wait: bool = False
+) -> Iterator[bool]:
     """Hold the lock of ``folder`` (which must exist) for the ``with`` block.
 
     Yields ``True`` while locked, ``False`` where no lock file can exist (a read-only folder without one:
     nobody can write there, and the caller must not either). Raises :class:`InputError` naming ``folder``
     when another process holds a conflicting lock. ``purpose`` (e.g. ``"organdetr preprocess"``) is
-    recorded by exclusive holders for that message.
+    recorded by exclusive holders for that message. ``wait``: wait for the lock instead (for short
+    read-modify-write steps that two runs may reach at once, never for a whole run).
     """
     folder = Path(folder)
     if fcntl is None:
@@ -77,7 +108,7 @@ def folder_lock(folder: str | Path, *, exclusive: bool, purpose: str = "organdet
         yield False
         return
     try:
-        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | (0 if wait else fcntl.LOCK_NB))
     except BlockingIOError:
         os.close(fd)
         action = "written" if not exclusive else "used"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Iterable
 
 import numpy as np
@@ -34,9 +35,27 @@ def one_line(
     return f"{where}: {text}" if where else text
 
 
+_SHORT_REPR = reprlib.Repr()
+_SHORT_REPR.maxlevel = 3
+_SHORT_REPR.maxstring = _SHORT_REPR.maxother = 100
+for _limit in ("maxtuple", "maxlist", "maxarray", "maxdict", "maxset", "maxfrozenset", "maxdeque"):
+    setattr(_SHORT_REPR, _limit, 6)
+
+
+def brief(value: object, limit: int = 120) -> str:
+    """``repr(value)`` for an error message, bounded whatever ``value`` is: nesting, items and strings are cut
+    (``reprlib``) before the text is built, so a YAML alias bomb's billion-item list costs no memory; the
+    result is one line of at most ``limit`` characters (``...`` where cut)."""
+    try:
+        text = collapse(_SHORT_REPR.repr(value))
+    except Exception:  # a __repr__ that raises
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def format_vector(values: Iterable[float] | np.ndarray) -> str:
     """``[a, b, c]`` with 4 significant digits (spacings, sizes, directions in messages)."""
     return "[" + ", ".join(f"{float(v):.4g}" for v in np.asarray(values, dtype=np.float64).ravel()) + "]"
 
 
-__all__ = ["collapse", "format_vector", "one_line"]
+__all__ = ["brief", "collapse", "format_vector", "one_line"]

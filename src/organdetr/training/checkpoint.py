@@ -19,7 +19,6 @@ every other file with its byte size and SHA-256 (``"files"``); :func:`verify_che
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
@@ -35,7 +34,7 @@ from torch import nn
 
 from organdetr.data.properties import DataProperties
 from organdetr.models import detector_from_config
-from organdetr.preprocessing.plans import class_map_from_plans
+from organdetr.preprocessing.plans import check_plans, class_map_from_plans
 from organdetr.runtime import atomic
 from organdetr.runtime.errors import InputError
 from organdetr.runtime.json_files import read_json
@@ -281,14 +280,21 @@ def load_checkpoint(
             raise InputError(path, f"unreadable or unsafe training state, refused ({first[:300]})") from None
         if not isinstance(blob, dict):
             raise InputError(path, "training state is not a dict of optimizer / scaler / RNG states")
-        if optimizer is not None:
-            if "optimizer" not in blob:
-                raise InputError(path, "checkpoint holds no optimizer state (a weights-only checkpoint?)")
-            optimizer.load_state_dict(blob["optimizer"])
-        if scaler is not None and "scaler" in blob:
-            scaler.load_state_dict(blob["scaler"])
-        if restore_rng and "rng" in blob:
-            set_rng_state(blob["rng"])
+        if optimizer is not None and "optimizer" not in blob:
+            raise InputError(path, "checkpoint holds no optimizer state (a weights-only checkpoint?)")
+        try:
+            if optimizer is not None:
+                optimizer.load_state_dict(blob["optimizer"])
+            if scaler is not None and "scaler" in blob:
+                scaler.load_state_dict(blob["scaler"])
+            if restore_rng and "rng" in blob:
+                set_rng_state(blob["rng"])
+        except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as err:
+            raise InputError(
+                path,
+                f"training state does not fit this run's optimizer ({collapse(str(err), 200)}); was the "
+                "config changed since? start a new run (another --output)",
+            ) from None
     return state
 
 
@@ -306,10 +312,7 @@ def load_detector(
     if config_path is None or plans_path is None:
         raise InputError(ckpt, f"checkpoint lacks {CONFIG_FILE} / {PLANS_FILE} (here or in its run folder)")
     cfg = load_config(config_path)
-    try:
-        plans = json.loads(plans_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise InputError(plans_path, f"unreadable plans ({err})") from None
+    plans = check_plans(read_json(plans_path, "unreadable plans"), plans_path)
     classes = class_map_from_plans(plans, plans_path)
     input_size = tuple(int(s) for s in plans["input_size"])
     detector = detector_from_config(cfg, len(classes), input_size, DataProperties.from_plans(plans))

@@ -30,7 +30,7 @@ from organdetr.models.mtmed3d.config import MTMed3DConfig
 from organdetr.models.organdetr.criterion import LossConfig
 from organdetr.models.organdetr.matcher import MatcherConfig
 from organdetr.runtime.errors import InputError
-from organdetr.runtime.text import collapse
+from organdetr.runtime.text import brief, collapse
 
 ScheduleKind = Literal["cosine", "step", "constant"]
 BoxTargets = Literal["labels", "exact"]
@@ -182,17 +182,17 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except ValueError as err:
                 errors.append(str(err))
-        raise ValueError(errors[0] if errors else f"{key}: got {value!r}")
+        raise ValueError(errors[0] if errors else f"{key}: got {brief(value)}")
     if origin is Literal:
         choices = typing.get_args(tp)
         if isinstance(value, bool) and ("on" if value else "off") in choices:
             value = "on" if value else "off"  # YAML 1.1 reads a bare off / on (train.amp=off) as a boolean
         if value not in choices:
-            raise ValueError(f"{key}: {value!r} is not one of {list(choices)}")
+            raise ValueError(f"{key}: {brief(value)} is not one of {list(choices)}")
         return value
     if origin in (tuple, list):
         if not isinstance(value, list | tuple):
-            raise ValueError(f"{key}: expected a list, got {value!r}")
+            raise ValueError(f"{key}: expected a list, got {brief(value)}")
         args = typing.get_args(tp)
         if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
             items = [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
@@ -206,24 +206,24 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return tuple(items) if origin is tuple else items
     if tp is bool:
         if not isinstance(value, bool):
-            raise ValueError(f"{key}: expected true/false, got {value!r}")
+            raise ValueError(f"{key}: expected true/false, got {brief(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{key}: expected an integer, got {value!r}")
+            raise ValueError(f"{key}: expected an integer, got {brief(value)}")
         return value
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
             with contextlib.suppress(ValueError):
                 value = float(value)
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"{key}: expected a number, got {value!r}")
+            raise ValueError(f"{key}: expected a number, got {brief(value)}")
         if not math.isfinite(value):
-            raise ValueError(f"{key}: expected a finite number, got {value!r}")
+            raise ValueError(f"{key}: expected a finite number, got {brief(value)}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise ValueError(f"{key}: expected a string, got {value!r}")
+            raise ValueError(f"{key}: expected a string, got {brief(value)}")
         return value
     if isinstance(tp, type) and is_dataclass(tp):
         return _build(tp, value, key)
@@ -236,7 +236,7 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ValueError(f"{section}: expected a mapping of keys, got {data!r}")
+        raise ValueError(f"{section}: expected a mapping of keys, got {brief(data)}")
     hints = typing.get_type_hints(cls)
     allowed = [f.name for f in fields(cls) if f.init]
     unknown = [k for k in data if k not in allowed]
@@ -274,9 +274,22 @@ def config_to_dict(cfg: TrainConfig) -> dict:
     return plain(asdict(cfg))
 
 
+RESOLVED_HEADER = "# organdetr: the resolved config of this run, written by organdetr train (edit a copy)\n"
+"""First line of every config organdetr writes: a config.yaml without it is a user's file, never replaced."""
+
+
 def dump_config(cfg: TrainConfig) -> str:
-    """YAML text of ``cfg`` (round-trips through :func:`load_config`)."""
-    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
+    """YAML text of ``cfg`` after :data:`RESOLVED_HEADER` (round-trips through :func:`load_config`)."""
+    return RESOLVED_HEADER + yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
+
+
+def written_by_organdetr(path: str | Path) -> bool:
+    """Whether the config file ``path`` starts with :data:`RESOLVED_HEADER` (organdetr wrote it)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return fh.readline() == RESOLVED_HEADER
+    except OSError:
+        return False
 
 
 def apply_overrides(
@@ -291,11 +304,11 @@ def apply_overrides(
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key or any(not part for part in key.split(".")):
-            raise InputError(path, f"--set expects KEY.PATH=VALUE, got {item!r}")
+            raise InputError(path, f"--set expects KEY.PATH=VALUE, got {brief(item)}")
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as err:
-            raise InputError(path, f"--set {key}: cannot parse value {raw!r} ({err.problem})") from None
+            raise InputError(path, f"--set {key}: cannot parse value {brief(raw)} ({err.problem})") from None
         node = data
         parts = key.split(".")
         for part in parts[:-1]:
@@ -349,6 +362,7 @@ def replace_section(cfg: TrainConfig, section: str, **changes: Any) -> TrainConf
 
 __all__ = [
     "PRESETS",
+    "RESOLVED_HEADER",
     "AmpMode",
     "DataConfig",
     "LoopConfig",
@@ -363,4 +377,5 @@ __all__ = [
     "read_config_dict",
     "replace_section",
     "resolve_config_path",
+    "written_by_organdetr",
 ]

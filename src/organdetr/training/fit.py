@@ -6,11 +6,8 @@ position)``, and weights, optimizer, grad scaler, EMA and RNG states come back f
 
 from __future__ import annotations
 
-import contextlib
 import math
-import shutil
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +23,6 @@ from organdetr.models.organdetr.proposals import anchor_sizes_from_boxes
 from organdetr.preprocessing.cache import list_cases, verify_cases
 from organdetr.preprocessing.plans import load_plans
 from organdetr.runtime import atomic
-from organdetr.runtime.atomic import remove_stale_temps
 from organdetr.runtime.devices import (
     autocast_dtype,
     measures_cpu_amp,
@@ -34,8 +30,7 @@ from organdetr.runtime.devices import (
     seed_everything,
 )
 from organdetr.runtime.errors import InputError
-from organdetr.runtime.locking import LOCK_NAME, folder_lock
-from organdetr.runtime.outputs import check_output_folder
+from organdetr.runtime.locking import folder_lock
 from organdetr.training import distributed
 from organdetr.training.checkpoint import load_checkpoint, resolve_checkpoint_dir, save_checkpoint
 from organdetr.training.config import TrainConfig, dump_config, replace_section
@@ -44,6 +39,7 @@ from organdetr.training.loaders import train_loader
 from organdetr.training.loop import LossModule, StepContext, epoch_summary, train_one_epoch
 from organdetr.training.optim import build_optimizer
 from organdetr.training.precision import settle_train_amp
+from organdetr.training.run_folder import check_run_folder, resume_config_path, run_folder
 from organdetr.training.train_log import TrainLogger
 from organdetr.training.validation import best_metric_value, metrics_summary, validate
 
@@ -72,40 +68,10 @@ def fit(
             None, "data.cache_dir is not set (use --set data.cache_dir=CACHE or the config file)"
         )
     cache_dir = Path(cfg.data.cache_dir)
-    load_plans(cache_dir)  # a missing cache is named before anything is created
-    with folder_lock(cache_dir, exclusive=False, purpose="organdetr train"), _run_folder(run_dir):
+    plans = load_plans(cache_dir)  # a missing cache is named before anything is created
+    check_run_folder(run_dir, cache_dir, plans, resume=resume)
+    with folder_lock(cache_dir, exclusive=False, purpose="organdetr train"), run_folder(run_dir):
         return _fit(cfg, run_dir, cache_dir, resume=resume, stop_at_step=stop_at_step)
-
-
-def resume_config_path(run_dir: str | Path) -> Path:
-    """``RUN/config.yaml`` of a run to resume (``InputError`` when it is not a run folder)."""
-    run_dir = Path(run_dir)
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        raise InputError(run_dir, "not a run folder (no config.yaml); cannot resume")
-    return path
-
-
-@contextlib.contextmanager
-def _run_folder(run_dir: Path) -> Iterator[None]:
-    """Hold ``run_dir``'s exclusive lock (main rank only), created if needed; remove killed writers' temps.
-
-    A run folder this call created is removed again when the run fails before writing anything into it.
-    """
-    if not distributed.is_main_process():
-        yield
-        return
-    check_output_folder(run_dir, "run folder")
-    created = not run_dir.exists()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with folder_lock(run_dir, exclusive=True, purpose="organdetr train"):
-        remove_stale_temps(run_dir)
-        try:
-            yield
-        except BaseException:
-            if created and all(p.name == LOCK_NAME for p in run_dir.iterdir()):
-                shutil.rmtree(run_dir, ignore_errors=True)
-            raise
 
 
 # ----------------------------------------------------------------------------------------------------

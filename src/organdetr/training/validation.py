@@ -18,6 +18,7 @@ from organdetr.evaluation import Detection, GroundTruth, evaluate_detections
 from organdetr.evaluation.classification import evaluate_classification
 from organdetr.evaluation.segmentation import dice_score
 from organdetr.runtime.errors import InputError
+from organdetr.runtime.text import brief
 from organdetr.training import distributed
 from organdetr.training.config import TrainConfig
 from organdetr.training.distributed import DistInfo
@@ -179,7 +180,7 @@ def best_metric_value(metrics: dict[str, float], name: str, cache_dir: Path) -> 
         return None
     raise InputError(
         cache_dir,
-        f"train.best_metric={name!r} is not a validation metric here; choose one of {sorted(metrics)}",
+        f"train.best_metric={brief(name)} is not a validation metric here; choose one of {sorted(metrics)}",
     )
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from organdetr.runtime.errors import InputError
+from organdetr.runtime.text import brief
 
 BOX_MODES = ("cccwhd", "xyzxyz", "xxyyzz", "xyxyzz", "xyzwhd")
 COORDINATES = ("world", "world-ras", "image")
@@ -39,9 +40,9 @@ _RAS = np.array([-1.0, -1.0, 1.0])
 def check_options(box_mode: str, coordinates: str) -> None:
     """InputError unless ``box_mode`` is in :data:`BOX_MODES` and ``coordinates`` in :data:`COORDINATES`."""
     if box_mode not in BOX_MODES:
-        raise InputError(None, f"box mode {box_mode!r} is not one of {', '.join(BOX_MODES)}")
+        raise InputError(None, f"box mode {brief(box_mode)} is not one of {', '.join(BOX_MODES)}")
     if coordinates not in COORDINATES:
-        raise InputError(None, f"coordinates {coordinates!r} is not one of {', '.join(COORDINATES)}")
+        raise InputError(None, f"coordinates {brief(coordinates)} is not one of {', '.join(COORDINATES)}")
 
 
 # ----------------------------------------------------------------------------- MONAI box modes

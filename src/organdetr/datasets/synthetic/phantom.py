@@ -35,6 +35,7 @@ from organdetr.datasets.synthetic.writing import case_seeds, write_cases
 from organdetr.io.images import write_image
 from organdetr.runtime.atomic import write_figure
 from organdetr.runtime.errors import InputError
+from organdetr.runtime.text import brief
 
 PHANTOM_CLASSES: dict[int, str] = {i: name for name, i in sorted(LABEL_IDS.items(), key=lambda kv: kv[1])}
 """Label id -> organ name, ids from TotalSegmentator's "total" map (spleen 1 ... inferior_vena_cava 63)."""
@@ -97,7 +98,7 @@ class PhantomConfig:
 
     def __post_init__(self) -> None:
         if self.field_of_view not in ("varied", "fixed"):
-            raise ValueError(f"field_of_view must be 'varied' or 'fixed', got {self.field_of_view!r}")
+            raise ValueError(f"field_of_view must be 'varied' or 'fixed', got {brief(self.field_of_view)}")
         if not 0 < self.fov_mm[0] <= self.fov_mm[1] or not 0 < self.slice_ratio[0] <= self.slice_ratio[1]:
             raise ValueError("fov_mm and slice_ratio must be (low, high) ranges with 0 < low <= high")
         if not 0.5 <= self.body_scale[0] <= self.body_scale[1] <= 1.5:

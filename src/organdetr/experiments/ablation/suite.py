@@ -22,7 +22,7 @@ import yaml
 
 from organdetr.models.baselines.prior import PRIOR_KINDS
 from organdetr.runtime.errors import InputError
-from organdetr.runtime.text import collapse
+from organdetr.runtime.text import brief, collapse
 
 SUITES_PACKAGE = "configs/ablation"
 METRICS: tuple[str, ...] = ("mAP", "AP50", "AP75", "mAR", "mAP_10_50")
@@ -72,7 +72,7 @@ def _string_list(value, key: str, path: Path) -> list[str]:
     if value is None:
         return []
     if not isinstance(value, list) or not all(isinstance(v, str) and "=" in v for v in value):
-        raise InputError(path, f"{key} must be a list of KEY.PATH=VALUE strings, got {value!r}")
+        raise InputError(path, f"{key} must be a list of KEY.PATH=VALUE strings, got {brief(value)}")
     return list(value)
 
 
@@ -90,12 +90,13 @@ def _parse_variants(raw_variants, path: Path) -> list[Variant]:
             raise InputError(
                 path,
                 f"variants[{i}] must be {{name: str, set: [KEY=VALUE, ...]}} or "
-                f"{{name: str, prior: mm|fov}}, got {item!r}",
+                f"{{name: str, prior: mm|fov}}, got {brief(item)}",
             )
         prior = item.get("prior")
         if prior is not None and (prior not in PRIOR_KINDS or item.get("set")):
             raise InputError(
-                path, f"variants[{i}].prior must be one of {list(PRIOR_KINDS)} (and no set:), got {prior!r}"
+                path,
+                f"variants[{i}].prior must be one of {list(PRIOR_KINDS)} (and no set:), got {brief(prior)}",
             )
         variants.append(
             Variant(item["name"], _string_list(item.get("set"), f"variants[{i}].set", path), prior)

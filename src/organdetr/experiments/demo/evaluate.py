@@ -5,7 +5,6 @@ loss-curve picture of a run."""
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from organdetr.models.baselines.prior import fit_box_prior, prior_detections
 from organdetr.preprocessing.cache import load_case
 from organdetr.runtime import atomic
 from organdetr.runtime.errors import InputError
+from organdetr.runtime.json_files import read_json
 
 PRIOR_ROWS = {"prior (mean box, mm)": "mm", "prior (mean box, field of view)": "fov"}
 """Report row name -> :mod:`organdetr.models.baselines.prior` kind."""
@@ -58,9 +58,7 @@ def evaluate_held_out(cfg, runs, dataset_root, cache_dir, train_ids, test_ids, c
                                 progress=cfg.progress)  # fmt: skip
         if summary.failed:
             raise InputError(summary.failed[0][0], f"prediction failed: {summary.failed[0][1]}")
-        predictions[name] = {
-            c: json.loads((pred_dir / f"{c}.json").read_text(encoding="utf-8")) for c in test_ids
-        }
+        predictions[name] = {c: read_json(pred_dir / f"{c}.json") for c in test_ids}
         detections = [
             Detection(c, d["label"], float(d["score"]), np.asarray(d["box_mm"], dtype=np.float64))
             for c in test_ids

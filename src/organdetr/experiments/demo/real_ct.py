@@ -3,7 +3,6 @@ compare the boxes with TotalSegmentator's labels where the pack has them."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from organdetr.inference.predictor import Predictor
 from organdetr.io.discovery import ScanInput, case_id_of
 from organdetr.io.images import read_image, read_label_map
 from organdetr.runtime.errors import InputError
+from organdetr.runtime.json_files import read_json
 
 SHARED_DATA_ENV = "ORGANDETR_SHARED_DATA"
 REAL_CT_CANDIDATES = ("totalsegmentator/example_ct.nii.gz", "totalsegmentator/example_ct_dicom")
@@ -75,7 +75,7 @@ def predict_real_ct(cfg, run_dir: Path, out_dir: Path, classes: dict[int, str], 
     for scan in scans:
         if scan.case_id not in summary.done:
             continue
-        prediction = json.loads((out_dir / f"{scan.case_id}.json").read_text(encoding="utf-8"))
+        prediction = read_json(out_dir / f"{scan.case_id}.json")
         truth = _real_ct_truth(shared, scan, set(classes.values()))
         volume = read_image(scan.path)
         kind = "DICOM series" if scan.path.is_dir() else "NIfTI"

@@ -22,6 +22,7 @@ import numpy as np
 
 from organdetr.core.boxes.world import grid_box_to_original
 from organdetr.evaluation import Detection
+from organdetr.runtime.text import brief
 
 PRIOR_KINDS: tuple[str, ...] = ("mm", "fov")
 
@@ -70,7 +71,7 @@ def prior_detections(prior: BoxPrior, records: Iterable[dict], kind: str = "mm")
     :func:`organdetr.core.boxes.world.grid_box_to_original` needs).
     """
     if kind not in PRIOR_KINDS:
-        raise ValueError(f"prior kind must be one of {PRIOR_KINDS}, got {kind!r}")
+        raise ValueError(f"prior kind must be one of {PRIOR_KINDS}, got {brief(kind)}")
     detections = []
     for record in records:
         size = np.tile(np.asarray(record["grid"]["size"], dtype=np.float64), 2)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from organdetr.runtime.text import brief
+
 BlockKind = Literal["plain", "residual"]
 NormKind = Literal["instance", "group"]
 HeadKind = Literal["decoupled", "pointwise"]
@@ -69,7 +71,7 @@ class MaskMedConfig:
         if self.block not in ("plain", "residual") or self.norm not in ("instance", "group"):
             raise ValueError("maskmed.block must be plain|residual and maskmed.norm instance|group")
         if self.head not in ("decoupled", "pointwise"):
-            raise ValueError(f"maskmed.head must be 'decoupled' or 'pointwise', got {self.head!r}")
+            raise ValueError(f"maskmed.head must be 'decoupled' or 'pointwise', got {brief(self.head)}")
         if self.d_model % self.nhead or self.d_model < 6:
             raise ValueError(
                 f"maskmed.d_model={self.d_model} must be >= 6 and divisible by nhead={self.nhead}"

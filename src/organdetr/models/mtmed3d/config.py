@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from organdetr.runtime.text import brief
+
 MTMED3D_TASKS: tuple[str, ...] = ("det", "seg", "cls")
 BALANCING_SCHEMES: tuple[str, ...] = ("fixed", "uncertainty", "gradnorm")
 CLS_HEADS: tuple[str, ...] = ("densenet", "pooled")
@@ -79,11 +81,13 @@ class MTMed3DConfig:
                 f"mtmed3d.tasks must be a non-empty subset of {list(MTMED3D_TASKS)}, got {self.tasks}"
             )
         if self.balancing not in BALANCING_SCHEMES:
-            raise ValueError(f"mtmed3d.balancing must be one of {BALANCING_SCHEMES}, got {self.balancing!r}")
+            raise ValueError(
+                f"mtmed3d.balancing must be one of {BALANCING_SCHEMES}, got {brief(self.balancing)}"
+            )
         if self.norm not in ("instance", "group"):
-            raise ValueError(f"mtmed3d.norm must be 'instance' or 'group', got {self.norm!r}")
+            raise ValueError(f"mtmed3d.norm must be 'instance' or 'group', got {brief(self.norm)}")
         if self.cls_head not in CLS_HEADS:
-            raise ValueError(f"mtmed3d.cls_head must be one of {CLS_HEADS}, got {self.cls_head!r}")
+            raise ValueError(f"mtmed3d.cls_head must be one of {CLS_HEADS}, got {brief(self.cls_head)}")
         if min(self.task_weights) <= 0 or self.gradnorm_alpha < 0:
             raise ValueError("mtmed3d.task_weights must be > 0 and gradnorm_alpha >= 0")
         if self.feature_size < 12 or self.feature_size % 12:

@@ -28,6 +28,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
 from organdetr.core.boxes.ops import box_cxcyczwhd_to_xyzxyz, generalized_box_iou_3d
+from organdetr.runtime.text import brief
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class MatcherConfig:
 
     def __post_init__(self) -> None:
         if self.kind not in ("dqm", "hungarian"):
-            raise ValueError(f"MatcherConfig.kind must be 'dqm' or 'hungarian', got {self.kind!r}")
+            raise ValueError(f"MatcherConfig.kind must be 'dqm' or 'hungarian', got {brief(self.kind)}")
         if not 0.0 <= self.dqm_lambda < 1.0:
             raise ValueError(f"MatcherConfig.dqm_lambda must be in [0, 1), got {self.dqm_lambda}")
         if min(self.cost_class, self.cost_bbox, self.cost_giou) < 0:

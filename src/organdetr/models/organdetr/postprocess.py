@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from organdetr.core.boxes.ops import box_cxcyczwhd_to_xyzxyz
+from organdetr.runtime.text import brief
 
 
 def class_probabilities(logits: Tensor, activation: str = "softmax") -> Tensor:
@@ -18,7 +19,7 @@ def class_probabilities(logits: Tensor, activation: str = "softmax") -> Tensor:
         return logits.float().sigmoid()
     if activation == "softmax":
         return logits.float().softmax(-1)[..., :-1]
-    raise ValueError(f"activation must be 'sigmoid' or 'softmax', got {activation!r}")
+    raise ValueError(f"activation must be 'sigmoid' or 'softmax', got {brief(activation)}")
 
 
 def postprocess(
