@@ -21,7 +21,7 @@ from organdetr.io.discovery import ScanInput
 from organdetr.runtime.errors import InputError
 from organdetr.runtime.json_files import read_json
 from organdetr.runtime.workers import BatchSummary
-from organdetr.training.checkpoint import CONFIG_FILE
+from organdetr.training.checkpoint import CHECKPOINT_NAMES, CONFIG_FILE
 from organdetr.training.config import load_config
 
 
@@ -34,6 +34,14 @@ class FoldRun:
     cache_dir: Path
 
 
+def _run_config(folder: Path) -> Path | None:
+    """A run folder's ``config.yaml`` (the run's own, else its checkpoints'), ``None`` if it has none."""
+    for place in (folder, *(folder / name for name in CHECKPOINT_NAMES)):
+        if (place / CONFIG_FILE).is_file():
+            return place / CONFIG_FILE
+    return None
+
+
 def fold_runs(runs_dir: str | Path) -> list[FoldRun]:
     """The fold runs directly inside ``runs_dir`` (those whose ``config.yaml`` has ``data.fold``), sorted by
     fold; InputError when there are none, two runs of one fold, or runs of different caches."""
@@ -41,9 +49,10 @@ def fold_runs(runs_dir: str | Path) -> list[FoldRun]:
     if not runs_dir.is_dir():
         raise InputError(runs_dir, "no such folder of cross-validation runs")
     found: dict[int, FoldRun] = {}
-    for folder in sorted(p for p in runs_dir.iterdir() if (p / CONFIG_FILE).is_file()):
-        data = load_config(folder / CONFIG_FILE).data
-        if data.fold is None:
+    for folder in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
+        config = _run_config(folder)
+        data = load_config(config).data if config is not None else None
+        if data is None or data.fold is None:
             continue
         if data.fold in found:
             raise InputError(folder, f"a second run of fold {data.fold} (the first: {found[data.fold].run})")
