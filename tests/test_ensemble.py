@@ -224,3 +224,5 @@ def test_split_members_takes_the_leading_run_folders(tmp_path, runs):
     scan = scan_file(tmp_path / "s.nii.gz")
     assert split_members([runs[0], runs[1], scan]) == ([runs[0], runs[1]], [scan])
     assert split_members([scan, runs[0]]) == ([], [scan, runs[0]])
+    weights = runs[0] / "last" / "model.safetensors"
+    assert split_members([weights, scan]) == ([weights], [scan])

@@ -69,8 +69,11 @@ def _flip_grid(grid: np.ndarray, view: View) -> np.ndarray:
 
 
 def is_run_folder(path: str | Path) -> bool:
-    """Whether ``path`` is a run folder (``best/`` / ``last/`` checkpoints) or a checkpoint folder."""
+    """Whether ``path`` is a run folder (``best/`` / ``last/`` checkpoints), a checkpoint folder or its
+    ``model.safetensors``."""
     path = Path(path)
+    if path.name == MODEL_FILE and path.is_file():
+        path = path.parent
     return path.is_dir() and any((path / name / STATE_FILE).is_file() for name in ("", *CHECKPOINT_NAMES))
 
 

@@ -80,6 +80,10 @@ def out_of_fold_scans(runs: list[FoldRun]) -> list[tuple[FoldRun, list[ScanInput
     """Per fold run, the original scans of its fold's ``val`` cases; InputError when the cache's splits do
     not validate every case exactly once or a fold has no run (its cases would go unpredicted)."""
     cache_dir = runs[0].cache_dir
+    if not cache_dir.is_dir():
+        raise InputError(
+            runs[0].run, f"its cache {cache_dir} is not here (a relative path: run from where it trained)"
+        )
     splits_path = cache_dir / SPLITS_FILE
     splits = read_splits(splits_path)
     check_out_of_fold(splits, splits_path)
