@@ -16,9 +16,10 @@ Scores: COCO-style in mm against the test scans' ground truth (1 detection per o
 nnDetection mAP@.10:.50); cost: forward passes per scan and measured CPU seconds per scan of the detection
 (``--threads``). Runs are reused when their ``last`` checkpoint exists (``OUT/runs/fold_k``).
 
-Usage (the full benchmark; hours on a few CPU cores)::
+Usage (the full benchmark: 5 x 1000 demo-preset steps, about 70 CPU-minutes at one thread, then 70 forward
+passes per test scan)::
 
-    .venv/bin/python benchmarks/bench_ensemble_tta.py --out /tmp/ens_tta --steps 600 --threads 2
+    .venv/bin/python benchmarks/bench_ensemble_tta.py --out /tmp/ens_tta --steps 1000 --threads 1
 
 Smoke test (minutes): ``--cases 10 --test-set 4 --size 32 --steps 2 --preset tiny``.
 Prints one JSON line per model / combination and a Markdown table.
@@ -119,7 +120,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--preset", default="demo")
     parser.add_argument("--override", action="append", default=[], help="KEY=VALUE for every fold's run")
-    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--steps", type=int, default=1000, help="per fold (issue 10's test-set rows: 1000)")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--cases", type=int, default=40)

@@ -73,6 +73,8 @@ def test_split_cli_writes_the_file_atomically_and_keeps_a_different_one(cache, c
     path = cache / SPLITS_FILE
     splits = json.loads(path.read_text())
     assert splits == crossval_splits(list_cases(cache), 5)
+    assert sorted(c for fold in splits for c in fold["val"]) == list_cases(cache)  # each case validated once
+    assert all(not set(f["train"]) & set(f["val"]) for f in splits)  # never trained on where validated
     assert "7 cases in 5 folds" in out
     assert run_cli(capsys, "split", cache, "--folds", "5")[0] == 0  # the same split again: fine
     assert_refused(run_cli(capsys, "split", cache, "--folds", "3"), path, "different splits", "--overwrite")
