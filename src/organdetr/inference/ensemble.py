@@ -136,8 +136,10 @@ class EnsemblePredictor(Predictor):
         amp: str = "auto",
     ) -> EnsemblePredictor:
         """Load every run (InputError when their class lists or preprocessing differ)."""
-        members = [Predictor.from_checkpoint(run, device, amp) for run in runs]
-        check_members(members, [str(r) for r in runs])
+        members: list[Predictor] = []
+        for run in runs:  # each checked as it loads: a mismatch is refused before the rest load
+            members.append(Predictor.from_checkpoint(run, device, amp))
+            check_members([members[0], members[-1]], [str(runs[0]), str(run)])
         return cls(members, views, [member_record(run) for run in runs])
 
     @property
