@@ -25,6 +25,7 @@ VERBS = [
     "synth",
     "convert",
     "preprocess",
+    "split",
     "boxes",
     "train",
     "predict",

@@ -15,15 +15,18 @@ from organdetr.cli._failures import exit_if_failed
 
 
 def predict(
-    checkpoint: Annotated[
-        Path,
-        typer.Argument(
-            metavar="CHECKPOINT", help="Run folder (uses best/, else last/) or checkpoint folder."
-        ),
-    ],
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Output folder (one <case>.json [+ .png] per scan).")
     ],
+    checkpoint: Annotated[
+        Path | None,
+        typer.Argument(
+            metavar="CHECKPOINT",
+            help="Run folder (uses best/, else last/) or checkpoint folder. Several run folders before the "
+            "scans (RUN1 RUN2 ... SCAN) predict as one ensemble (boxes fused per organ).",
+            show_default=False,
+        ),
+    ] = None,
     inputs: Annotated[
         list[Path] | None,
         typer.Argument(
@@ -119,6 +122,38 @@ def predict(
         ),
     ] = 60.0,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    folds: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="RUNS",
+            help="Ensemble every fold run in RUNS (run folders trained with `train --fold k`); then every "
+            "positional argument is a scan.",
+            rich_help_panel="Ensembles and TTA",
+        ),
+    ] = None,
+    out_of_fold: Annotated[
+        bool,
+        typer.Option(
+            help="With --folds and no scans: predict every case of the folds' cache with the one fold model "
+            "that did not train on it (score with `organdetr evaluate OUT CACHE`); JSON and pictures only.",
+            rich_help_panel="Ensembles and TTA",
+        ),
+    ] = False,
+    tta: Annotated[
+        bool,
+        typer.Option(
+            help="Test-time mirroring: also predict the scan flipped along --tta-axes (every combination), "
+            "map the boxes back and fuse them; costs one forward pass per view (8 for ijk).",
+            rich_help_panel="Ensembles and TTA",
+        ),
+    ] = False,
+    tta_axes: Annotated[
+        str,
+        typer.Option(
+            help="--tta: grid axes to mirror, letters of ijk (i = left-right: left/right organs swap back).",
+            rich_help_panel="Ensembles and TTA",
+        ),
+    ] = "ijk",
 ) -> None:
     """Detect organs in CT scans with a trained checkpoint.
 
@@ -128,15 +163,18 @@ def predict(
     With --dicom-out also OUT/<case>_seg.dcm and OUT/<case>_sr.dcm, with --format rtstruct
     OUT/<case>_rtstruct.dcm; with --dicomweb URL --study UID the series comes from a PACS and the SEG and SR
     (and RT Structure Set) go back to it.
+    Ensembles (RUN1 RUN2 ... SCAN, or --folds RUNS SCAN) and --tta fuse the boxes of every model and
+    view per organ (score-weighted) and name the members in the JSON; --folds RUNS --out-of-fold predicts
+    a cross-validation's held-out cases.
     A bad scan is reported and skipped; the exit code is 1 if any scan failed.
     """
     import math
 
     import torch
 
+    from organdetr.cli import _ensemble
     from organdetr.formats.run_outputs import RunOutputs
     from organdetr.inference.predict import predict_scans
-    from organdetr.inference.predictor import Predictor
     from organdetr.io.discovery import find_scans, group_channels
     from organdetr.runtime.errors import InputError
     from organdetr.runtime.outputs import check_output_folder
@@ -150,6 +188,8 @@ def predict(
     check_output_folder(out, "output folder")
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 8)))
     if dicomweb is not None or study is not None or series is not None:
+        if folds is not None or tta or out_of_fold:
+            raise InputError(None, "--folds, --tta and --out-of-fold work on scans, not with --dicomweb")
         if inputs:
             raise InputError(None, "give either INPUT scans or --dicomweb URL --study UID, not both")
         if dicomweb is None or study is None:
@@ -169,6 +209,18 @@ def predict(
             formats=formats or (),
         )
         return
+    if out_of_fold:
+        if checkpoint is not None or inputs or formats or html or dicom_out:
+            raise InputError(checkpoint, "--out-of-fold takes no scans, --format, --html or --dicom-out")
+        options = {"batch_size": batch_size, "score_threshold": score_threshold, "overlay": overlay}
+        total, failed = _ensemble.predict_out_of_fold(
+            folds, tta, tta_axes, device, amp,
+            lambda p, scans: predict_scans(p, scans, out, progress=progress, **options),
+        )  # fmt: skip
+        typer.echo(f"predicted {total - len(failed)} of {total} case(s) out of fold -> {out}")
+        exit_if_failed(failed, "scan(s)")
+        return
+    runs, inputs = _ensemble.members_and_inputs(checkpoint, inputs, folds)
     if not inputs:
         raise InputError(None, "no INPUT scans given (or use --dicomweb URL --study UID)")
     outputs = RunOutputs(
@@ -177,10 +229,10 @@ def predict(
         html=html,
         monai_box_mode=monai_box_mode,
         monai_coordinates=monai_coordinates,
-        title=f"organdetr predict: {checkpoint.name}",
+        title=f"organdetr predict: {runs[0].name}",
     )
     scans = find_scans(inputs)
-    predictor = Predictor.from_checkpoint(checkpoint, device, amp)
+    predictor = _ensemble.load_predictor(runs, tta, tta_axes, device, amp)
     if predictor.in_channels > 1:  # nnU-Net channel files <case>_0000 .. side by side make one scan
         scans = group_channels(scans, predictor.in_channels)
     typer.echo(

@@ -22,6 +22,13 @@ def train(
     resume: Path = typer.Option(
         None, "--resume", help="Continue the run in this folder from its last checkpoint."
     ),
+    fold: int = typer.Option(
+        None,
+        "--fold",
+        min=0,
+        help="Cross-validation fold k of CACHE/splits_final.json (organdetr split): train on its 'train' "
+        "cases, validate on its 'val' cases (same as --set data.fold=k).",
+    ),
 ) -> None:
     """Train a detector; writes config.yaml, checkpoints (last/, best/), CSV/TensorBoard logs, curves.png.
 
@@ -34,6 +41,8 @@ def train(
     overrides = list(set_ or [])
     if cache is not None:
         overrides.append(f"data.cache_dir={cache}")
+    if fold is not None:
+        overrides.append(f"data.fold={fold}")
     if resume is not None:
         if output is not None and output.resolve() != resume.resolve():
             raise InputError(output, "--output and --resume name different run folders")
@@ -44,6 +53,7 @@ def train(
             raise typer.BadParameter("give a CONFIG (file or preset name) or --resume RUN_DIR")
         cfg = load_config(config, overrides)
         _, path = read_config_dict(config)
-        run_dir = output or Path("runs") / f"{path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+        stem = path.stem if cfg.data.fold is None else f"{path.stem}-fold{cfg.data.fold}"
+        run_dir = output or Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     fit(cfg, run_dir, resume=resume is not None)
     typer.echo(f"run folder: {run_dir}")

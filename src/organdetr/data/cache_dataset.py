@@ -44,6 +44,7 @@ from organdetr.data.augment import (
     sample_params,
     transform_boxes,
 )
+from organdetr.data.splits import fold_cases
 from organdetr.preprocessing.cache import list_cases, load_case
 from organdetr.preprocessing.plans import (
     case_classes_from_plans,
@@ -85,8 +86,15 @@ def split_cases(
     train_cases: list[str] | None = None,
     val_cases: list[str] | None = None,
     cache_dir: str | Path | None = None,
+    fold: int | None = None,
 ) -> tuple[list[str], list[str]]:
-    """Train / validation case lists: explicit lists win; else a seeded random ``val_fraction`` holdout."""
+    """Train / validation case lists: a cross-validation ``fold`` of ``CACHE/splits_final.json``
+    (:func:`~organdetr.data.splits.fold_cases`), else explicit lists, else a seeded random ``val_fraction``
+    holdout."""
+    if fold is not None:
+        if train_cases is not None or val_cases is not None:
+            raise InputError(cache_dir, "data.fold and data.train_cases / data.val_cases exclude each other")
+        return fold_cases(cache_dir or ".", fold, case_ids)
     available = set(case_ids)
     for name, given in (("train_cases", train_cases), ("val_cases", val_cases)):
         missing = sorted(set(given or ()) - available)

@@ -45,9 +45,10 @@ class DataConfig:
     the organ's box in the original scan onto the grid and through zoom / shift / flip, to a fraction of a
     voxel (:class:`~organdetr.data.cache_dataset.CacheDataset`).
 
-    The split: explicit ``train_cases`` / ``val_cases`` lists win; otherwise ``val_fraction`` of the cache's
-    cases (at least one when there are >= 2 cases and the fraction is > 0), drawn with ``split_seed``, are
-    held out for validation and the rest train.
+    The split: ``fold`` k trains on fold k's ``train`` cases of ``CACHE/splits_final.json`` (``organdetr
+    split``) and validates on its ``val`` cases; else explicit ``train_cases`` / ``val_cases`` lists win;
+    otherwise ``val_fraction`` of the cache's cases (at least one when there are >= 2 cases and the fraction
+    is > 0), drawn with ``split_seed``, are held out for validation and the rest train.
     """
 
     cache_dir: str = ""
@@ -55,6 +56,7 @@ class DataConfig:
     val_cases: list[str] | None = None
     val_fraction: float = 0.2
     split_seed: int = 0
+    fold: int | None = None  # cross-validation fold of CACHE/splits_final.json (organdetr split)
     batch_size: int = 2  # per process (per GPU)
     num_workers: int = 2  # DataLoader worker processes per process
     box_targets: BoxTargets = "labels"  # training boxes: label voxels, or exact from the original scan
@@ -62,6 +64,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.fold is not None and self.fold < 0:
+            raise ValueError(f"data.fold must be >= 0, got {self.fold}")
         if self.batch_size < 1:
             raise ValueError(f"data.batch_size must be >= 1, got {self.batch_size}")
         if self.num_workers < 0:

@@ -251,6 +251,7 @@ def _load_data(
         cfg.data.train_cases,
         cfg.data.val_cases,
         cache_dir,
+        cfg.data.fold,
     )
     if not train_ids:
         raise InputError(cache_dir, "no complete training cases in the cache (run `organdetr preprocess`)")
