@@ -22,6 +22,22 @@ def train(
     resume: Path = typer.Option(
         None, "--resume", help="Continue the run in this folder from its last checkpoint."
     ),
+    init_from: Path = typer.Option(
+        None,
+        "--init-from",
+        help="Fine-tune: start from this run's weights (its best/, else last/) where names and shapes match; "
+        "class-dependent tensors are re-initialised, except the rows of organs both class lists share "
+        "(copied). Writes RUN/init_from.json (same as --set finetune.init_from=).",
+    ),
+    freeze: list[str] = typer.Option(
+        None,
+        "--freeze",
+        help="Keep this part fixed for the first --freeze-steps steps: backbone, encoder, decoder or any "
+        "module name in the weights (repeatable).",
+    ),
+    freeze_steps: int = typer.Option(
+        None, "--freeze-steps", min=1, help="Optimizer steps --freeze lasts (then the part trains)."
+    ),
 ) -> None:
     """Train a detector; writes config.yaml, checkpoints (last/, best/), CSV/TensorBoard logs, curves.png.
 
@@ -30,10 +46,14 @@ def train(
     from organdetr.runtime.errors import InputError
     from organdetr.training.config import load_config, read_config_dict
     from organdetr.training.fit import fit, resume_config_path
+    from organdetr.training.init_from import finetune_overrides
 
     overrides = list(set_ or [])
     if cache is not None:
         overrides.append(f"data.cache_dir={cache}")
+    if init_from is not None and resume is not None:
+        raise InputError(init_from, "--init-from starts a new run; --resume continues one (give one of them)")
+    overrides += finetune_overrides(init_from, freeze, freeze_steps)
     if resume is not None:
         if output is not None and output.resolve() != resume.resolve():
             raise InputError(output, "--output and --resume name different run folders")
