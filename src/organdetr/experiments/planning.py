@@ -45,6 +45,9 @@ GPU_GRIDS = (64, 96, 128, 160)
 MEMORY_SHARE = 0.8
 ALLOCATOR_SLACK = 1.3
 MEASURE_GRID = 64
+GPU_MIN_ORGAN_VOXELS = 8.0
+"""On a GPU the grid should give the smallest organ this many voxels on its thinnest axis: two tokens of
+the stride-4 level (at 64^3 the ~4-voxel gallbladder is below what it resolves: BENCHMARKS.md, issue 10)."""
 
 
 @dataclass(frozen=True)
@@ -114,10 +117,20 @@ def estimate_train_memory_gb(cfg: TrainConfig, num_classes: int, grids: tuple[in
     }
 
 
-def _smallest_organ_voxels(fingerprint: dict, grid: int) -> float:
+def _smallest_organ_voxels(fingerprint: dict, grid: int) -> np.ndarray:
+    """The smallest organ's median extent (i, j, k) in voxels of the planned ``grid``^3."""
     data, _ = choose_spacing(fingerprint, (grid,) * 3)
     voxels = organs_in_voxels(fingerprint, data["target_spacing"], (grid,) * 3, data["fit"])
-    return float(min(voxels[fingerprint["smallest_organ"]["name"]]))
+    return np.asarray(voxels[fingerprint["smallest_organ"]["name"]], dtype=np.float64)
+
+
+def _resolves(fingerprint: dict, grid: int) -> bool:
+    """Whether ``grid`` gives the smallest organ :data:`GPU_MIN_ORGAN_VOXELS` a side, or as many as its
+    native voxels allow (no grid resolves more than the thick slices hold)."""
+    organ = fingerprint["organs"][fingerprint["smallest_organ"]["name"]]
+    native = np.asarray(organ["size_mm_median"]) / np.asarray(fingerprint["spacing_mm"]["median"])
+    wanted = np.minimum(GPU_MIN_ORGAN_VOXELS, native) - 0.05
+    return bool(np.all(_smallest_organ_voxels(fingerprint, grid) >= wanted))
 
 
 def choose_grid(cfg: TrainConfig, fingerprint: dict, options: PlanOptions) -> tuple[int, dict, str]:
@@ -131,7 +144,7 @@ def choose_grid(cfg: TrainConfig, fingerprint: dict, options: PlanOptions) -> tu
             seconds = measure_step_seconds(cfg, k, CPU_GRID, batch)
             budget["seconds_per_step"] = round(seconds, 3)
             reason += f"; {seconds:.2f} s per step measured here (1000 steps ~ {seconds * 1000 / 60:.0f} min)"
-        voxels = _smallest_organ_voxels(fingerprint, CPU_GRID)
+        voxels = float(_smallest_organ_voxels(fingerprint, CPU_GRID).min())
         if voxels < MIN_ORGAN_VOXELS:
             reason += f"; the smallest organ ({smallest}) spans only {voxels:.1f} voxels on its thinnest axis"
         return CPU_GRID, budget, reason
@@ -145,12 +158,13 @@ def choose_grid(cfg: TrainConfig, fingerprint: dict, options: PlanOptions) -> tu
             f"no grid fits {limit:.1f} GB ({MEMORY_SHARE:.0%} of {options.gpu_memory_gb:g}); "
             f"{GPU_GRIDS[0]}^3 needs ~{memory[GPU_GRIDS[0]]} GB: lower data.batch_size"
         )
-    resolving = [g for g in fitting if _smallest_organ_voxels(fingerprint, g) >= MIN_ORGAN_VOXELS]
+    resolving = [g for g in fitting if _resolves(fingerprint, g)]
     grid = resolving[0] if resolving else fitting[-1]
+    need = f"{GPU_MIN_ORGAN_VOXELS:g} voxels a side (two stride-4 tokens; or all its native voxels)"
     if resolving:
-        why = f"the smallest that gives the smallest organ ({smallest}) >= {MIN_ORGAN_VOXELS:g} voxels a side"
+        why = f"the smallest that gives the smallest organ ({smallest}) {need}"
     else:
-        why = f"the largest that fits; {smallest} still spans under {MIN_ORGAN_VOXELS:g} voxels a side"
+        why = f"the largest that fits; {smallest} still spans under {need}"
     reason = (
         f"{grid}^3 (~{memory[grid]} GB estimated for batch {batch}, of {limit:.1f} GB usable): {why}; "
         f"grids that fit: {', '.join(f'{g}^3' for g in fitting)}"
