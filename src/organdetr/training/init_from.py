@@ -253,7 +253,8 @@ def report_table(report: InitReport) -> Table:
     """A rich table: tensors and values per model part and status (the full list is ``init_from.json``)."""
     table = Table(title=f"--init-from {report.source} ({report.source_arch} -> {report.arch})")
     for column in ("part", "status", "tensors", "values", "note"):
-        table.add_column(column, justify="right" if column in ("tensors", "values") else "left")
+        numeric = column in ("tensors", "values")
+        table.add_column(column, justify="right" if numeric else "left", overflow="fold", no_wrap=numeric)
     groups: dict[tuple[str, str], list[dict]] = {}
     for row in report.rows:
         parts = row["name"].split(".")
