@@ -34,7 +34,7 @@ from organdetr.preprocessing.plans import class_map_from_plans
 from organdetr.runtime import atomic
 from organdetr.runtime.errors import InputError
 from organdetr.runtime.json_files import read_json
-from organdetr.training.checkpoint import CONFIG_FILE, MODEL_FILE, PLANS_FILE, resolve_checkpoint_dir
+from organdetr.training.checkpoint import MODEL_FILE, checkpoint_config_files, resolve_checkpoint_dir
 from organdetr.training.config import TrainConfig, load_config
 
 REPORT_FILE = "init_from.json"
@@ -113,11 +113,7 @@ def class_dependent_tensors(
 def _source_files(run: str | Path) -> tuple[Path, dict, str]:
     """``(checkpoint folder, plans, arch)`` of the run to start from (a verified checkpoint)."""
     ckpt = resolve_checkpoint_dir(run)
-    folders = (ckpt, ckpt.parent)
-    config_path = next((d / CONFIG_FILE for d in folders if (d / CONFIG_FILE).is_file()), None)
-    plans_path = next((d / PLANS_FILE for d in folders if (d / PLANS_FILE).is_file()), None)
-    if config_path is None or plans_path is None:
-        raise InputError(ckpt, f"checkpoint lacks {CONFIG_FILE} / {PLANS_FILE} (here or in its run folder)")
+    config_path, plans_path = checkpoint_config_files(ckpt)
     plans = read_json(plans_path, "unreadable plans", not_object="plans is not a JSON object")
     class_map_from_plans(plans, plans_path)
     return ckpt, plans, load_config(config_path).arch
