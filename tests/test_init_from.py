@@ -8,12 +8,15 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch.optim.swa_utils import AveragedModel
 
 from _cache_factory import CLASSES, make_cache, save_random_checkpoint
 from _cli import run_cli
 from organdetr.models import detector_from_config
+from organdetr.preprocessing.plans import PreprocessConfig, make_plans
 from organdetr.runtime.errors import InputError
-from organdetr.training.config import load_config
+from organdetr.training.checkpoint import save_checkpoint
+from organdetr.training.config import dump_config, load_config
 from organdetr.training.fit import fit
 from organdetr.training.init_from import (
     CLASS_ROWS,
@@ -180,3 +183,22 @@ def test_fine_tune_freezes_backbone_then_trains_it_and_resumes(tmp_path, capsys,
 def test_freeze_steps_without_parts_is_a_config_error():
     with pytest.raises(InputError, match="go together"):
         load_config("tiny", ["finetune.freeze_steps=3"])
+
+
+def test_ema_weights_are_preferred(tmp_path):
+    """A run that kept EMA weights fine-tunes from them (as predict uses them), not from the raw weights."""
+    cfg = load_config("tiny")
+    detector = detector_from_config(cfg, len(FIVE), GRID)
+    ema = AveragedModel(detector)
+    with torch.no_grad():
+        for p in ema.module.parameters():
+            p.add_(1.0)
+    run = tmp_path / "ema_run"
+    save_checkpoint(run / "last", detector, {"step": 1}, ema=ema, config_yaml=dump_config(cfg),
+                    plans=make_plans(PreprocessConfig(input_size=GRID), FIVE), include_rng=False)  # fmt: skip
+    fresh = detector_from_config(cfg, len(FIVE), GRID)
+    axes = class_dependent_tensors(lambda k: detector_from_config(cfg, k, GRID), len(FIVE), cfg.arch)
+    report = init_from_run(fresh, "organdetr", FIVE, run, axes)
+    assert report.source.endswith("ema.safetensors")
+    name = "network.backbone.stem.0.weight"
+    torch.testing.assert_close(fresh.state_dict()[name], ema.module.state_dict()[name], rtol=0, atol=0)

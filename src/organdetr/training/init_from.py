@@ -34,7 +34,12 @@ from organdetr.preprocessing.plans import class_map_from_plans
 from organdetr.runtime import atomic
 from organdetr.runtime.errors import InputError
 from organdetr.runtime.json_files import read_json
-from organdetr.training.checkpoint import MODEL_FILE, checkpoint_config_files, resolve_checkpoint_dir
+from organdetr.training.checkpoint import (
+    EMA_FILE,
+    MODEL_FILE,
+    checkpoint_config_files,
+    resolve_checkpoint_dir,
+)
 from organdetr.training.config import TrainConfig, load_config
 
 REPORT_FILE = "init_from.json"
@@ -77,18 +82,20 @@ class InitReport:
 
 
 def class_dependent_tensors(
-    build: Callable[[int], nn.Module], num_classes: int, arch: str
+    build: Callable[[int], nn.Module], num_classes: int, arch: str, reference: nn.Module | None = None
 ) -> dict[str, ClassAxis]:
     """The tensors of ``build(num_classes)`` whose shape depends on the class count, and how.
 
     ``build(k)`` returns a detector for ``k`` classes; it is called with ``num_classes + 1`` (or ``- 1``
-    where one more does not build) under a forked RNG, so the caller's random stream is untouched.
+    where one more does not build), and with ``num_classes`` unless ``reference`` is that detector, under a
+    forked RNG, so the caller's random stream is untouched.
     Background-first layouts: every ``K + 1`` tensor of the segmenting architectures (background is class 0)
     and Organ-DETR's segmentation heads; Organ-DETR's other ``K + 1`` tensor (the denoising label embedding)
     keeps its padding slot last.
     """
     with torch.random.fork_rng(devices=[]):
-        reference = {k: tuple(v.shape) for k, v in build(num_classes).state_dict().items()}
+        model = reference if reference is not None else build(num_classes)
+        shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         other = num_classes + 1
         try:
             probe = {k: tuple(v.shape) for k, v in build(other).state_dict().items()}
@@ -98,7 +105,7 @@ def class_dependent_tensors(
             other = num_classes - 1
             probe = {k: tuple(v.shape) for k, v in build(other).state_dict().items()}
     axes: dict[str, ClassAxis] = {}
-    for name, shape in reference.items():
+    for name, shape in shapes.items():
         changed = [i for i, (a, b) in enumerate(zip(shape, probe.get(name, shape), strict=False)) if a != b]
         if len(changed) != 1:
             continue
@@ -157,7 +164,8 @@ def init_from_run(
     """Load the tensors of ``run`` that fit ``detector`` (in place) and report each tensor's fate.
 
     ``new_classes``: the new cache's class map (label id -> organ name); the old run's comes from its
-    ``plans.json``. ``class_axes``: :func:`class_dependent_tensors` of ``detector``. When no tensor loads,
+    ``plans.json``; its EMA weights are used where it kept them (as :func:`load_detector` does).
+    ``class_axes``: :func:`class_dependent_tensors` of ``detector``. When no tensor loads,
     :class:`InputError` naming the run's weights (nothing to fine-tune from).
     """
     ckpt, old_plans, old_arch = _source_files(run)
@@ -165,8 +173,9 @@ def init_from_run(
     new_names = [name for _, name in sorted(new_classes.items())]
     same_classes = old_names == new_names
     row_map = {i: old_names.index(n) for i, n in enumerate(new_names) if n in old_names}
-    old = _read_tensors(ckpt / MODEL_FILE)
-    report = InitReport(str(ckpt), old_arch, arch, [new_names[i] for i in row_map], new_names)
+    weights = ckpt / EMA_FILE if (ckpt / EMA_FILE).is_file() else ckpt / MODEL_FILE  # as load_detector
+    old = _read_tensors(weights)
+    report = InitReport(str(weights), old_arch, arch, [new_names[i] for i in row_map], new_names)
     state = detector.state_dict()
     for name, fresh in state.items():
         status, note, value = _one_tensor(name, fresh, old.get(name), class_axes, same_classes, row_map,
@@ -179,7 +188,7 @@ def init_from_run(
                             "note": "not in the new model"})  # fmt: skip
     if not report.count(LOADED) + report.count(CLASS_ROWS):
         raise InputError(
-            ckpt / MODEL_FILE,
+            weights,
             f"no tensor of this {old_arch} run matches the {arch} model by name and shape; "
             "nothing to fine-tune from",
         )
@@ -226,17 +235,12 @@ def start_from_run(
     classes = class_map_from_plans(plans)
     input_size = tuple(int(s) for s in plans["input_size"])
     properties = DataProperties.from_plans(plans)
-    device = next(detector.parameters()).device
 
     def build(k: int) -> nn.Module:
         return detector_from_config(cfg, k, input_size, properties)
 
-    axes = class_dependent_tensors(build, len(classes), cfg.arch)
-    detector.cpu()
-    try:
-        report = init_from_run(detector, cfg.arch, classes, cfg.finetune.init_from, axes)
-    finally:
-        detector.to(device)
+    axes = class_dependent_tensors(build, len(classes), cfg.arch, reference=detector)
+    report = init_from_run(detector, cfg.arch, classes, cfg.finetune.init_from, axes)
     if ema is not None:
         ema.module.load_state_dict(detector.state_dict())
     if main:
