@@ -4,7 +4,8 @@ Like nnU-Net's dataset fingerprint, read once from the nnU-Net v2 raw dataset th
 per case the size and spacing after canonical LPS reorientation (``(i, j, k)`` = (L, P, S) order), its
 original orientation code, its field of view in mm, and the box of every organ in LPS mm (its extent, and
 its corners relative to the scan's centre, ``box_from_centre_mm``); per channel the intensity percentiles
-over all voxels and inside the labelled organs (sampled); per organ its median / smallest extent in mm.
+over all voxels, inside the labelled organs and per organ (sampled); per organ its median / smallest extent in
+mm.
 :mod:`organdetr.preprocessing.planning` turns it into a plan.
 """
 
@@ -23,6 +24,8 @@ from organdetr.runtime.errors import InputError
 
 PERCENTILES = (FOREGROUND_PERCENTILES[0], 50.0, FOREGROUND_PERCENTILES[1])
 SAMPLES_PER_CASE = 20_000
+ORGAN_SAMPLES = 2_000  # per organ and case
+ORGAN_PERCENTILES = (5.0, 25.0, 50.0, 75.0, 95.0)
 
 
 def _pick_cases(cases: list[NnUNetCase], max_cases: int) -> list[NnUNetCase]:
@@ -31,25 +34,45 @@ def _pick_cases(cases: list[NnUNetCase], max_cases: int) -> list[NnUNetCase]:
     return [cases[int(i)] for i in positions]
 
 
-def _sample(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _sample(values: np.ndarray, rng: np.random.Generator, count: int = SAMPLES_PER_CASE) -> np.ndarray:
+    """Up to ``count`` of ``values`` drawn without replacement, float64."""
     values = values.reshape(-1)
-    if values.size <= SAMPLES_PER_CASE:
+    if values.size <= count:
         return values.astype(np.float64)
-    return rng.choice(values, size=SAMPLES_PER_CASE, replace=False).astype(np.float64)
+    return rng.choice(values, size=count, replace=False).astype(np.float64)
+
+
+def _organ_samples(
+    image: np.ndarray, labels: np.ndarray, classes: dict[int, str], rng: np.random.Generator
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Samples of the intensities inside all organs together and per organ (one pass over the labels)."""
+    foreground = labels > 0
+    ids, values = labels[foreground], image[foreground]
+    if not ids.size:
+        return values.astype(np.float64), {}
+    order = np.argsort(ids, kind="stable")
+    ids, grouped = ids[order], values[order]
+    present, starts = np.unique(ids, return_index=True)
+    per_organ = {
+        classes[int(i)]: _sample(part, rng, ORGAN_SAMPLES)
+        for i, part in zip(present, np.split(grouped, starts[1:]), strict=True)
+        if int(i) in classes
+    }
+    return _sample(values, rng), per_organ
 
 
 def _case_fingerprint(
     case: NnUNetCase, classes: dict[int, str], rng: np.random.Generator
 ) -> tuple[dict, list]:
-    """``(case entry, [(all-voxel samples, organ samples) per channel])`` of one case."""
+    """``(case entry, [(all-voxel samples, organ samples, {organ: samples}) per channel])`` of one case."""
     labels = read_label_map(case.label) if case.label is not None else None
     channels, samples = [], []
     for path in case.images:
         image = read_image(path)
-        inside = np.empty(0)
+        inside, per_organ = np.empty(0), {}
         if labels is not None and labels.array.shape == image.array.shape:
-            inside = _sample(image.array[labels.array > 0], rng)
-        samples.append((_sample(image.array, rng), inside))
+            inside, per_organ = _organ_samples(image.array, labels.array, classes, rng)
+        samples.append((_sample(image.array, rng), inside, per_organ))
         channels.append(image)
     geometry = channels[0].geometry
     canonical = reorient_geometry(geometry)
@@ -75,12 +98,13 @@ def _case_fingerprint(
     return entry, samples
 
 
-def _percentiles(values: list[np.ndarray]) -> dict[str, float] | None:
+def _percentiles(values: list[np.ndarray], percentiles: tuple[float, ...] = PERCENTILES) -> dict | None:
+    """``{"p0.5": v, ...}`` of the pooled samples (``None`` when there are none)."""
     joined = np.concatenate(values) if values else np.empty(0)
     if not joined.size:
         return None
-    return {f"p{p:g}": round(float(v), 2) for p, v in zip(PERCENTILES, np.percentile(joined, PERCENTILES),
-                                                         strict=True)}  # fmt: skip
+    found = np.percentile(joined, percentiles)
+    return {f"p{p:g}": round(float(v), 2) for p, v in zip(percentiles, found, strict=True)}
 
 
 def _organ_summary(cases: list[dict], classes: dict[int, str]) -> dict[str, dict]:
@@ -108,13 +132,15 @@ def fingerprint_dataset(root: str | Path, *, max_cases: int = 50, seed: int = 0)
     """
     dataset = load_dataset(root)
     rng = np.random.default_rng(seed)
-    cases, per_channel = [], [([], []) for _ in dataset.channels]
+    cases, per_channel = [], [([], [], {}) for _ in dataset.channels]
     for case in _pick_cases(dataset.cases, max_cases):
         entry, samples = _case_fingerprint(case, dataset.classes, rng)
         cases.append(entry)
-        for store, (everything, inside) in zip(per_channel, samples, strict=True):
+        for store, (everything, inside, per_organ) in zip(per_channel, samples, strict=True):
             store[0].append(everything)
             store[1].append(inside)
+            for name, values in per_organ.items():
+                store[2].setdefault(name, []).append(values)
     organs = _organ_summary(cases, dataset.classes)
     if not organs:
         raise InputError(Path(root) / "labelsTr", "no labelled organ in the training cases; nothing to plan")
@@ -134,9 +160,10 @@ def fingerprint_dataset(root: str | Path, *, max_cases: int = 50, seed: int = 0)
         "extent_mm": _stats(extents),
         "orientations": orientations,
         "intensity": [
-            {"channel": name, "all": _percentiles(everything), "organs": _percentiles(inside)}
-            for name, (everything, inside) in zip(dataset.channels, per_channel, strict=True)
-        ],
+            {"channel": name, "all": _percentiles(everything), "organs": _percentiles(inside),
+             "per_organ": {organ: _percentiles(v, ORGAN_PERCENTILES) for organ, v in per_organ.items()}}
+            for name, (everything, inside, per_organ) in zip(dataset.channels, per_channel, strict=True)
+        ],  # fmt: skip
         "organs": organs,
         "smallest_organ": {"name": smallest, "size_mm_median": organs[smallest]["size_mm_median"]},
         "cases": cases,

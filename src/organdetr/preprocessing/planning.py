@@ -31,6 +31,7 @@ from organdetr.runtime.json_files import read_json
 PLAN_FILE = "organdetr_plan.json"
 PLAN_VERSION = 1
 COVERAGE = 0.95
+MIN_WINDOW_HU = 500.0
 MIN_ORGAN_VOXELS = 4.0
 """The smallest organ should span at least this many voxels on its thinnest axis (else a finer grid)."""
 
@@ -98,20 +99,37 @@ def organs_in_voxels(fingerprint: dict, spacing: list[float], grid: tuple[int, i
 
 
 def intensity_plan(fingerprint: dict) -> tuple[dict, str]:
-    """``({"hu_window", "channel_norm"}, reason)``: nnU-Net's CT scheme (the 0.5 / 99.5 percentiles of the
-    labelled organs' intensities) for CT channels; z-score for the others."""
+    """``({"hu_window", "channel_norm"}, reason)`` for the CT channel; z-score for the others (MR).
+
+    The window spans the organs' own intensities: from the lowest organ's 25th to the highest organ's 75th
+    percentile, widened about its centre to at least :data:`MIN_WINDOW_HU`. Not nnU-Net's 0.5 / 99.5
+    percentiles of all organ voxels pooled: gas inside a stomach label stretches those to about -975 HU on the
+    phantoms, and the width is the largest single factor there (BENCHMARKS.md, issue 10: -200..300 gave 3x
+    the mAP of -1000..1000 at the same steps).
+    """
     norm = default_channel_norm(fingerprint["channels"])
     stats = fingerprint["intensity"]
     ct = next((c for c in stats if c["channel"].upper() == "CT"), stats[0])
-    organs = ct["organs"] or ct["all"]
-    window = [math.floor(organs["p0.5"]), math.ceil(organs["p99.5"])]
-    window[1] = max(window[1], window[0] + 1)
-    reason = (
-        f"{window[0]} .. {window[1]}: the 0.5 / 99.5 percentiles of the intensities inside the labelled "
-        "organs (nnU-Net's CT scheme; a -1000..1000 window spends most of the range on air and bone)"
-    )
     if norm and "hu_window" not in norm:
         reason = "z-score per channel over the non-zero voxels (no CT channel: the window is unused)"
+        return {"hu_window": [-1000, 1000], "channel_norm": list(norm)}, reason
+    pooled = ct["organs"] or ct["all"]
+    nnunet = f"{math.floor(pooled['p0.5'])} .. {math.ceil(pooled['p99.5'])}"
+    per_organ = ct.get("per_organ") or {}
+    if not per_organ:
+        window = [math.floor(pooled["p0.5"]), math.ceil(pooled["p99.5"])]
+        return {"hu_window": window, "channel_norm": list(norm)}, f"{nnunet}: nnU-Net's CT percentiles"
+    low_organ = min(per_organ, key=lambda n: per_organ[n]["p25"])
+    high_organ = max(per_organ, key=lambda n: per_organ[n]["p75"])
+    low, high = per_organ[low_organ]["p25"], per_organ[high_organ]["p75"]
+    centre, half = (low + high) / 2, max(high - low, MIN_WINDOW_HU) / 2
+    window = [math.floor(centre - half), math.ceil(centre + half)]
+    reason = (
+        f"{window[0]} .. {window[1]}: the organs' intensities from {low_organ}'s 25th percentile ({low:g}) "
+        f"to {high_organ}'s 75th ({high:g}), widened to at least {MIN_WINDOW_HU:g} HU (the width of "
+        "-200..300, 3x the mAP of -1000..1000 on the phantoms, BENCHMARKS.md issue 10); nnU-Net's 0.5 / 99.5 "
+        f"percentiles of all organ voxels would give {nnunet} (gas or bone inside organ labels stretch them)"
+    )
     return {"hu_window": window, "channel_norm": list(norm)}, reason
 
 
@@ -194,6 +212,7 @@ __all__ = [
     "COVERAGE",
     "DEFAULT_SETTINGS",
     "MIN_ORGAN_VOXELS",
+    "MIN_WINDOW_HU",
     "PLAN_FILE",
     "PLAN_VERSION",
     "choose_spacing",

@@ -107,6 +107,8 @@ def class_dependent_tensors(
     axes: dict[str, ClassAxis] = {}
     for name, shape in shapes.items():
         changed = [i for i, (a, b) in enumerate(zip(shape, probe.get(name, shape), strict=False)) if a != b]
+        if len(changed) > 1:  # class-sized along several axes: no row layout to map, re-initialised whole
+            axes[name] = ClassAxis(changed[0], 0, 0, False)
         if len(changed) != 1:
             continue
         axis = changed[0]
