@@ -106,12 +106,25 @@ def score_priors(cache: Path, train: list, test: list, test_set: dict[str, Path]
     return out
 
 
+def run_dir_for(spec: str, out: Path, train_seed: int) -> Path:
+    """``OUT/runs/<name>`` of a run spec (``_seed<n>`` appended for train seeds other than 0)."""
+    preset, *overrides = spec.split("|")
+    name = "_".join([preset] + [o.replace(" ", "").replace("/", "-") for o in overrides])[:120]
+    return out / "runs" / (name if train_seed == 0 else f"{name}_seed{train_seed}")
+
+
+def val_curve(run_dir: Path) -> list[dict]:
+    """The run's held-out validation rows: ``[{"step", "mAP", ...}]``."""
+    with open(run_dir / "val_log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [{"step": int(float(r["step"])), **{k: round(float(r[k]), 3) for k in METRICS}} for r in rows]
+
+
 def train_run(
     spec: str, out: Path, cache: Path, train: list, test: list, args, test_set: dict[str, Path] | None = None
 ) -> dict:
     """Train ``PRESET|overrides`` for ``args.steps`` steps; returns the held-out validation curve."""
     preset, *overrides = spec.split("|")
-    name = "_".join([preset] + [o.replace(" ", "").replace("/", "-") for o in overrides])[:120]
     epochs_per_val = max(1, args.steps // (args.val_points * max(1, len(train) // args.batch)))
     cfg = load_config(
         preset,
@@ -133,11 +146,9 @@ def train_run(
         ],
     )
     cfg.data.train_cases, cfg.data.val_cases = train, test
-    run_dir = out / "runs" / (name if args.train_seed == 0 else f"{name}_seed{args.train_seed}")
+    run_dir = run_dir_for(spec, out, args.train_seed)
     start, cpu = time.perf_counter(), time.process_time()
     fit(cfg, run_dir)
-    with open(run_dir / "val_log.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
     result = {
         "run": spec,
         "train_seed": args.train_seed,
@@ -145,7 +156,7 @@ def train_run(
         "threads": torch.get_num_threads(),
         "wall_s": round(time.perf_counter() - start),
         "cpu_s": round(time.process_time() - cpu),
-        "val": [{"step": int(float(r["step"])), **{k: round(float(r[k]), 3) for k in METRICS}} for r in rows],
+        "val": val_curve(run_dir),
     }
     if test_set:
         detector, _, _ = load_detector(run_dir / "last", torch.device("cpu"))

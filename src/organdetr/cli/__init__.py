@@ -24,6 +24,7 @@ VERBS = [
     "demo",
     "synth",
     "convert",
+    "plan",
     "preprocess",
     "split",
     "boxes",

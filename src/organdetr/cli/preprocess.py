@@ -25,20 +25,33 @@ def preprocess(
     dataset: Path = typer.Argument(..., help="nnU-Net v2 raw dataset folder (with dataset.json)."),
     out: Path = typer.Argument(..., help="Output cache folder (plans.json + cases/)."),
     spacing: tuple[float, float, float] = typer.Option(
-        (2.0, 2.0, 2.0),
+        None,
         "--spacing",
-        help="Target spacing in mm (i, j, k after LPS reorientation); --fit pad.",
+        help="Target spacing in mm (i, j, k after LPS reorientation); --fit pad. Default: the plan's, "
+        "else 2 2 2.",
     ),
-    size: tuple[int, int, int] = typer.Option((96, 96, 96), "--size", help="Model input grid, voxels."),
+    size: tuple[int, int, int] = typer.Option(
+        None, "--size", help="Model input grid, voxels. Default: the plan's, else 96 96 96."
+    ),
     fit: Fit = typer.Option(
-        Fit.resize, "--fit", help="resize: whole scan onto the grid; pad: target spacing, centre pad/crop."
+        None,
+        "--fit",
+        help="resize: whole scan onto the grid; pad: target spacing, centre pad/crop. Default: the plan's, "
+        "else resize.",
     ),
     hu: tuple[float, float] = typer.Option(
         None,
         "--hu",
-        help="HU window: clip, scale to [0, 1]. Default: the 0.5-99.5 percentiles of the intensities inside "
-        "the labelled organs (nnU-Net's CT scheme), computed once and kept in plans.json.",
+        help="HU window: clip, scale to [0, 1]. Default: the plan's, else the 0.5-99.5 percentiles of the "
+        "intensities inside the labelled organs (nnU-Net's CT scheme), computed once and kept in plans.json.",
     ),
+    plan: Path = typer.Option(
+        None,
+        "--plan",
+        help="Plan from `organdetr plan` (default: DATASET/organdetr_plan.json when present): its grid, "
+        "spacing, fit and HU window fill the options not given; it is copied into the cache for `train`.",
+    ),
+    use_plan: bool = typer.Option(True, "--use-plan/--no-plan", help="Use the dataset's plan when present."),
     workers: int = typer.Option(1, "--workers", min=1, help="Parallel processes."),
     min_voxels: int = typer.Option(1, "--min-voxels", min=1, help="Drop organs with fewer voxels."),
     largest_component: bool = typer.Option(
@@ -65,11 +78,17 @@ def preprocess(
 
     from organdetr.datasets.nnunet import load_dataset
     from organdetr.preprocessing.intensity import foreground_window
+    from organdetr.preprocessing.planning import keep_plan_with_cache, planned_settings
     from organdetr.preprocessing.plans import PreprocessConfig, default_channel_norm
     from organdetr.preprocessing.run import preprocess_dataset
     from organdetr.runtime.errors import InputError
     from organdetr.runtime.json_files import read_json
 
+    given = {"target_spacing": spacing, "input_size": size, "fit": fit and fit.value, "hu_window": hu}
+    settings, plan_path = planned_settings(dataset, given, plan, use_plan=use_plan)
+    if plan_path is not None:
+        typer.echo(f"plan {plan_path}: " + ", ".join(f"{k}={settings[k]}" for k in given if given[k] is None))
+    spacing, size, hu = settings["target_spacing"], settings["input_size"], settings["hu_window"]
     channels = load_dataset(dataset).channels
     if norm == Norm.auto:
         channel_norm = default_channel_norm(channels)
@@ -89,7 +108,7 @@ def preprocess(
         cfg = PreprocessConfig(
             target_spacing=spacing,
             input_size=size,
-            fit=fit.value,
+            fit=settings["fit"],
             hu_window=hu,
             min_voxels=min_voxels,
             largest_component=largest_component,
@@ -99,6 +118,8 @@ def preprocess(
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
     summary = preprocess_dataset(dataset, out, cfg, workers=workers, resume=resume, overwrite=overwrite)
+    if plan_path is not None:
+        keep_plan_with_cache(plan_path, out)
     console = Console(stderr=True)
     console.print(
         f"[bold]{out}[/]: {len(summary.done)} preprocessed, {len(summary.skipped)} already there, "

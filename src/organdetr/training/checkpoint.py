@@ -298,6 +298,16 @@ def load_checkpoint(
     return state
 
 
+def checkpoint_config_files(ckpt: Path) -> tuple[Path, Path]:
+    """``(config.yaml, plans.json)`` of a checkpoint folder (its own copies, else its run folder's);
+    :class:`InputError` when either is missing."""
+    config_path = next((d / CONFIG_FILE for d in (ckpt, ckpt.parent) if (d / CONFIG_FILE).is_file()), None)
+    plans_path = next((d / PLANS_FILE for d in (ckpt, ckpt.parent) if (d / PLANS_FILE).is_file()), None)
+    if config_path is None or plans_path is None:
+        raise InputError(ckpt, f"checkpoint lacks {CONFIG_FILE} / {PLANS_FILE} (here or in its run folder)")
+    return config_path, plans_path
+
+
 def load_detector(
     run_dir_or_ckpt: str | Path, device: str | torch.device = "cpu", *, use_ema: bool = True
 ) -> tuple[nn.Module, TrainConfig, dict]:
@@ -307,10 +317,7 @@ def load_detector(
     its ``model.safetensors``. EMA weights are used when the run kept them (``use_ema``).
     """
     ckpt = resolve_checkpoint_dir(run_dir_or_ckpt)
-    config_path = next((d / CONFIG_FILE for d in (ckpt, ckpt.parent) if (d / CONFIG_FILE).is_file()), None)
-    plans_path = next((d / PLANS_FILE for d in (ckpt, ckpt.parent) if (d / PLANS_FILE).is_file()), None)
-    if config_path is None or plans_path is None:
-        raise InputError(ckpt, f"checkpoint lacks {CONFIG_FILE} / {PLANS_FILE} (here or in its run folder)")
+    config_path, plans_path = checkpoint_config_files(ckpt)
     cfg = load_config(config_path)
     plans = check_plans(read_json(plans_path, "unreadable plans"), plans_path)
     classes = class_map_from_plans(plans, plans_path)
@@ -323,6 +330,7 @@ def load_detector(
 
 __all__ = [
     "CHECKPOINT_NAMES",
+    "checkpoint_config_files",
     "load_checkpoint",
     "load_detector",
     "load_weights",

@@ -139,6 +139,30 @@ class LoopConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    """Start from another run's weights (``train --init-from RUN``) and freeze named parts for a while.
+
+    ``init_from``: a run folder (its ``best/``, else ``last/``) or checkpoint folder whose tensors load where
+    name and shape match (:mod:`organdetr.training.init_from`); read at the start of a fresh run only (a
+    resume continues from ``RUN/last``). ``freeze``: parts kept fixed for the first ``freeze_steps`` optimizer
+    steps, by name component (``backbone``, ``encoder``, ``decoder``, or any module name in the weights).
+    """
+
+    init_from: str | None = None
+    freeze: tuple[str, ...] = ()
+    freeze_steps: int = 0
+
+    def __post_init__(self) -> None:
+        self.freeze = tuple(str(part) for part in self.freeze)
+        if self.freeze_steps < 0:
+            raise ValueError(f"finetune.freeze_steps must be >= 0, got {self.freeze_steps}")
+        if bool(self.freeze_steps) != bool(self.freeze):
+            raise ValueError(
+                "finetune.freeze (the parts, e.g. [backbone]) and finetune.freeze_steps (> 0) go together"
+            )
+
+
+@dataclass
 class TrainConfig:
     """Everything a training run needs; dumped as ``config.yaml`` into the run folder."""
 
@@ -153,6 +177,7 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: LoopConfig = field(default_factory=LoopConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
 
 PRESETS: tuple[str, ...] = (
@@ -369,6 +394,7 @@ __all__ = [
     "RESOLVED_HEADER",
     "AmpMode",
     "DataConfig",
+    "FinetuneConfig",
     "LoopConfig",
     "OptimConfig",
     "ScheduleKind",

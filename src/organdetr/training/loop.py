@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from organdetr.training import distributed
 from organdetr.training.config import OptimConfig
+from organdetr.training.init_from import Freezer
 from organdetr.training.optim import lr_factor, set_lr
 from organdetr.training.train_log import TrainLogger
 
@@ -56,6 +57,7 @@ class StepContext:
     log_every: int = 10
     progress: bool = True
     stop_at_step: int | None = None
+    freezer: Freezer | None = None  # finetune.freeze: parts kept fixed for the first steps
     history: list[dict] = field(default_factory=list)
     epoch_means: dict[str, float] = field(default_factory=dict)  # mean loss terms of the last epoch
 
@@ -150,6 +152,8 @@ def _backward_and_update(model: nn.Module, loss: Tensor, ctx: StepContext) -> Te
         scaler.unscale_(ctx.optimizer)
     else:
         loss.backward()
+    if ctx.freezer is not None:
+        ctx.freezer.apply(ctx.step)
     grad_norm = (
         torch.nn.utils.clip_grad_norm_(model.parameters(), ctx.optim_cfg.grad_clip)
         if ctx.optim_cfg.grad_clip > 0
