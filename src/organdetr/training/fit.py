@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from organdetr.data.cache_dataset import CacheDataset, split_cases
 from organdetr.data.properties import DataProperties
+from organdetr.evaluation.presence import threshold_state
 from organdetr.models import detector_from_config
 from organdetr.models.organdetr.proposals import anchor_sizes_from_boxes
 from organdetr.preprocessing.cache import list_cases, verify_cases
@@ -407,6 +408,7 @@ def _validate_epoch(run: _Run, val_ds: CacheDataset, epoch: int) -> str:
     metrics = validate(run.cfg, val_ds, model, run.data.device, parts.amp_dtype, run.data.dist)
     run.logger.log_val(step, epoch + 1, metrics)
     value = best_metric_value(metrics, run.cfg.train.best_metric, val_ds.cache_dir)
+    run.checkpointer.state["score_threshold"] = threshold_state(metrics)  # predict's default, per checkpoint
     summary = metrics_summary(metrics)
     if run.checkpointer.offer_best(value, step):
         summary += "  (best)"
