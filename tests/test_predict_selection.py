@@ -48,7 +48,10 @@ def test_threshold_drops_organs_absent_from_validation_scans():
     scores = {(c, "liver"): 0.9 for c in cases} | {(c, "spleen"): 0.5 + 0.1 * n for n, c in enumerate(cases)}
     scores |= {("a", "urinary_bladder"): 0.6, ("b", "urinary_bladder"): 0.7}
     scores |= {("c", "urinary_bladder"): 0.02, ("d", "urinary_bladder"): 0.30}
-    present = {(c, k) for c in cases for k in ("liver", "spleen")} | {("a", "urinary_bladder"), ("b", "urinary_bladder")}
+    present = {(c, k) for c in cases for k in ("liver", "spleen")} | {
+        ("a", "urinary_bladder"),
+        ("b", "urinary_bladder"),
+    }
     chosen = presence_threshold(*_pairs(scores, present), cases, organs)
     assert chosen.score == pytest.approx(0.40) and chosen.f1 == pytest.approx(1.0)
     assert chosen.absent == 2 and chosen.dropped_absent == 2 and chosen.recall == 1.0
@@ -114,7 +117,12 @@ def test_validation_picks_a_threshold_that_drops_the_absent_organ(tmp_path):
 
 def test_fit_stores_the_threshold_and_predict_uses_it(tmp_path):
     cache = make_cache(tmp_path / "cache", num_cases=2, size=32)
-    overrides = [f"data.cache_dir={cache}", "data.val_cases=[case_001]", "train.epochs=1", "train.progress=false"]
+    overrides = [
+        f"data.cache_dir={cache}",
+        "data.val_cases=[case_001]",
+        "train.epochs=1",
+        "train.progress=false",
+    ]
     run = fit(load_config("tiny", overrides), tmp_path / "run")
     for name in ("best", "last"):
         stored = json.loads((run / name / "state.json").read_text())["score_threshold"]
@@ -206,4 +214,6 @@ def test_mr_dicom_series_is_refused_for_dicom_out_and_warned_about_without(tmp_p
     assert not (tmp_path / "dicom" / "mr_series.json").exists()
     code, _, err = run_cli(capsys, *base, "-o", str(tmp_path / "plain"))
     prediction = json.loads((tmp_path / "plain" / "mr_series.json").read_text())
-    assert code == 0 and any("Modality is MR" in w for w in prediction["warnings"]) and "Modality is MR" in err
+    assert (
+        code == 0 and any("Modality is MR" in w for w in prediction["warnings"]) and "Modality is MR" in err
+    )
