@@ -1,5 +1,5 @@
-"""Organ statistics (``organdetr predict --statistics``, issue 22): volumes against ``organdetr boxes`` and the
-label map's voxel counts on the real CT with its TotalSegmentator labels, intensities against numpy, the
+"""Organ statistics (``organdetr predict --statistics``, issue 22): volumes against ``organdetr boxes`` and
+the label map's voxel counts on the real CT with its TotalSegmentator labels, intensities against numpy, the
 edge flag of an organ a slab cuts, and the run's ``statistics.csv``."""
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ def test_mask_volumes_and_hu_match_the_label_map_and_organdetr_boxes(real_ct, ca
     prediction = _prediction(labels.array, labels.geometry, classes)
     rows = {r["organ"]: r for r in organ_statistics(prediction, image.array, labels.array)}
     assert set(rows) == set(ORGANS) and set(COLUMNS) - {"case_id"} == set(rows["liver"])
-    code, out, _ = run_cli(capsys, "boxes", folder / "example_seg.nii.gz", "--image", folder / "example_ct_sm.nii.gz",
-                           "--format", "json")  # fmt: skip
+    seg, ct = folder / "example_seg.nii.gz", folder / "example_ct_sm.nii.gz"
+    code, out, _ = run_cli(capsys, "boxes", seg, "--image", ct, "--format", "json")
     reported = {b["name"]: b for b in json.loads(out)["boxes"]}
     assert code == 0
     for name, row in rows.items():

@@ -1,5 +1,5 @@
-"""Which organs predict reports: the validated score threshold (issue 22, point 2), --organs, and the warning /
-refusal for scans unlike the training scans (an MR into a CT model, point 6)."""
+"""Which organs predict reports: the validated score threshold (issue 22, point 2), --organs, and the
+warning / refusal for scans unlike the training scans (an MR into a CT model, point 6)."""
 
 from __future__ import annotations
 
