@@ -197,14 +197,14 @@ def _table(report: dict, *, to_text: bool) -> str:
     has_hu = any("mean_hu" in row for row in report["boxes"])
     columns = [Column("id", "right"), Column("organ"), Column("voxels", "right"), Column("ml", "right")]
     columns += [Column("mean HU", "right")] if has_hu else []
-    columns += [Column("LPS mm min / max", "right"), Column("voxel box i, j, k [min, max)", "right")]
+    columns += [Column("LPS mm min / max", "right"), Column("voxel box i, j, k", "right")]
     rows = []
     for row in report["boxes"]:
         v, mm = [int(x) for x in row["box_voxel"]], row["box_mm"]
         cells = [str(row["label_id"]), row["name"], f"{row['voxels']:,}", f"{row['volume_ml']:.1f}"]
         cells += [f"{row['mean_hu']:.0f}"] if has_hu else []
         cells.append(", ".join(f"{x:.1f}" for x in mm[:3]) + "\n" + ", ".join(f"{x:.1f}" for x in mm[3:]))
-        cells.append(f"{v[0]}, {v[1]}, {v[2]}\n{v[3]}, {v[4]}, {v[5]}")
+        cells.append(f"[{v[0]}, {v[1]}, {v[2]}] - [{v[3]}, {v[4]}, {v[5]})")
         rows.append(cells)
     console = (
         Console(file=io.StringIO(), width=160, no_color=True, force_terminal=False) if to_text else Console()
