@@ -39,8 +39,8 @@ def main() -> None:
         "900",
     ]
     env = {**os.environ, "COLUMNS": "80", "FORCE_COLOR": "1"}
-    proc = subprocess.run([sys.executable, "-c", CLI, *map(str, command)], capture_output=True, text=True, env=env,
-                          check=True)  # fmt: skip
+    run = [sys.executable, "-c", CLI, *map(str, command)]
+    proc = subprocess.run(run, capture_output=True, text=True, env=env, check=True)
     console = Console(record=True, width=80, file=io.StringIO(), force_terminal=True)
     console.print(Text.from_ansi(proc.stdout), end="")
     args.svg.parent.mkdir(parents=True, exist_ok=True)
