@@ -24,6 +24,7 @@ from organdetr.inference.predictor import Predictor
 from organdetr.inference.scan_checks import scan_mismatches
 from organdetr.io.images import write_image
 from organdetr.preprocessing.cache import write_case
+from organdetr.preprocessing.intensity import intensity_percentiles
 from organdetr.preprocessing.plans import PreprocessConfig, make_plans
 from organdetr.preprocessing.resampling import preprocess_volume
 from organdetr.runtime.atomic import write_json
@@ -128,6 +129,9 @@ def test_fit_stores_the_threshold_and_predict_uses_it(tmp_path):
         stored = json.loads((run / name / "state.json").read_text())["score_threshold"]
         assert 0.0 <= stored["score"] <= 1.0 and stored["scans"] == 1 and stored["pairs"] == 4
     assert Predictor.from_checkpoint(run, "cpu").stored_score_threshold == stored
+    reference = json.loads((run / "best" / "plans.json").read_text())["intensity"]  # the training scans'
+    train_scan = intensity_percentiles(phantom(32, 0)[0])  # case_000, the one training case
+    assert reference == {"cases": 1, **{k: [v, v] for k, v in train_scan.items()}}
 
 
 @pytest.fixture(scope="module")
@@ -202,7 +206,27 @@ def test_mr_into_a_ct_model_is_warned_about(tmp_path, checkpoint, shared_data, c
     plans = make_plans(PreprocessConfig(input_size=GRID), CLASSES)
     from organdetr.io.images import read_image
 
-    assert scan_mismatches(ct, read_image(ct).array, plans) == []  # the real CT passes
+    assert scan_mismatches(ct, intensity_percentiles(read_image(ct).array), plans) == []  # the real CT passes
+
+
+def test_intensities_against_the_training_scans_range():
+    """A model that stores its training scans' percentiles judges a scan against them (300 HU margin)."""
+    plans = make_plans(PreprocessConfig(input_size=GRID), CLASSES)
+    plans["intensity"] = {
+        "p1": [-1024.0, -950.0],
+        "p50": [-700.0, -100.0],
+        "p99": [250.0, 900.0],
+        "cases": 12,
+    }
+    like = {"p1": -1000.0, "p50": -400.0, "p99": 1100.0}
+    assert scan_mismatches("scan.nii.gz", like, plans) == []
+    scaled = {"p1": 0.0, "p50": 0.2, "p99": 1.0}  # a [0, 1]-normalised image: p1 far above the training's
+    (line,) = scan_mismatches("scan.nii.gz", scaled, plans)
+    assert "unlike the training scans (p1 0 HU; training p1 -1024..-950, p99 250..900 HU over 12" in line
+    mr = {"p1": 0.0, "p50": 300.0, "p99": 3500.0}  # an MR on a 12-bit scale: both ends outside
+    assert "(p1 0, p99 3500 HU;" in scan_mismatches("scan.nii.gz", mr, plans)[0]
+    mr_plans = {**plans, "normalization": {"scheme": "per_channel"}, "channels": ["T1"]}
+    assert scan_mismatches("scan.nii.gz", scaled, mr_plans) == []  # not a CT model: nothing to say
 
 
 def test_mr_dicom_series_is_refused_for_dicom_out_and_warned_about_without(tmp_path, checkpoint, capsys):

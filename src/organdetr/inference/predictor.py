@@ -109,7 +109,7 @@ class Predictor:
         else:
             volume = read_image(scan.path, uneven_slices=uneven_slices)
             grid, record = preprocess_image(volume, self.preprocess_config)
-            record["mismatches"] = scan_mismatches(scan.path, volume.array, self.plans)  # MR into a CT model
+            record["mismatches"] = scan_mismatches(scan.path, record["intensity"], self.plans)  # MR, CT model
             warnings = [*volume.warnings, *record["mismatches"]]
         record.update({"case_id": scan.case_id, "image": str(scan.path), "warnings": warnings})
         return PreparedScan(scan, grid, record, volume if keep_volume else None)

@@ -9,16 +9,16 @@ before the model runs, exit 2; a scan whose intensities are not HU as a failed s
 * **Modality**: the DICOM ``Modality`` (0008,0060) of a series must be CT.
 * **Intensities**: the scan's 1st / 99th percentiles (HU) against those of the training scans, when the
   model stores them (``plans.json`` ``"intensity"``, written by ``train`` from the cache's case records,
-  :func:`intensity_reference`); else against what any CT in HU shows: air, lung or fat below -200 HU in at
-  least 1 % of the voxels (an MR or a normalised image has none: its lowest values sit near 0).
+  :func:`~organdetr.preprocessing.intensity.intensity_reference`); else against what any CT in HU shows:
+  air, lung or fat below -200 HU in at least 1 % of the voxels (an MR or a normalised image has none: its
+  lowest values sit near 0).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
-import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
@@ -28,30 +28,6 @@ CT_LOW_HU = -200.0
 """The 1st percentile of any CT in HU lies below this (air around the patient, lung, bowel gas, fat)."""
 REFERENCE_MARGIN_HU = 300.0
 """How far outside the training scans' range a percentile may lie before the scan is called different."""
-_SAMPLE_VOXELS = 2_000_000  # percentiles from a regular subsample of at most this many voxels
-
-
-def intensity_percentiles(array: np.ndarray) -> dict[str, float]:
-    """``{"p1", "p50", "p99"}`` of a scan's intensities (a regular subsample of large scans)."""
-    values = np.asarray(array)
-    step = max(1, int(np.ceil((values.size / _SAMPLE_VOXELS) ** (1 / 3)))) if values.ndim == 3 else 1
-    sample = values[::step, ::step, ::step] if values.ndim == 3 else values
-    p1, p50, p99 = np.percentile(sample.astype(np.float32, copy=False), (1.0, 50.0, 99.0))
-    return {"p1": round(float(p1), 2), "p50": round(float(p50), 2), "p99": round(float(p99), 2)}
-
-
-def intensity_reference(records: Iterable[Mapping]) -> dict | None:
-    """``plans.json`` ``"intensity"`` from case records holding ``"intensity"`` (their percentiles):
-    ``{"p1": [min, max], "p50": [...], "p99": [...], "cases": n}`` over the cases; ``None`` without any."""
-    found = [r["intensity"] for r in records if isinstance(r.get("intensity"), Mapping)]
-    if not found:
-        return None
-    reference: dict = {"cases": len(found)}
-    for key in ("p1", "p50", "p99"):
-        values = [float(f[key]) for f in found if key in f]
-        if values:
-            reference[key] = [min(values), max(values)]
-    return reference
 
 
 def is_hu_model(plans: Mapping) -> bool:
@@ -77,9 +53,10 @@ def dicom_modality(path: str | Path) -> str | None:
     return None
 
 
-def scan_mismatches(path: str | Path, array: np.ndarray, plans: Mapping) -> list[str]:
-    """One line per way the scan at ``path`` (its intensities ``array``) differs from the training scans of
-    a HU model (module docstring); empty when it does not, or when the model is not a HU model."""
+def scan_mismatches(path: str | Path, seen: Mapping[str, float], plans: Mapping) -> list[str]:
+    """One line per way the scan at ``path`` (its intensity percentiles ``seen``, the case record's
+    ``"intensity"``: :func:`~organdetr.preprocessing.intensity.intensity_percentiles`) differs from the
+    training scans of a HU model (module docstring); empty when it does not, or for other models."""
     if not is_hu_model(plans):
         return []
     problems = []
@@ -88,7 +65,6 @@ def scan_mismatches(path: str | Path, array: np.ndarray, plans: Mapping) -> list
         problems.append(
             f"DICOM Modality is {modality}, this model was trained on CT: its boxes are not reliable"
         )
-    seen = intensity_percentiles(array)
     reference = plans.get("intensity")
     if isinstance(reference, Mapping) and "p1" in reference and "p99" in reference:
         off = [
@@ -116,8 +92,6 @@ def scan_mismatches(path: str | Path, array: np.ndarray, plans: Mapping) -> list
 __all__ = [
     "CT_LOW_HU",
     "dicom_modality",
-    "intensity_percentiles",
-    "intensity_reference",
     "is_hu_model",
     "scan_mismatches",
 ]
