@@ -220,11 +220,13 @@ def test_intensities_against_the_training_scans_range():
     }
     like = {"p1": -1000.0, "p50": -400.0, "p99": 1100.0}
     assert scan_mismatches("scan.nii.gz", like, plans) == []
+    padded = {"p1": -3024.0, "p50": -800.0, "p99": 1800.0}  # padding outside the FOV and a lot of bone: CT
+    assert scan_mismatches("scan.nii.gz", padded, plans) == []
     scaled = {"p1": 0.0, "p50": 0.2, "p99": 1.0}  # a [0, 1]-normalised image: p1 far above the training's
     (line,) = scan_mismatches("scan.nii.gz", scaled, plans)
     assert "unlike the training scans (p1 0 HU; training p1 -1024..-950, p99 250..900 HU over 12" in line
-    mr = {"p1": 0.0, "p50": 300.0, "p99": 3500.0}  # an MR on a 12-bit scale: both ends outside
-    assert "(p1 0, p99 3500 HU;" in scan_mismatches("scan.nii.gz", mr, plans)[0]
+    dark = {"p1": -1024.0, "p50": -1000.0, "p99": -600.0}  # nothing brighter than lung: a wrong rescale
+    assert "(p99 -600 HU;" in scan_mismatches("scan.nii.gz", dark, plans)[0]
     mr_plans = {**plans, "normalization": {"scheme": "per_channel"}, "channels": ["T1"]}
     assert scan_mismatches("scan.nii.gz", scaled, mr_plans) == []  # not a CT model: nothing to say
 

@@ -7,7 +7,9 @@ prediction JSON and on the console (and with ``--dicom-out`` refuses: a DICOM se
 before the model runs, exit 2; a scan whose intensities are not HU as a failed scan, no SEG / SR written).
 
 * **Modality**: the DICOM ``Modality`` (0008,0060) of a series must be CT.
-* **Intensities**: the scan's 1st / 99th percentiles (HU) against those of the training scans, when the
+* **Intensities**: the scan's 1st / 99th percentiles (HU) against those of the training scans (its 1st
+  percentile more than 300 HU above theirs, or its 99th more than 300 HU below: lower dark ends, from
+  padding at -2048 / -3024 HU, and brighter ends, from metal or bone, are CT as well), when the
   model stores them (``plans.json`` ``"intensity"``, written by ``train`` from the cache's case records,
   :func:`~organdetr.preprocessing.intensity.intensity_reference`); else against what any CT in HU shows:
   air, lung or fat below -200 HU in at least 1 % of the voxels (an MR or a normalised image has none: its
@@ -67,13 +69,10 @@ def scan_mismatches(path: str | Path, seen: Mapping[str, float], plans: Mapping)
         )
     reference = plans.get("intensity")
     if isinstance(reference, Mapping) and "p1" in reference and "p99" in reference:
-        off = [
-            f"{key} {seen[key]:.0f}"
-            for key in ("p1", "p99")
-            if not reference[key][0] - REFERENCE_MARGIN_HU
-            <= seen[key]
-            <= reference[key][1] + REFERENCE_MARGIN_HU
-        ]
+        # only the directions a CT in HU never goes: a dark end above the training scans' (no air: MR, a
+        # normalised image), a bright end below theirs; padding (-2048, -3024) and metal or bone are CT
+        off = [f"p1 {seen['p1']:.0f}"] if seen["p1"] > reference["p1"][1] + REFERENCE_MARGIN_HU else []
+        off += [f"p99 {seen['p99']:.0f}"] if seen["p99"] < reference["p99"][0] - REFERENCE_MARGIN_HU else []
         if off:
             ranges = ", ".join(f"{k} {reference[k][0]:.0f}..{reference[k][1]:.0f}" for k in ("p1", "p99"))
             problems.append(
