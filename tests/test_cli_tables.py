@@ -21,10 +21,12 @@ ORGANDETR = [
 
 def _piped(*args, columns: str | None = "80") -> str:
     """``organdetr ARGS`` with stdout piped (not a terminal), ``COLUMNS`` set or unset."""
-    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"} | {"PYTHONIOENCODING": "utf-8"}
     if columns is not None:
         env["COLUMNS"] = columns
-    proc = subprocess.run([*ORGANDETR, *map(str, args)], capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [*ORGANDETR, *map(str, args)], capture_output=True, encoding="utf-8", env=env, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
