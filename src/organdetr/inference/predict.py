@@ -340,6 +340,8 @@ def predict_scans(
         dicom_out=dicom_out,
         outputs=outputs,
     )
+    if statistics:  # the run's cohort table is a run-level file too
+        names = OutputNames(names.case_endings, (*names.run_files, "statistics.csv"))
     scans = plan_outputs(_scans_to_predict(predictor, inputs), out_dir, names)
     if dicom_out or (outputs is not None and outputs.dicom_objects):
         _check_dicom_inputs(scans)
