@@ -105,7 +105,9 @@ def test_predict_refuses_a_dicom_series_with_a_missing_slice_unless_asked(tmp_pa
 
     geometry = Geometry((24, 20, 8), (1.5, 1.5, 3.0), (-20.0, -10.0, -50.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
     folder = tmp_path / "series"
-    write_dicom_series(folder, np.full(geometry.size, 40, np.int16), geometry)
+    hu = np.full(geometry.size, -1000, np.int16)  # air around a soft-tissue block: a CT in HU
+    hu[4:20, 4:16, :] = 40
+    write_dicom_series(folder, hu, geometry)
     break_dicom_series(folder, "gap")
     code, _, err = run_cli(capsys, "predict", checkpoint, folder, "-o", tmp_path / "pred", "--no-overlay")
     assert code == 1 and f"{folder}: DICOM series is not a regular grid (1 slice(s) missing" in flat(err)
@@ -118,6 +120,8 @@ def test_predict_refuses_a_dicom_series_with_a_missing_slice_unless_asked(tmp_pa
         tmp_path / "pred",
         "--no-overlay",
         "--resample-uneven-slices",
+        "--score-threshold",  # no warning about the random model's missing validated threshold
+        "0",
     ]
     code, _, err = run_cli(capsys, *args)
     assert code == 0, err

@@ -228,3 +228,54 @@ def test_viewer_of_a_real_ct_in_chromium(browser, tmp_path, shared_data):
     assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
     assert len(browser.find_elements(By.CSS_SELECTOR, "tr.organ-row")) == len(keep)
     assert browser.find_element(By.ID, "slice-sagittal").text.endswith("/ 121")
+
+
+def test_thin_series_has_markers_readable_views_and_separate_names(browser, tmp_path):
+    """A 20-slice series (2 mm) of four organs through every slice: the coronal and sagittal views are at
+    least 190 px tall (stretched, and say so), each view has its R/L/A/P/S/I markers on the right edges,
+    and every organ name lies inside its view, clear of the other names and of the markers."""
+    geometry = Geometry((200, 180, 20), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    labels = np.zeros(geometry.size, np.uint8)
+    names = {1: "spleen", 2: "kidney_right", 3: "kidney_left", 5: "liver"}
+    for n, label_id in enumerate(names):  # side by side, all from the first slice to the last
+        labels[20 + 40 * n : 50 + 40 * n, 30 + 10 * n : 120, :] = label_id
+    volume = Volume(np.where(labels > 0, 60, -100).astype(np.int16), geometry)
+    boxes = boxes_from_labels(labels, geometry, names)
+    detections = [
+        {"label": b.name, "label_id": b.label_id, "score": 0.9, "box_mm": b.box_mm.tolist()} for b in boxes
+    ]
+    viewer = RunViewer(title="thin series")
+    viewer.add({"case_id": "thin", "image": "thin.nii.gz", "detections": detections}, volume)
+    browser.get(viewer.write(tmp_path / "viewer.html").as_uri())
+    _wait_ready(browser)
+    layout = browser.execute_script("return window.viewerState.layout")
+    expected = {
+        "axial": {"left": "R", "right": "L", "top": "A", "bottom": "P"},
+        "coronal": {"left": "R", "right": "L", "top": "S", "bottom": "I"},
+        "sagittal": {"left": "A", "right": "P", "top": "S", "bottom": "I"},
+    }
+    for view, markers in expected.items():
+        shown = layout[view]
+        assert shown["markers"] == markers and len(shown["markerRects"]) == 4
+        rects = shown["labels"] + shown["markerRects"]
+        for r in rects:  # inside the canvas: nothing clipped at an edge
+            assert r["x"] >= 0 and r["y"] >= 0, (view, r)
+            assert r["x"] + r["w"] <= shown["width"] + 0.5 and r["y"] + r["h"] <= shown["height"] + 0.5, (
+                view,
+                r,
+            )
+        for n, a in enumerate(rects):
+            for b in rects[n + 1 :]:
+                apart = (a["x"] + a["w"] <= b["x"] or b["x"] + b["w"] <= a["x"] or a["y"] + a["h"] <= b["y"]
+                         or b["y"] + b["h"] <= a["y"])  # fmt: skip
+                assert apart, (view, a, b)
+    assert sorted(r["name"] for r in layout["coronal"]["labels"]) == sorted(names.values())
+    assert sorted(r["name"] for r in layout["axial"]["labels"]) == sorted(names.values())
+    # 40 mm of slices beside 200 mm (coronal) and 180 mm (sagittal): physically 76 and 84 px tall, shown 190
+    for view, physical in (("coronal", round(40 / 200 * 380)), ("sagittal", round(40 / 180 * 380))):
+        assert layout[view]["height"] == 190 and layout[view]["stretch"] == pytest.approx(190 / physical)
+        assert "vertical \u00d7" in browser.find_element("id", f"name-{view}").text
+    assert (
+        layout["axial"]["stretch"] == 1 and layout["axial"]["height"] == 342
+    )  # 180 / 200 * 380, true aspect
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []

@@ -186,6 +186,8 @@ def test_box_segmentation_keeps_overlapping_boxes_whole(tmp_path):
         mask = slicerio.segment_mask(
             segmentation, slicerio.segment_from_name(segmentation, f"{det['label']} box")
         )
+        segment = slicerio.segment_from_name(segmentation, f"{det['label']} box")
+        assert segment["tags"]["organdetr.score"] == f"{det['score']:.4f}"  # the score travels with it
         box = np.asarray(det["box_voxel"]).astype(int)
         expected = np.zeros(GEOMETRY.size, bool)
         expected[box[0] : box[3], box[1] : box[4], box[2] : box[5]] = True
@@ -200,4 +202,7 @@ def test_write_slicer_files_per_scan(tmp_path):
     assert [p.name for p in written] == ["scan1_boxes.mrk.json", "scan1.seg.nrrd"]
     segmentation = slicerio.read_segmentation(str(written[1]))
     assert sorted(slicerio.segment_names(segmentation)) == ["kidney_left", "liver", "spleen"]
+    for det in prediction["detections"]:
+        segment = slicerio.segment_from_name(segmentation, det["label"])
+        assert segment["tags"]["organdetr.score"] == f"{det['score']:.4f}"
     assert not list(tmp_path.glob(".*tmp*"))  # atomic writes leave no temporary files

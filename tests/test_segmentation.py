@@ -135,3 +135,18 @@ def test_predict_writes_the_label_map_of_a_segmenting_model(tmp_path, overrides)
     prediction = json.loads((tmp_path / "out" / "scan.json").read_text())
     assert prediction["segmentation"] == "scan_seg.nii.gz"
     assert all(d["label_id"] in classes for d in prediction["detections"])
+    # --organs liver --statistics: the label map keeps only the liver, its statistics come from the mask
+    result = CliRunner().invoke(
+        app,
+        ["predict", str(run), str(scan), "-o", str(tmp_path / "liver"), "--no-overlay", "--organs", "liver",
+         "--statistics", "--score-threshold", "0"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    liver_seg = read_label_map(tmp_path / "liver" / "scan_seg.nii.gz").array
+    assert set(np.unique(liver_seg).tolist()) <= {0, 1}
+    np.testing.assert_array_equal(liver_seg == 1, seg.array == 1)
+    stats = json.loads((tmp_path / "liver" / "scan.json").read_text())["statistics"]
+    assert [r["organ"] for r in stats] == ["liver"]  # the random model (seed 0) segments some liver
+    for row in stats:
+        assert row["volume_from"] == "mask" and row["voxels"] == int((liver_seg == 1).sum())
+        assert row["volume_ml"] == pytest.approx(row["voxels"] * 1.5 * 1.2 * 3.0 / 1000, abs=1e-3)

@@ -40,6 +40,7 @@ def boxes(
     fmt: BoxFormat | None = typer.Option(
         None, "--format", help="table | json | csv (default: from the -o suffix, else table)."
     ),
+    json_out: bool = typer.Option(False, "--json", help="Machine-readable JSON on stdout (= --format json)."),
     output: Path | None = typer.Option(None, "-o", "--output", help="Write to FILE instead of stdout."),
 ) -> None:
     """Print or export one box per organ of a label map: voxel box [min, max), LPS mm box, voxel count.
@@ -51,7 +52,7 @@ def boxes(
     from organdetr.io.images import read_image, read_label_map
     from organdetr.runtime.outputs import check_output_file
 
-    fmt = fmt or _format_from_suffix(output)
+    fmt = BoxFormat.json if json_out else fmt or _format_from_suffix(output)
     if output is not None:
         check_output_file(output)
     labels = read_label_map(scan_label)
@@ -182,45 +183,40 @@ def _csv(rows: list[dict]) -> str:
 
 
 def _table(report: dict, *, to_text: bool) -> str:
-    """Rich table on stdout (returns ""), or as plain text when writing to a file."""
+    """Rich table on stdout (returns ""), or as plain text when writing to a file. It fits the console
+    (80 columns when piped): columns that do not fit are left out and named, never squeezed to nothing."""
     import io
 
     from rich.console import Console
-    from rich.table import Table
+
+    from organdetr.runtime.tables import Column, fitted_table
 
     geometry = report["geometry"]
     size = "x".join(str(s) for s in geometry["size"])
     spacing = " x ".join(f"{s:g}" for s in geometry["spacing"])
-    table = Table(
-        title=f"{Path(report['file']).name}: {len(report['boxes'])} organs",
-        caption=f"grid {size} voxels, {spacing} mm, {report['orientation']}; voxel boxes [min, max), "
-        "mm = LPS world, voxel edges",
-    )
     has_hu = any("mean_hu" in row for row in report["boxes"])
-    for name, justify in [("id", "right"), ("organ", "left"), ("voxels", "right"), ("ml", "right")]:
-        table.add_column(name, justify=justify)
-    table.add_column("voxel box  i, j, k", no_wrap=True)
-    table.add_column("LPS mm  min", justify="right", no_wrap=True)
-    table.add_column("LPS mm  max", justify="right", no_wrap=True)
-    if has_hu:
-        table.add_column("mean HU", justify="right")
+    columns = [Column("id", "right"), Column("organ"), Column("voxels", "right"), Column("ml", "right")]
+    columns += [Column("mean HU", "right")] if has_hu else []
+    columns += [Column("LPS mm min / max", "right"), Column("voxel box i, j, k", "right")]
+    rows = []
     for row in report["boxes"]:
         v, mm = [int(x) for x in row["box_voxel"]], row["box_mm"]
-        cells = [
-            str(row["label_id"]),
-            row["name"],
-            f"{row['voxels']:,}",
-            f"{row['volume_ml']:.1f}",
-            f"[{v[0]}, {v[1]}, {v[2]}] - [{v[3]}, {v[4]}, {v[5]})",
-            ", ".join(f"{x:7.1f}" for x in mm[:3]),
-            ", ".join(f"{x:7.1f}" for x in mm[3:]),
-        ]
-        if has_hu:
-            cells.append(f"{row['mean_hu']:.0f}")
-        table.add_row(*cells)
-    if to_text:
-        buffer = io.StringIO()
-        Console(file=buffer, width=160, no_color=True, force_terminal=False).print(table)
-        return buffer.getvalue()
-    Console().print(table)
-    return ""
+        cells = [str(row["label_id"]), row["name"], f"{row['voxels']:,}", f"{row['volume_ml']:.1f}"]
+        cells += [f"{row['mean_hu']:.0f}"] if has_hu else []
+        cells.append(", ".join(f"{x:.1f}" for x in mm[:3]) + "\n" + ", ".join(f"{x:.1f}" for x in mm[3:]))
+        cells.append(f"[{v[0]}, {v[1]}, {v[2]}] - [{v[3]}, {v[4]}, {v[5]})")
+        rows.append(cells)
+    console = (
+        Console(file=io.StringIO(), width=160, no_color=True, force_terminal=False) if to_text else Console()
+    )
+    table = fitted_table(
+        f"{Path(report['file']).name}: {len(report['boxes'])} organs",
+        columns,
+        rows,
+        console.width,
+        keep=2,
+        caption=f"grid {size} voxels, {spacing} mm, {report['orientation']}; mm = LPS world, voxel edges",
+        elsewhere="--json or --format csv has them",
+    )
+    console.print(table)
+    return console.file.getvalue() if to_text else ""

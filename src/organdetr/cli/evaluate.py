@@ -47,6 +47,9 @@ def evaluate(
         2.0, "--nsd-tolerance", min=0.0, help="--seg: NSD tolerance in mm (surface voxels within it count)."
     ),
     workers: int = typer.Option(1, "--workers", min=1, help="--seg: processes scoring cases in parallel."),
+    json_out: bool = typer.Option(
+        False, "--json", help="Print the metrics JSON on stdout instead of the table (messages go to stderr)."
+    ),
 ) -> None:
     """Score predictions against ground-truth organ boxes (LPS mm): mAP@.50:.95, AP50, AP75, mAR, per organ,
     nnDetection mAP@.10:.50, centre and face errors in mm; with --seg, label maps against label maps. With
@@ -61,8 +64,13 @@ def evaluate(
     """
     from rich.console import Console
 
+    console = Console(stderr=json_out)
     if seg:
-        _evaluate_label_maps(pred_dir, gt, output, split.value, nsd_tolerance, workers, Console())
+        paths = _evaluate_label_maps(
+            pred_dir, gt, output, split.value, nsd_tolerance, workers, console, json_out
+        )
+        if json_out:
+            typer.echo(paths[0].read_text(encoding="utf-8"), nl=False)
         return
 
     from organdetr.evaluation import evaluate_detections
@@ -71,7 +79,6 @@ def evaluate(
     from organdetr.runtime.atomic import remove_dead_temps, staged_writes
     from organdetr.runtime.outputs import check_output_folder
 
-    console = Console()
     out_dir = check_output_folder(output or pred_dir / "evaluation", "report folder")
     truth = load_ground_truth(gt, split=split.value)
     preds = load_predictions(pred_dir, truth.classes, truth.class_ids)
@@ -99,7 +106,8 @@ def evaluate(
         mode=mode.value,
         case_ids=truth.case_ids,
     )
-    print_table(result, console)
+    if not json_out:
+        print_table(result, console)
     remove_dead_temps(out_dir)  # what a killed evaluate left
     with staged_writes():  # the whole report or none of it (a full disk)
         paths = write_report(
@@ -115,6 +123,8 @@ def evaluate(
         if truth.case_classes:
             paths += _classification_report(truth, preds, out_dir, console, pred_dir)
     console.print(f"wrote {', '.join(p.name for p in paths)} to {out_dir}")
+    if json_out:
+        typer.echo(paths[0].read_text(encoding="utf-8"), nl=False)  # metrics.json
 
 
 def _classification_report(truth, preds, out_dir: Path, console, pred_dir: Path) -> list[Path]:
@@ -157,8 +167,15 @@ def _short(items: list[str], limit: int = 10) -> str:
 
 
 def _evaluate_label_maps(
-    pred_dir: Path, gt: Path, output: Path | None, split: str, tolerance: float, workers: int, console
-) -> None:
+    pred_dir: Path,
+    gt: Path,
+    output: Path | None,
+    split: str,
+    tolerance: float,
+    workers: int,
+    console,
+    json_out: bool = False,
+) -> list[Path]:
     """``evaluate --seg``: Dice / NSD / HD95 of label maps, table and report files."""
     import itertools
 
@@ -192,7 +209,8 @@ def _evaluate_label_maps(
         workers=workers,
         progress=True,
     )
-    print_seg_table(result, console)
+    if not json_out:
+        print_seg_table(result, console)
     remove_dead_temps(out_dir)  # what a killed evaluate left
     with staged_writes():  # the whole report or none of it (a full disk)
         paths = write_seg_report(
@@ -206,3 +224,4 @@ def _evaluate_label_maps(
             },
         )
     console.print(f"wrote {', '.join(p.name for p in paths)} to {out_dir}")
+    return paths

@@ -37,11 +37,33 @@ def predict(
         ),
     ] = None,
     score_threshold: Annotated[
-        float,
+        float | None,
         typer.Option(
-            help="Drop detections below this score, in [0, 1]. 0 keeps the best query of every organ (paper)."
+            "--score-threshold",
+            "--min-score",
+            help="Drop detections below this score, in [0, 1] (0 keeps the best query of every organ, as the "
+            "paper evaluates). Default: the threshold training chose on the validation scans (best F1 of "
+            "organ presence, stored with the checkpoint); 0 for runs trained before it was stored.",
+            show_default=False,
         ),
-    ] = 0.0,
+    ] = None,
+    organs: Annotated[
+        str | None,
+        typer.Option(
+            metavar="NAMES",
+            help="Only these organs (comma-separated, e.g. liver,spleen) in every output.",
+            show_default=False,
+        ),
+    ] = None,
+    statistics: Annotated[
+        bool,
+        typer.Option(
+            "--statistics",
+            help="Also write OUT/statistics.csv (one row per organ and scan: volume in ml from the mask or "
+            "the box, mean/median/p5/p95 HU inside, box size and centre in mm, cut by the field of view) and "
+            "the same rows under 'statistics' in each JSON.",
+        ),
+    ] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Scans per forward pass.")] = 1,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N (bf16 autocast on GPU).")] = "auto",
     amp: Annotated[
@@ -175,11 +197,12 @@ def predict(
     from organdetr.cli import _ensemble
     from organdetr.formats.run_outputs import RunOutputs
     from organdetr.inference.predict import predict_scans
+    from organdetr.inference.selection import parse_organs, resolve_score_threshold
     from organdetr.io.discovery import find_scans, group_channels
     from organdetr.runtime.errors import InputError
     from organdetr.runtime.outputs import check_output_folder
 
-    if not (math.isfinite(score_threshold) and 0.0 <= score_threshold <= 1.0):
+    if score_threshold is not None and not (math.isfinite(score_threshold) and 0.0 <= score_threshold <= 1.0):
         raise typer.BadParameter(
             f"must be a number in [0, 1], got {score_threshold}", param_hint="--score-threshold"
         )
@@ -233,12 +256,15 @@ def predict(
     )
     scans = find_scans(inputs)
     predictor = _ensemble.load_predictor(runs, tta, tta_axes, device, amp)
+    parse_organs(organs, predictor.classes)  # an unknown organ: one line listing the valid ones, exit 2
     if predictor.in_channels > 1:  # nnU-Net channel files <case>_0000 .. side by side make one scan
         scans = group_channels(scans, predictor.in_channels)
     typer.echo(
         f"{len(scans)} scan(s), {len(predictor.classes)} organ classes, model grid "
         f"{'x'.join(str(s) for s in predictor.preprocess_config.input_size)}, device {predictor.device}"
     )
+    threshold = resolve_score_threshold(score_threshold, predictor.stored_score_threshold)
+    typer.echo(f"{'warning: ' if threshold.warning else ''}organs kept: {threshold.detail}")
     summary = predict_scans(
         predictor,
         scans,
@@ -251,8 +277,12 @@ def predict(
         dicom_out=dicom_out,
         progress=progress,
         outputs=outputs,
+        organs=organs,
+        statistics=statistics,
     )
     typer.echo(f"predicted {len(summary.done)} of {len(scans)} scan(s) -> {out}")
+    if statistics and summary.done:
+        typer.echo(f"organ statistics of the run -> {out / 'statistics.csv'}")
     if predictor.amp_choice is not None:
         typer.echo(f"precision: {predictor.amp_choice.describe()}")
     exit_if_failed(summary.failed, "scan(s)")

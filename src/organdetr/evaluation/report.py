@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
-from rich.table import Table
 
 from organdetr.evaluation.coco import EvaluationResult
 from organdetr.runtime.atomic import write_figure, write_json, write_text
+from organdetr.runtime.tables import Column, fitted_table
 
 COLUMNS = [
     ("num_gt", "GT"), ("num_det", "det"), ("AP", "AP"), ("AP50", "AP50"), ("AP75", "AP75"), ("AR", "AR"),
@@ -80,13 +80,18 @@ def print_rows(
     """Print ``body`` (``[(organ, {key: value})]``, a ``mean`` row last) as a rich table titled ``title``;
     ``columns``: ``[(key, header)]``, values formatted by key (``num_*`` ints, ``*_mm`` 0.1)."""
     console = console or Console()
-    table = Table(title=title, title_justify="left")
-    table.add_column("organ")
-    for _, header in columns:
-        table.add_column(header, justify="right")
-    for i, (name, values) in enumerate(body):
-        table.add_row(name, *(_fmt(k, values.get(k)) for k, _ in columns), end_section=i == len(body) - 2)
-    console.print(table)
+    table_columns = [Column("organ"), *(Column(header, "right") for _, header in columns)]
+    cells = [[name, *(_fmt(k, values.get(k)) for k, _ in columns)] for name, values in body]
+    console.print(
+        fitted_table(
+            title,
+            table_columns,
+            cells,
+            console.width,
+            elsewhere="a wider terminal, --json or the report files have them",
+            end_sections=[len(body) - 2],
+        )
+    )
 
 
 def markdown_rows(title: str, columns: list[tuple[str, str]], body: list[tuple[str, dict]]) -> str:

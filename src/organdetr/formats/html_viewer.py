@@ -9,12 +9,16 @@ What the page shows, per scan (a selector switches scans):
 
 * axial, coronal and sagittal views in canonical LPS orientation, radiological convention as in the
   PNG overlays (patient right on the image's left; anterior up in the axial view, superior up in the
-  others), pixels at their physical aspect ratio; a slice slider per view (also mouse wheel / arrow keys),
-  a click in one view moves the other two to that point;
+  others), pixels at their physical aspect ratio, except that a view is at least 190 px tall (a 20-slice
+  series would be a thin strip: it is stretched and its title says by how much); R / L, A / P, S / I markers
+  at the edges of every view; a slice slider per view (also mouse wheel / arrow keys), a click in one view
+  moves the other two to that point;
 * every organ box, in the organ's colour (:func:`organdetr.core.colours.label_colour`): solid where the
 slice
   cuts the box, dotted where the box lies beyond the slice; ground truth white dashed where given; mask
-  outlines when the model segments (``seg``: label ids ``[I, J, K]`` on the scan grid);
+  outlines when the model segments (``seg``: label ids ``[I, J, K]`` on the scan grid); organ names beside
+  their boxes, inside the view and never over each other or a marker (a name with no free spot is left out;
+  the table has it);
 * a table of organs: score, box size and volume, mask volume (segmenting models), box centre in LPS mm;
   a checkbox per organ toggles it, a click on a row moves the views to the organ, a score filter hides
   unlikely organs.

@@ -42,7 +42,7 @@ def predict_dicomweb(
     series: RemoteSeries,
     out_dir: str | Path,
     *,
-    score_threshold: float = 0.0,
+    score_threshold: float | None = None,
     overlay: bool = True,
     progress: bool = True,
     formats: Sequence[str] = (),

@@ -16,6 +16,13 @@ Outputs in ``OUT/`` (schema in docs/conventions.md, "Predictions")::
     <case>_seg.dcm         DICOM SEG of the organ masks, <case>_sr.dcm DICOM SR (TID 1500)
                            of the boxes, for DICOM input                                   (dicom_out=True)
     <case>_rtstruct.dcm    RT Structure Set, for DICOM input                     (outputs: --format rtstruct)
+    statistics.csv         per organ and scan: volume, intensities, box, cut by the field of view
+                           (one cohort table; each JSON has its rows under "statistics")   (statistics=True)
+
+Which organs: those scoring at least the run's threshold (by default the one training chose on the
+validation scans, :mod:`organdetr.inference.selection`; the JSON's ``"score_threshold"`` says which),
+only ``organs`` when given. A scan unlike the training scans (an MR into a CT model) is said so under
+``warnings`` (:mod:`organdetr.inference.scan_checks`); with ``dicom_out`` it fails instead.
 
 A segmenting model (one whose detector has ``segment``: ``seg2box``, MaskMed, ...) also writes its label map
 (label ids of the dataset, nearest-neighbour back from the model grid); its boxes come from the masks. With
@@ -34,7 +41,7 @@ stops the batch. Output names are planned before the first scan (:mod:`organdetr
 
 from __future__ import annotations
 
-import math
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +52,7 @@ from tqdm.auto import tqdm
 from organdetr.core.boxes.raster import box_mask
 from organdetr.core.geometry import Geometry
 from organdetr.core.volume import Volume, grid_labels_to_original
+from organdetr.evaluation.organ_statistics import organ_statistics, write_statistics_csv
 from organdetr.formats.dicom_out import write_dicom_outputs
 from organdetr.formats.dicom_source import check_dicom_source
 from organdetr.formats.optional import require
@@ -52,6 +60,7 @@ from organdetr.formats.run_outputs import RunOutputs
 from organdetr.inference.output_names import OutputNames, plan_outputs
 from organdetr.inference.overlay import render_overlay
 from organdetr.inference.predictor import Predictor, PreparedScan
+from organdetr.inference.selection import ScoreThreshold, parse_organs, resolve_score_threshold, select_organs
 from organdetr.io.discovery import ScanInput, find_scans, group_channels
 from organdetr.io.images import UnevenSlices, read_image, write_image
 from organdetr.runtime.atomic import remove_dead_temps, write_json
@@ -139,20 +148,23 @@ class _RunSettings:
     """What every scan of one :func:`predict_scans` run is predicted and written with."""
 
     out_dir: Path
-    score_threshold: float
+    threshold: ScoreThreshold
     overlay: bool
     save_box_mask: bool
     uneven_slices: UnevenSlices
     dicom_out: bool
     outputs: RunOutputs | None
+    organs: frozenset[str] | None = None  # None: every organ
+    statistics: list[dict] | None = None  # the run's statistics rows (None: not asked for)
 
     @property
     def needs_volume(self) -> bool:
-        """Whether a scan's outputs need the original scan (picture, box mask, DICOM, viewer)."""
+        """Whether a scan's outputs need the original scan (picture, box mask, DICOM, viewer, statistics)."""
         return (
             self.overlay
             or self.save_box_mask
             or self.dicom_out
+            or self.statistics is not None
             or (self.outputs is not None and self.outputs.needs_volume)
         )
 
@@ -162,11 +174,9 @@ def _failure(scan: ScanInput, err: BaseException) -> tuple[str, str]:
     return str(scan.path), one_line(err, with_type=True, limit=300)
 
 
-def _check_settings(batch_size: int, score_threshold: float) -> None:
+def _check_settings(batch_size: int) -> None:
     if batch_size < 1:
         raise InputError(None, f"--batch-size must be >= 1, got {batch_size}")
-    if not (math.isfinite(score_threshold) and 0.0 <= score_threshold <= 1.0):
-        raise InputError(None, f"--score-threshold must be a number in [0, 1], got {score_threshold}")
 
 
 def _scans_to_predict(
@@ -239,8 +249,22 @@ def _write_scan(
     settings: _RunSettings,
 ) -> None:
     """One scan's model outputs -> its prediction JSON and the other files of the run's settings."""
-    prediction = predictor.to_prediction(prepared, result, settings.score_threshold, prob)
+    mismatches = prepared.record.get("mismatches") or []
+    if settings.dicom_out and mismatches:  # no DICOM objects for the PACS from a scan unlike the training's
+        raise InputError(prepared.scan.path, f"refused for --dicom-out: {mismatches[0]}")
+    for line in mismatches:
+        tqdm.write(f"warning: {prepared.scan.path}: {line}", file=sys.stderr)
+    prediction = predictor.to_prediction(prepared, result, settings.threshold.score, prob)
+    prediction["score_threshold"] = settings.threshold.to_json()
+    if settings.threshold.warning:
+        prediction["warnings"].append(settings.threshold.warning)
     seg_original = None if seg is None else grid_labels_to_original(seg, prepared.record)
+    prediction, seg_original = select_organs(prediction, seg_original, settings.organs, predictor.classes)
+    if settings.statistics is not None:
+        volume = prepared.volume or read_image(prediction["image"], uneven_slices=settings.uneven_slices)
+        prepared.volume = volume
+        prediction["statistics"] = organ_statistics(prediction, volume.array, seg_original)
+        settings.statistics.extend({"case_id": prediction["case_id"], **r} for r in prediction["statistics"])
     write_outputs(
         prediction,
         settings.out_dir,
@@ -278,18 +302,25 @@ def predict_scans(
     out_dir: str | Path,
     *,
     batch_size: int = 1,
-    score_threshold: float = 0.0,
+    score_threshold: float | None = None,
     overlay: bool = True,
     save_box_mask: bool = False,
     uneven_slices: UnevenSlices = "refuse",
     dicom_out: bool = False,
     progress: bool = True,
     outputs: RunOutputs | None = None,
+    organs: str | Sequence[str] | None = None,
+    statistics: bool = False,
 ) -> BatchSummary:
     """Predict every scan of ``inputs`` into ``out_dir`` (see the module docstring for the outputs).
 
-    ``score_threshold`` 0.0 keeps the best query of every organ (as the paper evaluates); raise it to
-    drop unlikely organs (a number in [0, 1]). ``uneven_slices="resample"``: see :meth:`Predictor.prepare`.
+    ``score_threshold``: keep detections scoring at least this (a number in [0, 1]; 0.0 keeps the best
+    query of every organ, as the paper evaluates); ``None``: the checkpoint's validated threshold
+    (:func:`~organdetr.inference.selection.resolve_score_threshold`). ``organs`` (names, or one
+    comma-separated string): only these organs in every output (InputError listing the model's organs
+    for an unknown name). ``statistics``: ``statistics.csv`` and each JSON's ``"statistics"``
+    (:mod:`organdetr.evaluation.organ_statistics`).
+    ``uneven_slices="resample"``: see :meth:`Predictor.prepare`.
     With ``batch_size`` 1 the original scan is kept in memory for the picture /
     box mask; with larger batches it is read again when needed, so memory holds one full scan at a time.
     ``outputs`` adds the files of other formats (3D Slicer, MONAI, nnDetection, the HTML viewer).
@@ -297,7 +328,9 @@ def predict_scans(
     ``outputs`` with ``rtstruct`` the RT Structure Set (same checks).
     Returns the case ids done and ``(input path, one-line reason)`` per scan that failed.
     """
-    _check_settings(batch_size, score_threshold)
+    _check_settings(batch_size)
+    threshold = resolve_score_threshold(score_threshold, predictor.stored_score_threshold)
+    selected = parse_organs(organs, predictor.classes)
     out_dir = Path(out_dir)
     outputs = _active_outputs(outputs, predictor)
     names = OutputNames.for_run(
@@ -307,6 +340,8 @@ def predict_scans(
         dicom_out=dicom_out,
         outputs=outputs,
     )
+    if statistics:  # the run's cohort table is a run-level file too
+        names = OutputNames(names.case_endings, (*names.run_files, "statistics.csv"))
     scans = plan_outputs(_scans_to_predict(predictor, inputs), out_dir, names)
     if dicom_out or (outputs is not None and outputs.dicom_objects):
         _check_dicom_inputs(scans)
@@ -315,12 +350,14 @@ def predict_scans(
     summary = BatchSummary()
     settings = _RunSettings(
         out_dir=out_dir,
-        score_threshold=score_threshold,
+        threshold=threshold,
         overlay=overlay,
         save_box_mask=save_box_mask,
         uneven_slices=uneven_slices,
         dicom_out=dicom_out,
         outputs=outputs,
+        organs=selected,
+        statistics=[] if statistics else None,
     )
     # a multi-channel scan keeps its display channel: the picture cannot reread it by name
     keep_volume = (batch_size == 1 or predictor.in_channels > 1) and settings.needs_volume
@@ -330,6 +367,8 @@ def predict_scans(
             _predict_batch(predictor, batch, settings, summary, bar)
     if settings.outputs is not None and summary.done:
         settings.outputs.finish()
+    if settings.statistics is not None and summary.done:
+        write_statistics_csv(out_dir / "statistics.csv", settings.statistics)
     return summary
 
 

@@ -21,6 +21,7 @@ import torch
 
 from organdetr.core.boxes.world import grid_box_to_original
 from organdetr.core.volume import Volume
+from organdetr.inference.scan_checks import scan_mismatches
 from organdetr.io.discovery import ScanInput
 from organdetr.io.images import UnevenSlices, read_image
 from organdetr.preprocessing.plans import (
@@ -37,7 +38,7 @@ from organdetr.runtime.devices import (
     measures_cpu_amp,
     resolve_device,
 )
-from organdetr.training.checkpoint import load_detector
+from organdetr.training.checkpoint import load_detector, read_state, resolve_checkpoint_dir
 
 PREDICT_MEASURE_STEPS = 1  # timed forwards per precision when predict measures (one scan's worth of waiting)
 
@@ -74,6 +75,8 @@ class Predictor:
         self.in_channels = num_channels(plans)
         self.channel_names = list(plans.get("channels") or [])
         self.case_classes = case_classes_from_plans(plans)
+        # the checkpoint's validated score threshold (state.json "score_threshold"; None: older runs)
+        self.stored_score_threshold: dict | None = None
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path, device: str = "auto", amp: str = "auto") -> Predictor:
@@ -82,6 +85,9 @@ class Predictor:
         detector, _, plans = load_detector(checkpoint, resolved)
         predictor = cls(detector, plans, resolved, amp)
         predictor.source = str(checkpoint)
+        predictor.stored_score_threshold = read_state(resolve_checkpoint_dir(checkpoint)).get(
+            "score_threshold"
+        )
         return predictor
 
     def prepare(
@@ -90,7 +96,9 @@ class Predictor:
         """Read ``scan`` and resample it onto the model grid (InputError for unreadable/bad scans).
 
         ``uneven_slices="resample"`` accepts DICOM series with uneven slice steps (interpolated; the
-        warning lands in ``record["warnings"]`` and the prediction JSON).
+        warning lands in ``record["warnings"]`` and the prediction JSON). A scan unlike the training scans
+        (an MR into a CT model, :mod:`organdetr.inference.scan_checks`) gets one line per problem there and
+        in ``record["mismatches"]``.
         """
         if self.preprocess_config.channel_norm:  # a multi-channel (or z-scored) cache: one volume per channel
             paths = list(scan.channels or (scan.path,))
@@ -101,7 +109,8 @@ class Predictor:
         else:
             volume = read_image(scan.path, uneven_slices=uneven_slices)
             grid, record = preprocess_image(volume, self.preprocess_config)
-            warnings = list(volume.warnings)
+            record["mismatches"] = scan_mismatches(scan.path, record["intensity"], self.plans)  # MR, CT model
+            warnings = [*volume.warnings, *record["mismatches"]]
         record.update({"case_id": scan.case_id, "image": str(scan.path), "warnings": warnings})
         return PreparedScan(scan, grid, record, volume if keep_volume else None)
 

@@ -7,6 +7,7 @@ a dataset's window from the intensities inside its labelled organs (nnU-Net's CT
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,9 @@ from organdetr.runtime.errors import InputError
 ZSCORE_MIN_FOREGROUND = 0.01
 """z-score statistics come from the non-zero voxels (the head of a skull-stripped MR) when at least this
 fraction of the grid is non-zero, else from every voxel."""
+
+PERCENTILE_SAMPLE_VOXELS = 2_000_000
+""":func:`intensity_percentiles` reads a regular subsample of at most about this many voxels."""
 
 FOREGROUND_PERCENTILES = (0.5, 99.5)
 """nnU-Net's CT intensity window: these percentiles of the intensities inside the labelled organs."""
@@ -88,10 +92,47 @@ def foreground_window(
     return float(np.floor(lo)), float(np.ceil(hi))
 
 
+def intensity_percentiles(array: np.ndarray) -> dict[str, float]:
+    """``{"p1", "p50", "p99"}`` of a scan's intensities ``[I, J, K]`` (a regular subsample of large scans):
+    the case record's ``"intensity"``, from which ``train`` stores the training scans' range and ``predict``
+    tells an MR (or any non-HU scan) given to a CT model (:mod:`organdetr.inference.scan_checks`)."""
+    values = np.asarray(array)
+    step = int(np.ceil((values.size / PERCENTILE_SAMPLE_VOXELS) ** (1 / 3))) if values.ndim == 3 else 1
+    step = max(step, 1)
+    sample = values[::step, ::step, ::step] if values.ndim == 3 else values
+    p1, p50, p99 = np.percentile(sample.astype(np.float32, copy=False), (1.0, 50.0, 99.0))
+    return {"p1": round(float(p1), 2), "p50": round(float(p50), 2), "p99": round(float(p99), 2)}
+
+
+def intensity_reference(records: Iterable[Mapping]) -> dict | None:
+    """``plans.json`` ``"intensity"`` from case records holding ``"intensity"`` (their percentiles):
+    ``{"p1": [min, max], "p50": [...], "p99": [...], "cases": n}`` over the cases; ``None`` without any."""
+    found = [r["intensity"] for r in records if isinstance(r.get("intensity"), Mapping)]
+    if not found:
+        return None
+    reference: dict = {"cases": len(found)}
+    for key in ("p1", "p50", "p99"):
+        values = [float(f[key]) for f in found if key in f]
+        if values:
+            reference[key] = [min(values), max(values)]
+    return reference
+
+
+def with_intensity_reference(plans: dict, records: Iterable[Mapping]) -> dict:
+    """``plans`` + ``"intensity"`` (:func:`intensity_reference` of ``records``) for a run's ``plans.json``;
+    ``plans`` itself when no record has percentiles (caches made before they were recorded)."""
+    reference = intensity_reference(records)
+    return plans if reference is None else {**plans, "intensity": reference}
+
+
 __all__ = [
     "FOREGROUND_PERCENTILES",
+    "PERCENTILE_SAMPLE_VOXELS",
     "ZSCORE_MIN_FOREGROUND",
     "foreground_window",
+    "intensity_percentiles",
+    "intensity_reference",
     "normalise_hu",
     "normalise_zscore",
+    "with_intensity_reference",
 ]

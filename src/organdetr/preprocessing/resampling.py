@@ -29,7 +29,7 @@ from organdetr.core.geometry import (
     resize_grid,
 )
 from organdetr.core.volume import Volume, resample
-from organdetr.preprocessing.intensity import normalise_hu, normalise_zscore
+from organdetr.preprocessing.intensity import intensity_percentiles, normalise_hu, normalise_zscore
 from organdetr.preprocessing.plans import PreprocessConfig
 from organdetr.runtime.errors import InputError
 from organdetr.runtime.text import format_vector
@@ -100,6 +100,7 @@ def preprocess_channels(
         "original_orientation": axis_codes(reference),
         "grid": mapping.geometry.to_dict(),
         "to_original": mapping.to_dict(),
+        "intensity": intensity_percentiles(volume.array),  # the scan's p1 / p50 / p99 (HU for CT)
     }
     if labels is None:
         return image, None, record
@@ -153,6 +154,7 @@ def preprocess_volume(
         "original_orientation": axis_codes(volume.geometry),
         "grid": mapping.geometry.to_dict(),
         "to_original": mapping.to_dict(),
+        "intensity": intensity_percentiles(volume.array),  # the scan's p1 / p50 / p99 (HU for CT)
     }
     if labels is None:
         return image, None, record

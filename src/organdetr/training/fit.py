@@ -18,9 +18,11 @@ from tqdm.auto import tqdm
 
 from organdetr.data.cache_dataset import CacheDataset, split_cases
 from organdetr.data.properties import DataProperties
+from organdetr.evaluation.presence import threshold_state
 from organdetr.models import detector_from_config
 from organdetr.models.organdetr.proposals import anchor_sizes_from_boxes
 from organdetr.preprocessing.cache import list_cases, verify_cases
+from organdetr.preprocessing.intensity import with_intensity_reference
 from organdetr.preprocessing.plans import load_plans
 from organdetr.runtime import atomic
 from organdetr.runtime.devices import (
@@ -206,7 +208,7 @@ def _fit(cfg: TrainConfig, run_dir: Path, cache_dir: Path, *, resume: bool, stop
     if dist_info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic.write_text(run_dir / "config.yaml", config_yaml)
-        atomic.write_json(run_dir / "plans.json", plans)
+        atomic.write_json(run_dir / "plans.json", data.plans)
     model = _loss_model(parts.detector, dist_info, device)
     schedule = _schedule(cfg, len(data.train_ds), dist_info.world_size, stop_at_step)
     logger = TrainLogger(run_dir, enabled=dist_info.is_main, resume_step=state["step"] if resume else None)
@@ -262,6 +264,7 @@ def _load_data(
     verify_cases(cache_dir, [*train_ids, *val_ids], plans, progress=cfg.train.progress and dist_info.is_main)
     train_ds = CacheDataset(cache_dir, train_ids, cfg.augment, cfg.data.box_targets)
     val_ds = CacheDataset(cache_dir, val_ids, None, cfg.data.box_targets) if val_ids else None
+    plans = with_intensity_reference(plans, (train_ds.record(i) for i in range(len(train_ds))))  # predict
     return RunData(plans, dist_info, device, train_ds, val_ds)
 
 
@@ -407,6 +410,7 @@ def _validate_epoch(run: _Run, val_ds: CacheDataset, epoch: int) -> str:
     metrics = validate(run.cfg, val_ds, model, run.data.device, parts.amp_dtype, run.data.dist)
     run.logger.log_val(step, epoch + 1, metrics)
     value = best_metric_value(metrics, run.cfg.train.best_metric, val_ds.cache_dir)
+    run.checkpointer.state["score_threshold"] = threshold_state(metrics)  # predict's default, per checkpoint
     summary = metrics_summary(metrics)
     if run.checkpointer.offer_best(value, step):
         summary += "  (best)"

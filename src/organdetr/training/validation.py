@@ -16,6 +16,7 @@ from organdetr.core.boxes.world import grid_box_to_original
 from organdetr.data.cache_dataset import CacheDataset
 from organdetr.evaluation import Detection, GroundTruth, evaluate_detections
 from organdetr.evaluation.classification import evaluate_classification
+from organdetr.evaluation.presence import presence_threshold
 from organdetr.evaluation.segmentation import dice_score
 from organdetr.runtime.errors import InputError
 from organdetr.runtime.text import brief
@@ -47,7 +48,8 @@ def evaluate(
     A multi-task detector (one with ``tasks`` and ``infer``, e.g. MTMed3D) is also scored on what else it
     was trained for, from the same forward pass: ``Dice`` (mean over the classes in each case's labels or
     prediction, cache grid) for ``seg`` and ``cls_accuracy`` / ``cls_balanced_accuracy`` / ``cls_AUC`` for
-    ``cls`` (:mod:`organdetr.evaluation.classification`).
+    ``cls`` (:mod:`organdetr.evaluation.classification`). ``presence_threshold`` / ``presence_F1`` / ...:
+    the score threshold of best organ-presence F1 over these cases (:mod:`organdetr.evaluation.presence`).
     """
     was_training = detector.training
     detector.eval()
@@ -70,13 +72,17 @@ def evaluate(
     # the sharded sampler pads by repeating cases: keep each case once
     unique = dict(reversed(distributed.all_gather_list(per_case)))
     detections = [d for case in unique.values() for d in case]
+    truths = _ground_truth(dataset)
     result = evaluate_detections(
-        detections, _ground_truth(dataset), dataset.class_names, max_detections=max_detections, mode=mode
+        detections, truths, dataset.class_names, max_detections=max_detections, mode=mode
     )
     detector.train(was_training)
     summary = {
         k: float(v) for k, v in result.summary.items() if isinstance(v, int | float) and math.isfinite(v)
     }
+    presence = presence_threshold(detections, truths, list(unique), dataset.class_names)
+    if presence is not None:  # the score threshold predict uses by default (evaluation.presence)
+        summary.update(presence.to_metrics())
     if extra:
         summary.update(_task_summary(dict(reversed(distributed.all_gather_list(extra))), dataset))
     return summary

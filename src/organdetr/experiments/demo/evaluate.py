@@ -54,8 +54,9 @@ def evaluate_held_out(cfg, runs, dataset_root, cache_dir, train_ids, test_ids, c
     evaluations, predictions = {}, {}
     for name, run_dir in runs.items():
         pred_dir = out / ("predictions" if name == "Organ-DETR" else f"predictions_{name}")
+        # score threshold 0: mAP ranks every organ's best box (the paper's protocol), none dropped
         summary = predict_scans(Predictor.from_checkpoint(run_dir, "cpu"), scans, pred_dir, overlay=False,
-                                progress=cfg.progress)  # fmt: skip
+                                progress=cfg.progress, score_threshold=0.0)  # fmt: skip
         if summary.failed:
             raise InputError(summary.failed[0][0], f"prediction failed: {summary.failed[0][1]}")
         predictions[name] = {c: read_json(pred_dir / f"{c}.json") for c in test_ids}
