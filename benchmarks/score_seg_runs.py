@@ -56,7 +56,7 @@ def predict_run(run: Path, truth: LabelMapSet, out: Path) -> Path:
         images = [
             truth_path.parents[1] / "imagesTr" / f"{case}_0000.nii.gz" for case, truth_path in truth.cases
         ]
-        summary = predict_scans(predictor, images, out, overlay=False, progress=False)
+        summary = predict_scans(predictor, images, out, overlay=False, progress=False, score_threshold=0.0)
         if summary.failed:
             raise RuntimeError(f"predict failed: {summary.failed}")
     return out

@@ -70,7 +70,10 @@ def predict_real_ct(cfg, run_dir: Path, out_dir: Path, classes: dict[int, str], 
         if (shared / rel).exists()
     ]
     predictor = Predictor.from_checkpoint(run_dir, "cpu")
-    summary = predict_scans(predictor, scans, out_dir, overlay=False, progress=cfg.progress)
+    # threshold 0: every organ's best box, as the AP against TotalSegmentator's boxes needs (the mAP protocol)
+    summary = predict_scans(
+        predictor, scans, out_dir, overlay=False, progress=cfg.progress, score_threshold=0.0
+    )
     results = []
     for scan in scans:
         if scan.case_id not in summary.done:
