@@ -11,6 +11,7 @@ mm.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -124,16 +125,20 @@ def _organ_summary(cases: list[dict], classes: dict[int, str]) -> dict[str, dict
     return out
 
 
-def fingerprint_dataset(root: str | Path, *, max_cases: int = 50, seed: int = 0) -> dict:
+def fingerprint_dataset(
+    root: str | Path, *, max_cases: int = 50, seed: int = 0, case_ids: Collection[str] | None = None
+) -> dict:
     """The fingerprint of the nnU-Net v2 raw dataset at ``root`` (JSON-ready; see the module doc).
 
-    Reads up to ``max_cases`` training cases, evenly spaced. :class:`InputError` (naming the file) for an
-    unreadable dataset or case, or a dataset whose cases hold no labelled organ.
+    Reads up to ``max_cases`` training cases, evenly spaced (only those in ``case_ids`` when given: a plan
+    that must not see held-out cases). :class:`InputError` (naming the file) for an unreadable dataset or
+    case, or a dataset whose cases hold no labelled organ.
     """
     dataset = load_dataset(root)
     rng = np.random.default_rng(seed)
     cases, per_channel = [], [([], [], {}) for _ in dataset.channels]
-    for case in _pick_cases(dataset.cases, max_cases):
+    pool = [c for c in dataset.cases if case_ids is None or c.case_id in set(case_ids)]
+    for case in _pick_cases(pool, max_cases):
         entry, samples = _case_fingerprint(case, dataset.classes, rng)
         cases.append(entry)
         for store, (everything, inside, per_organ) in zip(per_channel, samples, strict=True):
