@@ -110,21 +110,23 @@ def evaluate(
         print_table(result, console)
     remove_dead_temps(out_dir)  # what a killed evaluate left
     with staged_writes():  # the whole report or none of it (a full disk)
-        paths = write_report(
-            result,
-            out_dir,
-            extra={
-                "predictions": str(pred_dir),
-                "ground_truth": truth.source,
-                "missing_predictions": missing,
-                "ignored_predictions": extra,
-            },
-        )
+        paths = write_report(result, out_dir, extra=_sources(pred_dir, truth.source, missing, extra))
         if truth.case_classes:
             paths += _classification_report(truth, preds, out_dir, console, pred_dir)
     console.print(f"wrote {', '.join(p.name for p in paths)} to {out_dir}")
     if json_out:
         typer.echo(paths[0].read_text(encoding="utf-8"), nl=False)  # metrics.json
+
+
+def _sources(pred_dir: Path, ground_truth: str, missing: list, ignored: list) -> dict:
+    """What a report says it scored: the prediction folder, the ground truth, the cases without a prediction
+    and the predictions of no ground-truth case."""
+    return {
+        "predictions": str(pred_dir),
+        "ground_truth": ground_truth,
+        "missing_predictions": missing,
+        "ignored_predictions": ignored,
+    }
 
 
 def _classification_report(truth, preds, out_dir: Path, console, pred_dir: Path) -> list[Path]:
@@ -214,14 +216,7 @@ def _evaluate_label_maps(
     remove_dead_temps(out_dir)  # what a killed evaluate left
     with staged_writes():  # the whole report or none of it (a full disk)
         paths = write_seg_report(
-            result,
-            out_dir,
-            extra={
-                "predictions": str(pred_dir),
-                "ground_truth": truth.source,
-                "missing_predictions": paired.missing,
-                "ignored_predictions": paired.extra,
-            },
+            result, out_dir, extra=_sources(pred_dir, truth.source, paired.missing, paired.extra)
         )
     console.print(f"wrote {', '.join(p.name for p in paths)} to {out_dir}")
     return paths
