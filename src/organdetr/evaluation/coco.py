@@ -238,16 +238,11 @@ def _to_arrays(items, classes: list[str], case_ids: list[str], *, scored: bool) 
     case = np.empty(n, dtype=np.int64)
     label = np.empty(n, dtype=np.int64)
     for i, item in enumerate(items):
-        c = case_index.get(item.case_id)
-        if c is None:
-            raise InputError(
-                None, f"{kind} for case {brief(item.case_id)}, which is not among the evaluated cases"
-            )
-        k = class_index.get(item.label)
-        if k is None:
-            raise InputError(
-                None, f"{kind} of case {brief(item.case_id)} has unknown organ {brief(item.label)}"
-            )
+        c, k = case_index.get(item.case_id), class_index.get(item.label)
+        if c is None or k is None:
+            problem = ("is not among the evaluated cases" if c is None
+                       else f"has unknown organ {brief(item.label)}")  # fmt: skip
+            raise InputError(None, f"{kind} of case {brief(item.case_id)} {problem}")
         case[i], label[i] = c, k
     boxes = (
         np.asarray([item.box_mm for item in items], dtype=np.float64).reshape(n, -1)

@@ -137,7 +137,8 @@ def fingerprint_dataset(
     dataset = load_dataset(root)
     rng = np.random.default_rng(seed)
     cases, per_channel = [], [([], [], {}) for _ in dataset.channels]
-    pool = [c for c in dataset.cases if case_ids is None or c.case_id in set(case_ids)]
+    wanted = None if case_ids is None else set(case_ids)
+    pool = [c for c in dataset.cases if wanted is None or c.case_id in wanted]
     for case in _pick_cases(pool, max_cases):
         entry, samples = _case_fingerprint(case, dataset.classes, rng)
         cases.append(entry)

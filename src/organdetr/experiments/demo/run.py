@@ -254,7 +254,7 @@ def _preprocess(cfg: DemoConfig, dataset_root: Path, cache_dir: Path):
     order = np.random.default_rng(cfg.seed).permutation(len(case_ids))
     test_ids = sorted(case_ids[i] for i in order[:n_test])
     if cfg.plan:
-        cfg.apply_plan(dataset_root, [c for c in case_ids if c not in set(test_ids)])
+        cfg.apply_plan(dataset_root, sorted(set(case_ids) - set(test_ids)))
     pre = PreprocessConfig(input_size=(cfg.input_size,) * 3, hu_window=cfg.hu_window, **_fit(cfg))
     summary = preprocess_dataset(
         dataset_root, cache_dir, pre, workers=max(1, cfg.threads), progress=cfg.progress
