@@ -7,7 +7,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from _cache_factory import save_random_checkpoint
+from _cache_factory import make_plans, save_random_checkpoint
 from organdetr.cli import app
 from organdetr.core.boxes.labels import largest_component_boxes
 from organdetr.core.geometry import Geometry
@@ -15,7 +15,9 @@ from organdetr.core.volume import grid_labels_to_original
 from organdetr.io.images import read_image, read_label_map, write_image
 from organdetr.models import detector_from_config
 from organdetr.models.segmentation_detector import SegmentationDetector
-from organdetr.training.config import load_config
+from organdetr.preprocessing.plans import PreprocessConfig
+from organdetr.training.checkpoint import load_detector, save_checkpoint
+from organdetr.training.config import dump_config, load_config
 
 K = 3
 
@@ -81,6 +83,31 @@ def test_seg2box_builds_from_its_preset_and_trains():
     assert all(p.grad is not None for p in detector.parameters())
     with pytest.raises(ValueError, match="features"):
         load_config("seg2box", ["seg2box.features=[4, 4]"]).seg2box  # noqa: B018
+
+
+def test_seg2box_trains_in_channels_last_and_its_checkpoint_round_trips(tmp_path):
+    """The U-Net's conv weights are channels-last (faster on the CPU); the output equals the same weights in
+    the default layout, and a saved checkpoint (contiguous safetensors) loads back to the same output."""
+    cfg = load_config("seg2box", ["seg2box.features=[4, 4, 8, 8, 16, 4]"])
+    torch.manual_seed(0)
+    detector = detector_from_config(cfg, K, (32, 32, 32)).eval()
+    convs = [m for m in detector.modules() if isinstance(m, torch.nn.Conv3d)]
+    assert convs and all(m.weight.is_contiguous(memory_format=torch.channels_last_3d) for m in convs)
+    assert not all(m.weight.is_contiguous() for m in convs)
+    image = torch.randn(1, 1, 32, 32, 32)
+    plain = detector_from_config(cfg, K, (32, 32, 32)).eval()
+    plain.load_state_dict({k: v.contiguous() for k, v in detector.state_dict().items()})
+    plain.network.to(memory_format=torch.contiguous_format)
+    with torch.no_grad():
+        expected = detector(image)
+        torch.testing.assert_close(plain(image), expected, rtol=1e-4, atol=1e-4)
+    plans = make_plans(PreprocessConfig(input_size=(32, 32, 32)), {i + 1: f"organ{i}" for i in range(K)})
+    save_checkpoint(
+        tmp_path / "run" / "last", detector, {"step": 0}, config_yaml=dump_config(cfg), plans=plans
+    )
+    loaded, _, _ = load_detector(tmp_path / "run" / "last", "cpu")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(image), expected)
 
 
 def test_grid_labels_back_to_an_oblique_original_grid():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from monai.networks.nets import BasicUNet
 
 from organdetr.models.config import check_input_size
@@ -58,6 +59,12 @@ def build_seg2box_detector(spec: DetectorSpec) -> SegmentationDetector:
         features=cfg.features,
         dropout=cfg.dropout,
     )
+    # Channels-last weights: oneDNN's 3D convolutions on the CPU train the demo's narrow U-Net (widths 8-64)
+    # 1.36x faster in fp32 and 1.27x in bf16 per step (`benchmarks/bench_model.py --preset seg2box`, CPU-s,
+    # BENCHMARKS.md issue 20) and MONAI's default widths no slower; every convolution follows its weight's
+    # layout, so the input may stay contiguous. Checkpoints are unaffected (safetensors stores contiguous
+    # copies; loading copies into these weights).
+    network = network.to(memory_format=torch.channels_last_3d)
     return SegmentationDetector(network, spec.num_classes, weight=cfg.weight, dice=cfg.dice)
 
 
