@@ -13,7 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Literal
 
+from torch import nn
+
 from organdetr.models.blocks.backbone import Backbone3d
+from organdetr.models.blocks.backbones import build_feature_pyramid, check_backbone
 from organdetr.runtime.text import brief
 
 EncoderKind = Literal["msa", "deformable", "fpn", "single"]
@@ -119,9 +122,12 @@ class ModelConfig:
     seg_heads: bool = True  # multiscale segmentation auxiliary heads (training only)
     aux_loss: bool = True  # return outputs of every decoder layer
     norm_groups: int = 8  # GroupNorm groups in the CNN parts
+    backbone: str = "conv"  # conv | mednext_v2 | primus | resenc (models.blocks.backbones)
+    backbone_size: str = "S"  # S | B preset of a non-conv backbone (conv: the widths above)
 
     def __post_init__(self) -> None:
         self.backbone_channels = tuple(int(c) for c in self.backbone_channels)
+        check_backbone(self.backbone, self.backbone_size)
         self.kv_pool = tuple(int(p) for p in self.kv_pool)
         if self.encoder not in ENCODER_KINDS:
             raise ValueError(f"ModelConfig.encoder must be one of {ENCODER_KINDS}, got {brief(self.encoder)}")
@@ -257,9 +263,18 @@ def model_preset(name: str, num_classes: int = 0, **overrides) -> ModelConfig:
     return replace(ModelConfig(**_PRESETS[name]), num_classes=num_classes, **overrides)
 
 
-def build_backbone(cfg: ModelConfig, extra_levels: int = 0) -> Backbone3d:
-    """The :class:`~organdetr.models.blocks.backbone.Backbone3d` ``cfg`` describes (shared by the DETR and
-    RetinaNet detectors); ``extra_levels`` more (finer) stages than ``cfg.num_levels`` are returned."""
+def build_backbone(
+    cfg: ModelConfig, extra_levels: int = 0, input_size: Sequence[int] | None = None
+) -> nn.Module:
+    """The feature pyramid ``cfg`` describes (shared by the DETR and RetinaNet detectors): ``cfg.backbone``
+    ``"conv"`` is :class:`~organdetr.models.blocks.backbone.Backbone3d` with the section's widths; the others
+    (:mod:`organdetr.models.blocks.backbones`) have ``len(backbone_channels)`` stages at the same strides and
+    their ``backbone_size`` preset's widths. ``extra_levels`` more (finer) stages than ``cfg.num_levels`` are
+    returned; ``input_size`` (I, J, K) is needed by ``primus`` (fixed token grid)."""
+    if cfg.backbone != "conv":
+        stages, outputs = len(cfg.backbone_channels), cfg.num_levels + extra_levels
+        kind, size = cfg.backbone, cfg.backbone_size
+        return build_feature_pyramid(kind, size, cfg.in_channels, stages, outputs, input_size)
     return Backbone3d(
         cfg.in_channels,
         cfg.stem_channels,

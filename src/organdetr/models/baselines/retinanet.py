@@ -17,6 +17,7 @@ anchor / ATSS / sampler / NMS set-up and these conversions live in :mod:`organde
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -69,9 +70,9 @@ class BackboneFPN(nn.Module):
     """``Backbone3d`` + MONAI ``FeaturePyramidNetwork``: ``images [B, C, I, J, K]`` -> list of
     ``[B, out_channels, I/s_l, J/s_l, K/s_l]`` maps, finest first (strides ``ModelConfig.strides``)."""
 
-    def __init__(self, cfg: ModelConfig, out_channels: int):
+    def __init__(self, cfg: ModelConfig, out_channels: int, input_size: Sequence[int] | None = None):
         super().__init__()
-        self.body = build_backbone(cfg)
+        self.body = build_backbone(cfg, input_size=input_size)
         self.fpn = FeaturePyramidNetwork(3, list(self.body.out_channels), out_channels)
         self.out_channels = out_channels  # RetinaNet reads this attribute
 
@@ -145,7 +146,7 @@ def build_retinanet(
         spatial_dims=3,
         num_classes=num_classes,
         num_anchors=len(cfg.anchor_shapes),
-        feature_extractor=BackboneFPN(model_cfg, model_cfg.d_model),
+        feature_extractor=BackboneFPN(model_cfg, model_cfg.d_model, input_size),
         size_divisible=strides[-1],
     )
     retina = atss_retina_detector(

@@ -68,6 +68,7 @@ class Backbone3d(nn.Module):
         self.stages = nn.ModuleList(stages)
         self.num_levels = num_levels
         self.out_channels = tuple(stage_channels[-num_levels:])
+        self.strides = tuple(2 ** (s + 2) for s in range(len(stage_channels)))[-num_levels:]
 
     def forward(self, images: Tensor) -> list[Tensor]:
         x = self.stem(images)

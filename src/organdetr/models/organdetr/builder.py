@@ -8,6 +8,7 @@ with its matcher, behind the Detector protocol (:class:`~.detector.DETRDetector`
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 from organdetr.models.config import ModelConfig, check_input_size
@@ -19,9 +20,10 @@ from organdetr.models.organdetr.network import OrganDETR
 from organdetr.models.protocols import DetectorSpec
 
 
-def build_model(cfg: ModelConfig) -> OrganDETR:
-    """The Organ-DETR network for ``cfg`` (``cfg.num_classes`` must be set)."""
-    return OrganDETR(cfg)
+def build_model(cfg: ModelConfig, input_size: Sequence[int] | None = None) -> OrganDETR:
+    """The Organ-DETR network for ``cfg`` (``cfg.num_classes`` must be set; ``input_size`` (I, J, K) is
+    needed by a fixed-grid backbone, ``model.backbone: primus``)."""
+    return OrganDETR(cfg, input_size)
 
 
 def build_organdetr_detector(spec: DetectorSpec) -> DETRDetector:
@@ -36,7 +38,7 @@ def build_organdetr_detector(spec: DetectorSpec) -> DETRDetector:
             f"num_queries={model_cfg.num_queries} < num_classes={num_classes}: every organ needs its own "
             f"query (DQM wants 1 + ceil(lambda * N / M) each); set model.num_queries >= {2 * num_classes}"
         )
-    network = build_model(replace(model_cfg, num_classes=num_classes))
+    network = build_model(replace(model_cfg, num_classes=num_classes), spec.input_size)
     sigmoid = model_cfg.class_head == "sigmoid"
     matcher_cfg = spec.matcher if spec.matcher is not None else MatcherConfig()
     loss_cfg = spec.loss if spec.loss is not None else LossConfig()

@@ -32,6 +32,8 @@ Python control flow, so it traces with ``torch.onnx.export`` (opset >= 20 for 5-
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
@@ -86,7 +88,7 @@ def _check_anchor_sizes(cfg: ModelConfig, memory_levels: int) -> None:
 class OrganDETR(nn.Module):
     """Organ-DETR (see the module docstring). ``class_activation`` is ``"sigmoid"`` or ``"softmax"``."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, input_size: Sequence[int] | None = None):
         super().__init__()
         if cfg.num_classes < 1:
             raise ValueError("ModelConfig.num_classes must be >= 1 (set it from the dataset's class map)")
@@ -95,7 +97,7 @@ class OrganDETR(nn.Module):
         self.class_activation = cfg.class_head
         self.num_queries = cfg.queries_for(k)
         class_outputs = k if cfg.class_head == "sigmoid" else k + 1
-        self.backbone = build_backbone(cfg, extra_levels=int(cfg.fine_level))
+        self.backbone = build_backbone(cfg, extra_levels=int(cfg.fine_level), input_size=input_size)
         channels = self.backbone.out_channels[1:] if cfg.fine_level else self.backbone.out_channels
         self.input_proj = nn.ModuleList(
             nn.Sequential(nn.Conv3d(c, d, 1), group_norm(d, cfg.norm_groups)) for c in channels
