@@ -3,9 +3,10 @@
 feature pyramid, its ``ResidualEncoderUNet`` as seg2box's U-Net.
 
 Sizes (:data:`RESENC_SIZES`): widths and residual blocks per resolution stage (stride 1, 2, 4, ...). "B" is
-nnU-Net's ResEnc-M preset (widths 32, 64, 128, 256, 320, 320; blocks 1, 3, 4, 6, 6, 6); "S" is ours for a CPU
-(the conv "small" widths at strides 4-16, BasicUNet-halved widths at 1-16, fewer blocks). Norm, activation and blocks are nnU-Net's: instance norm (affine),
-LeakyReLU(0.01), ``BasicBlockD``, strided-conv downsampling.
+nnU-Net's ResEnc-M preset (widths 32, 64, 128, 256, 320, 320; blocks 1, 3, 4, 6, 6, 6); "S" is ours for a CPU:
+the conv "small" widths at strides 4-16 (32, 64, 128), seg2box's BasicUNet widths at strides 1-16, fewer
+blocks. Norm, activation and blocks are nnU-Net's: instance norm (affine), LeakyReLU(0.01), ``BasicBlockD``,
+strided-conv downsampling.
 """
 
 from __future__ import annotations
