@@ -36,7 +36,9 @@ def train(
         "--init-from",
         help="Fine-tune: start from this run's weights (its best/, else last/) where names and shapes match; "
         "class-dependent tensors are re-initialised, except the rows of organs both class lists share "
-        "(copied). Writes RUN/init_from.json (same as --set finetune.init_from=).",
+        "(copied). Or a plain weight file (.safetensors, .pt, .pth: e.g. a pretrained MedNeXt or Primus "
+        "backbone), names matched after stripping a common prefix. Writes RUN/init_from.json (same as "
+        "--set finetune.init_from=).",
     ),
     freeze: list[str] = typer.Option(
         None,

@@ -143,7 +143,9 @@ class FinetuneConfig:
     """Start from another run's weights (``train --init-from RUN``) and freeze named parts for a while.
 
     ``init_from``: a run folder (its ``best/``, else ``last/``) or checkpoint folder whose tensors load where
-    name and shape match (:mod:`organdetr.training.init_from`); read at the start of a fresh run only (a
+    name and shape match (:mod:`organdetr.training.init_from`), or a plain weight file (``.safetensors``,
+    ``.pt``, ``.pth``: a pretrained backbone) matched after stripping a common prefix
+    (:mod:`organdetr.training.init_weights`); read at the start of a fresh run only (a
     resume continues from ``RUN/last``). ``freeze``: parts kept fixed for the first ``freeze_steps`` optimizer
     steps, by name component (``backbone``, ``encoder``, ``decoder``, or any module name in the weights).
     """

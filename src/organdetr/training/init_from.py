@@ -243,12 +243,20 @@ def start_from_run(
 
     axes = class_dependent_tensors(build, len(classes), cfg.arch, reference=detector)
     report = init_from_run(detector, cfg.arch, classes, cfg.finetune.init_from, axes)
+    publish_report(report, run_dir, detector, ema, main=main)
+    return report
+
+
+def publish_report(
+    report: InitReport, run_dir: Path, detector: nn.Module, ema: nn.Module | None, *, main: bool
+) -> None:
+    """After loading: the EMA copy takes ``detector``'s weights; the main rank writes ``RUN/init_from.json``
+    and prints the table."""
     if ema is not None:
         ema.module.load_state_dict(detector.state_dict())
     if main:
         atomic.write_json(run_dir / REPORT_FILE, report.to_json())
         Console(stderr=True).print(report_table(report))
-    return report
 
 
 def report_table(report: InitReport) -> Table:
@@ -330,6 +338,7 @@ __all__ = [
     "InitReport",
     "class_dependent_tensors",
     "finetune_overrides",
+    "publish_report",
     "freezer_for",
     "init_from_run",
     "parameters_of_parts",

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from monai.networks.nets import BasicUNet
 
+from organdetr.models.blocks.backbones import UNET_LEVELS, build_segmentation_unet
 from organdetr.models.config import check_input_size
 from organdetr.models.protocols import DetectorSpec
 from organdetr.models.segmentation_detector import SegmentationDetector
@@ -46,12 +47,26 @@ def build_seg2box_detector(spec: DetectorSpec) -> SegmentationDetector:
     """BasicUNet with ``num_classes + 1`` outputs (background first) behind the Detector protocol (the
     registry's :class:`~organdetr.models.protocols.DetectorBuilder` of ``"seg2box"``).
 
-    ``spec.arch_cfg``: the ``seg2box`` section (defaults when ``None``); of ``spec.model`` only
-    ``in_channels`` is read, and its coarsest stride must divide ``input_size``. Matcher / loss sections and
-    ``data`` are not read.
+    ``spec.arch_cfg``: the ``seg2box`` section (defaults when ``None``); of ``spec.model`` ``in_channels``,
+    ``backbone`` and ``backbone_size`` are read, and its coarsest stride must divide ``input_size``.
+    ``model.backbone``: ``conv`` = BasicUNet with ``features``; ``mednext_v2`` / ``resenc`` / ``primus`` = the
+    registry's U-Net of that size (:func:`~organdetr.models.blocks.backbones.build_segmentation_unet`;
+    ``features`` and ``dropout`` are BasicUNet's and not read then). Matcher / loss sections and ``data``
+    are not read.
     """
     check_input_size(spec.model, spec.input_size)
     cfg = spec.arch_cfg or Seg2BoxConfig()
+    model = spec.model
+    if model.backbone != "conv":
+        if any(int(n) % 2 ** (UNET_LEVELS - 1) for n in spec.input_size):
+            raise ValueError(
+                f"input_size {tuple(spec.input_size)} must be divisible by {2 ** (UNET_LEVELS - 1)} "
+                f"(the {model.backbone} U-Net's {UNET_LEVELS} stages)"
+            )
+        network = build_segmentation_unet(
+            model.backbone, model.backbone_size, model.in_channels, spec.num_classes + 1, spec.input_size
+        )
+        return SegmentationDetector(network, spec.num_classes, weight=cfg.weight, dice=cfg.dice)
     network = BasicUNet(
         spatial_dims=3,
         in_channels=spec.model.in_channels,

@@ -22,9 +22,12 @@ probability), so MaskMed is scored as a detector like every other architecture.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
+from organdetr.models.blocks.backbones import build_unet_encoder
 from organdetr.models.blocks.unet import UNet
 from organdetr.models.maskmed.config import MaskMedConfig
 from organdetr.models.maskmed.criterion import MaskSetCriterion
@@ -35,15 +38,29 @@ from organdetr.models.segmentation_detector import SegmentationDetector
 
 
 class MaskMedNetwork(nn.Module):
-    """``forward(images [B, C_in, I, J, K])`` -> the head's outputs (see the module docstring)."""
+    """``forward(images [B, C_in, I, J, K])`` -> the head's outputs (see the module docstring).
 
-    def __init__(self, cfg: MaskMedConfig, num_classes: int, in_channels: int = 1):
+    ``backbone`` (``model.backbone``): ``"conv"`` keeps the U-Net's own encoder; ``mednext_v2`` / ``resenc``
+    / ``primus`` replace it by the registry's encoder with the same widths and strides
+    (:func:`~organdetr.models.blocks.backbones.build_unet_encoder`, ``backbone_size``; Primus needs
+    ``input_size``); the FSAD, the decoder and the head are unchanged."""
+
+    def __init__(
+        self,
+        cfg: MaskMedConfig,
+        num_classes: int,
+        in_channels: int = 1,
+        backbone: tuple[str, str] = ("conv", "S"),
+        input_size: Sequence[int] | None = None,
+    ):
         super().__init__()
         self.cfg = cfg
         self.num_classes = num_classes
         self.backbone = UNet(
             in_channels, cfg.features, cfg.blocks_per_stage, cfg.norm, cfg.block == "residual"
         )
+        if backbone[0] != "conv":
+            self.backbone.encoder = build_unet_encoder(*backbone, in_channels, cfg.features, input_size)
         transformer: dict[str, nn.Module] = {}
         if cfg.fsad:
             transformer["fsad"] = FSADTransformer(
@@ -117,9 +134,16 @@ class MaskMedDetector(SegmentationDetector):
         return self.criterion(self.network(images), targets)
 
 
-def build_maskmed(cfg: MaskMedConfig, num_classes: int, in_channels: int = 1) -> SegmentationDetector:
-    """MaskMed (``head="decoupled"``) or its point-wise-head U-Net baseline behind the Detector protocol."""
-    network = MaskMedNetwork(cfg, num_classes, in_channels)
+def build_maskmed(
+    cfg: MaskMedConfig,
+    num_classes: int,
+    in_channels: int = 1,
+    backbone: tuple[str, str] = ("conv", "S"),
+    input_size: Sequence[int] | None = None,
+) -> SegmentationDetector:
+    """MaskMed (``head="decoupled"``) or its point-wise-head U-Net baseline behind the Detector protocol
+    (``backbone``: ``(model.backbone, model.backbone_size)``, see :class:`MaskMedNetwork`)."""
+    network = MaskMedNetwork(cfg, num_classes, in_channels, backbone, input_size)
     if cfg.head == "pointwise":
         return SegmentationDetector(network, num_classes, weight=cfg.weight_pointwise, dice=True)
     criterion = MaskSetCriterion(
@@ -136,15 +160,16 @@ def build_maskmed(cfg: MaskMedConfig, num_classes: int, in_channels: int = 1) ->
 def build_maskmed_detector(spec: DetectorSpec) -> SegmentationDetector:
     """The registry's builder (:class:`~organdetr.models.protocols.DetectorBuilder`) of ``"maskmed"``:
     :func:`build_maskmed` with ``arch_cfg`` (defaults when ``None``) once ``input_size`` is known to fit its
-    U-Net. Its own U-Net: only ``model_cfg.in_channels`` of the model section is read; matcher / loss
-    sections and ``data`` are not."""
+    U-Net. Its own U-Net: ``in_channels``, ``backbone`` and ``backbone_size`` of the model section are read;
+    matcher / loss sections and ``data`` are not."""
     maskmed_cfg = spec.arch_cfg or MaskMedConfig()
     if any(int(s) % maskmed_cfg.divisor for s in spec.input_size):
         raise ValueError(
             f"input_size {tuple(spec.input_size)} must be divisible by {maskmed_cfg.divisor} "
             f"(the bottleneck stride of {len(maskmed_cfg.features)} U-Net stages)"
         )
-    return build_maskmed(maskmed_cfg, spec.num_classes, spec.model.in_channels)
+    backbone = (spec.model.backbone, spec.model.backbone_size)
+    return build_maskmed(maskmed_cfg, spec.num_classes, spec.model.in_channels, backbone, spec.input_size)
 
 
 __all__ = ["MaskMedDetector", "MaskMedNetwork", "build_maskmed", "build_maskmed_detector", "semantic_logits"]

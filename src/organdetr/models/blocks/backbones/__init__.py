@@ -19,9 +19,19 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from organdetr.models.blocks.backbones.mednext_v2 import MEDNEXT_SIZES, MedNeXtEncoder, MedNeXtUNet
+from organdetr.models.blocks.backbones.mednext_v2 import (
+    MEDNEXT_SIZES,
+    MedNeXtEncoder,
+    MedNeXtStages,
+    MedNeXtUNet,
+)
 from organdetr.models.blocks.backbones.primus import PRIMUS_SIZES, PrimusPyramid, primus_segmenter
-from organdetr.models.blocks.backbones.resenc import RESENC_SIZES, ResEncPyramid, resenc_unet
+from organdetr.models.blocks.backbones.resenc import (
+    RESENC_SIZES,
+    ResEncPyramid,
+    resenc_unet,
+    residual_encoder,
+)
 
 BACKBONE_KINDS: tuple[str, ...] = ("conv", "mednext_v2", "primus", "resenc")
 _SIZES: dict[str, dict] = {"mednext_v2": MEDNEXT_SIZES, "primus": PRIMUS_SIZES, "resenc": RESENC_SIZES}
@@ -52,8 +62,32 @@ def build_feature_pyramid(
     if kind == "resenc":
         return ResEncPyramid(in_channels, RESENC_SIZES[size], num_stages, num_outputs)
     if kind == "primus":
-        return PrimusPyramid(in_channels, PRIMUS_SIZES[size], num_stages, num_outputs, input_size)
+        primus = PRIMUS_SIZES[size]
+        strides = [2 ** (s + 2) for s in range(num_stages)][-num_outputs:]
+        widths = [primus.width * 2**s for s in range(num_stages)][-num_outputs:]
+        return PrimusPyramid(in_channels, primus, strides, widths, input_size)
     raise ValueError("the conv backbone is built by models.config.build_backbone")
+
+
+def build_unet_encoder(
+    kind: str, size: str, in_channels: int, widths: Sequence[int], input_size: Sequence[int] | None = None
+) -> nn.Module:
+    """A U-Net encoder for ``kind`` (not ``conv``) with the caller's ``widths``: ``forward(images [B, C_in,
+    I, J, K])`` -> ``len(widths)`` maps, map ``s`` at stride ``2 ** s`` with ``widths[s]`` channels (MaskMed's
+    encoder contract). ``size`` sets the blocks (MedNeXt: ratios, depth, kernel; ResEnc: blocks per stage;
+    Primus: the Transformer, whose stride-8 map the simple feature pyramid resamples to every stride)."""
+    check_backbone(kind, size)
+    if kind == "mednext_v2":
+        return MedNeXtStages(in_channels, widths, MEDNEXT_SIZES[size])
+    if kind == "resenc":
+        blocks = RESENC_SIZES[size].blocks
+        return residual_encoder(
+            in_channels, widths, [blocks[min(s, len(blocks) - 1)] for s in range(len(widths))]
+        )
+    if kind == "primus":
+        strides = [2**s for s in range(len(widths))]
+        return PrimusPyramid(in_channels, PRIMUS_SIZES[size], strides, widths, input_size)
+    raise ValueError("the conv U-Net encoder is the architecture's own")
 
 
 def build_segmentation_unet(

@@ -13,6 +13,7 @@ ours, scaled for a CPU at 64^3 (the paper's base width is 32 at full resolution 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -102,56 +103,62 @@ def mednext_stage(
     return nn.Sequential(*blocks)
 
 
-class MedNeXtEncoder(nn.Module):
-    """Feature pyramid for the detectors: a 4x4x4 stride-4 patchify stem (ConvNeXt's), then ``num_stages``
-    stages at strides 4, 8, 16, ... (each after the first opens with a down block), widths
-    ``size.width * 2 ** s``. ``forward(images [B, C_in, I, J, K])`` -> the last ``num_outputs`` stage maps,
-    finest first."""
+class MedNeXtStages(nn.Module):
+    """A stem (``stem_stride``-voxel patchify conv: 1x1x1 at full resolution as MedNeXt's U-Net, 4x4x4 as
+    ConvNeXt's stem) then one stage per ``widths`` entry, each after the first opening with a down block.
+    ``forward(images [B, C_in, I, J, K])`` -> every stage's map, finest first (stage ``s`` at stride
+    ``stem_stride * 2 ** s``, ``widths[s]`` channels)."""
 
-    def __init__(self, in_channels: int, size: MedNeXtSize, num_stages: int, num_outputs: int):
+    def __init__(self, in_channels: int, widths: Sequence[int], size: MedNeXtSize, stem_stride: int = 1):
         super().__init__()
-        widths = [size.width * 2**s for s in range(num_stages)]
-        self.stem = nn.Conv3d(in_channels, widths[0], 4, stride=4)
+        self.stem = nn.Conv3d(in_channels, widths[0], stem_stride, stride=stem_stride)
         self.stages = nn.ModuleList(
             mednext_stage(widths[max(s - 1, 0)], widths[s], size, s, "down" if s else "")
-            for s in range(num_stages)
+            for s in range(len(widths))
         )
-        self.num_outputs = num_outputs
-        self.out_channels = tuple(widths[-num_outputs:])
-        self.strides = tuple(2 ** (s + 2) for s in range(num_stages))[-num_outputs:]
 
     def forward(self, images: Tensor) -> list[Tensor]:
         x, outputs = self.stem(images), []
         for stage in self.stages:
             x = stage(x)
             outputs.append(x)
-        return outputs[-self.num_outputs :]
+        return outputs
+
+
+class MedNeXtEncoder(MedNeXtStages):
+    """Feature pyramid for the detectors: :class:`MedNeXtStages` with the stride-4 stem, ``num_stages``
+    stages at strides 4, 8, 16, ..., widths ``size.width * 2 ** s``. ``forward(images [B, C_in, I, J, K])``
+    -> the last ``num_outputs`` stage maps, finest first."""
+
+    def __init__(self, in_channels: int, size: MedNeXtSize, num_stages: int, num_outputs: int):
+        widths = [size.width * 2**s for s in range(num_stages)]
+        super().__init__(in_channels, widths, size, stem_stride=4)
+        self.num_outputs = num_outputs
+        self.out_channels = tuple(widths[-num_outputs:])
+        self.strides = tuple(2 ** (s + 2) for s in range(num_stages))[-num_outputs:]
+
+    def forward(self, images: Tensor) -> list[Tensor]:
+        return super().forward(images)[-self.num_outputs :]
 
 
 class MedNeXtUNet(nn.Module):
-    """MedNeXt-v2 segmentation U-Net: 1x1x1 stem at full resolution, ``levels`` encoder stages (strides 1,
-    2, ..., widths ``size.width // 2 * 2 ** s``), decoder stages that open with an up block and add the
-    encoder skip (MedNeXt adds, U-Net concatenates), 1x1x1 output conv.
+    """MedNeXt-v2 segmentation U-Net: :class:`MedNeXtStages` with the 1x1x1 stem (``levels`` stages at
+    strides 1, 2, ..., widths ``size.width // 2 * 2 ** s``), decoder stages that open with an up block and
+    add the encoder skip (MedNeXt adds, U-Net concatenates), 1x1x1 output conv.
     ``forward(images [B, C_in, I, J, K]) -> logits [B, out_channels, I, J, K]``."""
 
     def __init__(self, in_channels: int, out_channels: int, size: MedNeXtSize, levels: int = 5):
         super().__init__()
         widths = [max(size.width // 2, 1) * 2**s for s in range(levels)]
-        self.stem = nn.Conv3d(in_channels, widths[0], 1)
-        self.down = nn.ModuleList(
-            mednext_stage(widths[max(s - 1, 0)], widths[s], size, s, "down" if s else "")
-            for s in range(levels)
-        )
+        self.encoder = MedNeXtStages(in_channels, widths, size)
         self.up = nn.ModuleList(
             mednext_stage(widths[s + 1], widths[s], size, s, "up") for s in range(levels - 2, -1, -1)
         )
         self.head = nn.Conv3d(widths[0], out_channels, 1)
 
     def forward(self, images: Tensor) -> Tensor:
-        x, skips = self.stem(images), []
-        for stage in self.down:
-            x = stage(x)
-            skips.append(x)
+        skips = self.encoder(images)
+        x = skips[-1]
         for stage, skip in zip(self.up, reversed(skips[:-1]), strict=True):
             x = stage[1:](stage[0](x) + skip)
         return self.head(x)

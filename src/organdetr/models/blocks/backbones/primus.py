@@ -64,17 +64,20 @@ def _primus(in_channels: int, out_channels: int, size: PrimusSize, input_size: S
     )
 
 
-def _resample(in_dim: int, stride: int) -> nn.Module:
-    """From the stride-``PATCH`` token map to ``stride``: transposed convs up, max-pooling down."""
+def _resample(in_dim: int, stride: int) -> tuple[nn.Module, int]:
+    """From the stride-``PATCH`` token map to ``stride``: 2x2x2 transposed convs up, each halving the
+    channels (as ViTDet), max-pooling down. Returns the module and its output channels."""
     steps = int(round(math.log2(stride / PATCH)))
     if steps >= 0:
-        return nn.Sequential(*[nn.MaxPool3d(2) for _ in range(steps)])
+        return nn.Sequential(*[nn.MaxPool3d(2) for _ in range(steps)]), in_dim
     layers: list[nn.Module] = []
+    dim = in_dim
     for i in range(-steps):
-        layers.append(nn.ConvTranspose3d(in_dim, in_dim, 2, stride=2))
+        layers.append(nn.ConvTranspose3d(dim, dim // 2, 2, stride=2))
+        dim //= 2
         if i < -steps - 1:
-            layers += [group_norm(in_dim, 8), nn.GELU()]
-    return nn.Sequential(*layers)
+            layers += [group_norm(dim, 8), nn.GELU()]
+    return nn.Sequential(*layers), dim
 
 
 class SimpleFeaturePyramid3d(nn.Module):
@@ -85,16 +88,19 @@ class SimpleFeaturePyramid3d(nn.Module):
         self, in_dim: int, strides: Sequence[int], out_channels: Sequence[int], norm_groups: int = 8
     ):
         super().__init__()
-        self.levels = nn.ModuleList(
-            nn.Sequential(
-                _resample(in_dim, s),
-                nn.Conv3d(in_dim, c, 1, bias=False),
-                group_norm(c, norm_groups),
-                nn.Conv3d(c, c, 3, padding=1, bias=False),
-                group_norm(c, norm_groups),
+        levels = []
+        for stride, c in zip(strides, out_channels, strict=True):
+            resample, dim = _resample(in_dim, stride)
+            levels.append(
+                nn.Sequential(
+                    resample,
+                    nn.Conv3d(dim, c, 1, bias=False),
+                    group_norm(c, norm_groups),
+                    nn.Conv3d(c, c, 3, padding=1, bias=False),
+                    group_norm(c, norm_groups),
+                )
             )
-            for s, c in zip(strides, out_channels, strict=True)
-        )
+        self.levels = nn.ModuleList(levels)
 
     def forward(self, tokens: Tensor) -> list[Tensor]:
         return [level(tokens) for level in self.levels]
@@ -102,17 +108,22 @@ class SimpleFeaturePyramid3d(nn.Module):
 
 class PrimusPyramid(nn.Module):
     """Primus's embedding + EVA encoder + :class:`SimpleFeaturePyramid3d`: ``forward(images [B, C_in, I, J,
-    K])`` -> the last ``num_outputs`` of ``num_stages`` levels (strides 4, 8, 16, ...), finest first."""
+    K])`` -> one map per ``strides`` entry (voxels, powers of 2) with ``out_channels[l]`` channels, finest
+    first."""
 
     def __init__(
-        self, in_channels: int, size: PrimusSize, num_stages: int, num_outputs: int, input_size: Sequence[int]
+        self,
+        in_channels: int,
+        size: PrimusSize,
+        strides: Sequence[int],
+        out_channels: Sequence[int],
+        input_size: Sequence[int] | None,
     ):
         super().__init__()
         trunk = _primus(in_channels, 1, size, input_size)
         self.down_projection = trunk.down_projection
         self.eva = trunk.eva
-        self.strides = tuple(2 ** (s + 2) for s in range(num_stages))[-num_outputs:]
-        self.out_channels = tuple(size.width * 2**s for s in range(num_stages))[-num_outputs:]
+        self.strides, self.out_channels = tuple(strides), tuple(out_channels)
         self.pyramid = SimpleFeaturePyramid3d(size.embed_dim, self.strides, self.out_channels)
 
     def forward(self, images: Tensor) -> list[Tensor]:

@@ -11,6 +11,7 @@ strided-conv downsampling.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from torch import Tensor, nn
@@ -57,29 +58,35 @@ def _require_extra(what: str) -> None:
         raise ValueError(f"{what} {MISSING_EXTRA}")
 
 
+def residual_encoder(in_channels: int, widths: Sequence[int], blocks: Sequence[int]) -> nn.Module:
+    """nnU-Net's ``ResidualEncoder``: a full-resolution stem, then one stage per ``widths`` entry (stride
+    ``2 ** s``, ``blocks[s]`` residual blocks); ``forward(images)`` -> every stage's map, finest first."""
+    _require_extra("backbone 'resenc'")
+    return ResidualEncoder(
+        in_channels,
+        len(widths),
+        list(widths),
+        kernel_sizes=3,
+        strides=[1] + [2] * (len(widths) - 1),
+        n_blocks_per_stage=list(blocks),
+        return_skips=True,
+        **_nnunet_ops(),
+    )
+
+
 class ResEncPyramid(nn.Module):
-    """``ResidualEncoder`` with stages at strides 1, 2, 4, ..., ``2 ** (num_stages + 1)``; the pyramid is its
-    stride-4 and coarser stages: ``forward(images [B, C_in, I, J, K])`` -> the last ``num_outputs`` maps
-    (strides 4, 8, 16, ... of the detectors' contract), finest first."""
+    """:func:`residual_encoder` with stages at strides 1, 2, 4, ..., ``2 ** (num_stages + 1)``; the pyramid
+    is its stride-4 and coarser stages: ``forward(images [B, C_in, I, J, K])`` -> the last ``num_outputs``
+    maps (strides 4, 8, 16, ... of the detectors' contract), finest first."""
 
     def __init__(self, in_channels: int, size: ResEncSize, num_stages: int, num_outputs: int):
         super().__init__()
-        _require_extra("backbone 'resenc'")
         n = num_stages + 2
         if n > len(size.widths):
             raise ValueError(
                 f"backbone 'resenc' has {len(size.widths) - 2} pyramid stages, {num_stages} asked"
             )
-        self.encoder = ResidualEncoder(
-            in_channels,
-            n,
-            list(size.widths[:n]),
-            kernel_sizes=3,
-            strides=[1] + [2] * (n - 1),
-            n_blocks_per_stage=list(size.blocks[:n]),
-            return_skips=True,
-            **_nnunet_ops(),
-        )
+        self.encoder = residual_encoder(in_channels, size.widths[:n], size.blocks[:n])
         self.num_outputs = num_outputs
         self.out_channels = tuple(size.widths[2:n])[-num_outputs:]
         self.strides = tuple(2 ** (s + 2) for s in range(num_stages))[-num_outputs:]
@@ -106,4 +113,4 @@ def resenc_unet(in_channels: int, out_channels: int, size: ResEncSize, levels: i
     )
 
 
-__all__ = ["MISSING_EXTRA", "RESENC_SIZES", "ResEncPyramid", "ResEncSize", "resenc_unet"]
+__all__ = ["MISSING_EXTRA", "RESENC_SIZES", "ResEncPyramid", "ResEncSize", "resenc_unet", "residual_encoder"]
