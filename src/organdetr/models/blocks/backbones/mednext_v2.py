@@ -1,7 +1,8 @@
 """MedNeXt-v2 (Roy et al., arXiv 2512.17774): 3D ConvNeXt blocks with 3D Global Response Normalisation.
 
-Block (:class:`MedNeXtBlock`): depthwise ``k x k x k`` conv -> GroupNorm (one group per channel, as MedNeXt)
--> 1x1x1 expansion to ``ratio * C`` -> GELU -> 3D GRN -> 1x1x1 compression -> + residual. With
+Block (:class:`MedNeXtBlock`): depthwise ``k x k x k`` conv -> GroupNorm (``NORM_GROUPS`` groups:
+MedNeXt's one group per channel is undefined on the 1x1x1 map a 32^3 input has at stride 32) -> 1x1x1
+expansion to ``ratio * C`` -> GELU -> 3D GRN -> 1x1x1 compression -> + residual. With
 ``resample="down"`` the depthwise conv has stride 2 and the residual is a stride-2 1x1x1 conv; with
 ``resample="up"`` the depthwise conv is transposed (stride 2) and so is the residual (2x2x2).
 
@@ -18,6 +19,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+
+from organdetr.models.blocks.backbone import group_norm
+
+NORM_GROUPS = 8
 
 
 @dataclass(frozen=True)
@@ -77,7 +82,7 @@ class MedNeXtBlock(nn.Module):
         else:
             stride = 2 if resample == "down" else 1
             self.depthwise = nn.Conv3d(in_channels, in_channels, kernel, stride, pad, groups=in_channels)
-        self.norm = nn.GroupNorm(in_channels, in_channels)
+        self.norm = group_norm(in_channels, NORM_GROUPS)
         self.expand = nn.Conv3d(in_channels, ratio * in_channels, 1)
         self.act = nn.GELU()
         self.grn = GRN3d(ratio * in_channels)
