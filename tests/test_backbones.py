@@ -171,7 +171,7 @@ def test_simple_feature_pyramid_reaches_every_stride_from_the_token_map():
     ]  # fmt: skip
 
 
-@pytest.mark.parametrize("kind", [k for k in KINDS if k.values[0] != "primus"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_onnx_export_of_organdetr_on_the_backbone(tmp_path, kind):
     """``organdetr export`` (DETR-style detectors only) works on the new backbones; ONNX Runtime's boxes are
     PyTorch's to 1e-4 voxels."""
