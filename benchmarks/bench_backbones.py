@@ -13,8 +13,9 @@ and ``model.backbone_size`` are set on top. One step = ``detector.loss`` + ``bac
 batch (``bench_model``'s targets; no optimiser step). ``gflop``: ``torch.utils.flop_counter`` over one step
 (forward + backward; convolutions, matmuls and attention - norms and activations are not counted);
 ``cpu_s``: median process CPU time of ``--steps`` steps after a warm-up (divide by the threads for an idle
-machine's wall time); ``peak_MiB``: growth of ``ru_maxrss`` over all steps above the built model's. Backbones whose optional
-package is missing are reported as skipped. Prints one JSON line per run, then a Markdown table.
+machine's wall time); ``peak_MiB``: growth of ``ru_maxrss`` over all steps above the built model's.
+Backbones whose optional package is missing are reported as skipped. Prints one JSON line per run, then a
+Markdown table.
 """
 
 from __future__ import annotations
