@@ -28,7 +28,8 @@ from organdetr.models.organdetr.criterion import LossConfig
 from organdetr.models.organdetr.matcher import MatcherConfig
 from organdetr.runtime.errors import InputError
 from organdetr.training.checkpoint import load_detector
-from organdetr.training.init_weights import init_from_weights, match_prefixes, read_weight_file
+from organdetr.training.init_from import init_from_weights
+from organdetr.training.init_weights import match_prefixes, read_weight_file
 
 torch.set_num_threads(1)
 NUM_CLASSES = 2

@@ -37,8 +37,7 @@ from organdetr.training import distributed
 from organdetr.training.checkpoint import load_checkpoint, resolve_checkpoint_dir, save_checkpoint
 from organdetr.training.config import TrainConfig, dump_config, replace_section
 from organdetr.training.distributed import DistInfo
-from organdetr.training.init_from import freezer_for
-from organdetr.training.init_weights import start_from
+from organdetr.training.init_from import freezer_for, start_from_run
 from organdetr.training.loaders import train_loader
 from organdetr.training.loop import LossModule, StepContext, epoch_summary, train_one_epoch
 from organdetr.training.optim import build_optimizer
@@ -200,7 +199,7 @@ def _fit(cfg: TrainConfig, run_dir: Path, cache_dir: Path, *, resume: bool, stop
     cfg, parts = _build_parts(cfg, data)
     state = _start_state(cfg, run_dir, parts, device, resume=resume)
     if not resume:  # fine-tuning: the weights of finetune.init_from where names and shapes match
-        start_from(cfg, run_dir, parts.detector, parts.ema, plans, main=dist_info.is_main)
+        start_from_run(cfg, run_dir, parts.detector, parts.ema, plans, main=dist_info.is_main)
     parts.amp_dtype = settle_train_amp(
         cfg, parts.detector, data.train_ds, data.device, parts.amp_dtype, state,
         resume=resume, distributed=data.dist.enabled, announce=data.dist.is_main and cfg.train.progress,

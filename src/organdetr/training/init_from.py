@@ -41,6 +41,7 @@ from organdetr.training.checkpoint import (
     resolve_checkpoint_dir,
 )
 from organdetr.training.config import TrainConfig, load_config
+from organdetr.training.init_weights import is_weight_file, matched_weights
 
 REPORT_FILE = "init_from.json"
 
@@ -231,9 +232,14 @@ def start_from_run(
     main: bool,
 ) -> InitReport | None:
     """A fresh run's ``finetune.init_from``: load the matching tensors into ``detector`` (and its EMA copy),
-    write ``RUN/init_from.json`` and print the table (main rank). ``None`` when no run is named."""
+    write ``RUN/init_from.json`` and print the table (main rank). ``None`` when no run is named. A plain
+    weight file (:func:`~organdetr.training.init_weights.is_weight_file`): :func:`init_from_weights`."""
     if not cfg.finetune.init_from:
         return None
+    if is_weight_file(cfg.finetune.init_from):
+        report = init_from_weights(detector, cfg.arch, Path(cfg.finetune.init_from))
+        publish_report(report, run_dir, detector, ema, main=main)
+        return report
     classes = class_map_from_plans(plans)
     input_size = tuple(int(s) for s in plans["input_size"])
     properties = DataProperties.from_plans(plans)
@@ -244,6 +250,26 @@ def start_from_run(
     axes = class_dependent_tensors(build, len(classes), cfg.arch, reference=detector)
     report = init_from_run(detector, cfg.arch, classes, cfg.finetune.init_from, axes)
     publish_report(report, run_dir, detector, ema, main=main)
+    return report
+
+
+def init_from_weights(detector: nn.Module, arch: str, path: Path) -> InitReport:
+    """Load the tensors of the plain weight file ``path`` that match ``detector`` after stripping a common
+    prefix (in place, :func:`~organdetr.training.init_weights.matched_weights`) and report each tensor's
+    fate; :class:`InputError` when none matches."""
+    state = detector.state_dict()
+    source_prefix, model_prefix, loaded, source = matched_weights(state, path)
+    if not loaded:
+        raise InputError(path, f"no tensor of this file matches the {arch} model by name and shape")
+    report = InitReport(str(path), f"weights (prefix {source_prefix!r} -> {model_prefix!r})", arch, [], [])
+    for name, fresh in state.items():
+        if name in loaded:
+            state[name] = loaded[name].to(fresh.dtype)
+        status, note = (LOADED, "") if name in loaded else (REINIT, "not in the file")
+        report.rows.append({"name": name, "status": status, "shape": list(fresh.shape), "note": note})
+    for name in sorted(source):
+        report.rows.append({"name": name, "status": UNUSED, "shape": list(source[name].shape), "note": ""})
+    detector.load_state_dict(state, strict=True)
     return report
 
 
@@ -341,6 +367,7 @@ __all__ = [
     "publish_report",
     "freezer_for",
     "init_from_run",
+    "init_from_weights",
     "parameters_of_parts",
     "report_table",
     "start_from_run",

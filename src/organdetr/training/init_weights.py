@@ -6,9 +6,9 @@ The file is a safetensors file or a torch state dict (``.pt`` / ``.pth`` / ``.bi
 state dict under ``state_dict`` / ``model`` / ``network_weights`` (nnU-Net's checkpoints) is unwrapped).
 :func:`match_prefixes` finds the source prefix ``P`` (e.g. ``module.`` or ``encoder.``) and the model
 prefix ``Q`` (e.g. ``network.backbone.``) for which the most tensors ``P + rest`` of the file have a model
-tensor ``Q + rest`` of the same shape; those load, the rest of the model keeps its initialisation. The
-report is :class:`~organdetr.training.init_from.InitReport`'s, so the table and ``init_from.json`` are the
-run-to-run ones.
+tensor ``Q + rest`` of the same shape; those load, the rest of the model keeps its initialisation.
+:func:`organdetr.training.init_from.init_from_weights` loads them and reports as for a run, so the table and
+``init_from.json`` are the run-to-run ones.
 """
 
 from __future__ import annotations
@@ -20,11 +20,9 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
-from torch import Tensor, nn
+from torch import Tensor
 
 from organdetr.runtime.errors import InputError
-from organdetr.training.config import TrainConfig
-from organdetr.training.init_from import LOADED, REINIT, UNUSED, InitReport, publish_report, start_from_run
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 _WRAPPER_KEYS = ("state_dict", "model", "network_weights", "model_state_dict")
@@ -90,53 +88,16 @@ def match_prefixes(model: dict[str, Tensor], source: dict[str, Tensor]) -> tuple
     return best[2], best[3], best[4]
 
 
-def init_from_weights(detector: nn.Module, arch: str, path: Path) -> InitReport:
-    """Load the tensors of the weight file ``path`` that match ``detector`` (in place, see the module
-    docstring) and report each tensor's fate; :class:`InputError` when none matches."""
+def matched_weights(
+    model: dict[str, Tensor], path: Path
+) -> tuple[str, str, dict[str, Tensor], dict[str, Tensor]]:
+    """``(source prefix, model prefix, {model name: tensor to load}, {source name: tensor left unused})``
+    for the weight file ``path`` and the model's state dict ``model`` (:func:`match_prefixes`)."""
     source = read_weight_file(path)
-    state = detector.state_dict()
-    p, q, pairs = match_prefixes(state, source)
-    if not pairs:
-        raise InputError(path, f"no tensor of this file matches the {arch} model by name and shape")
-    report = InitReport(str(path), f"weights (prefix {p!r} -> {q!r})", arch, [], [])
-    for name, fresh in state.items():
-        if name in pairs:
-            state[name] = source[pairs[name]].to(fresh.dtype)
-            report.rows.append({"name": name, "status": LOADED, "shape": list(fresh.shape), "note": ""})
-        else:
-            report.rows.append(
-                {"name": name, "status": REINIT, "shape": list(fresh.shape), "note": "not in the file"}
-            )
-    for name in source.keys() - set(pairs.values()):
-        report.rows.append({"name": name, "status": UNUSED, "shape": list(source[name].shape), "note": ""})
-    detector.load_state_dict(state, strict=True)
-    return report
+    source_prefix, model_prefix, pairs = match_prefixes(model, source)
+    loaded = {name: source[origin] for name, origin in pairs.items()}
+    used = set(pairs.values())
+    return source_prefix, model_prefix, loaded, {k: v for k, v in source.items() if k not in used}
 
 
-def start_from(
-    cfg: TrainConfig,
-    run_dir: Path,
-    detector: nn.Module,
-    ema: nn.Module | None,
-    plans: dict,
-    *,
-    main: bool,
-) -> InitReport | None:
-    """A fresh run's ``finetune.init_from``: a plain weight file (:func:`init_from_weights`) or a run
-    (:func:`~organdetr.training.init_from.start_from_run`); ``None`` when nothing is named."""
-    source = cfg.finetune.init_from
-    if not source or not is_weight_file(source):
-        return start_from_run(cfg, run_dir, detector, ema, plans, main=main)
-    report = init_from_weights(detector, cfg.arch, Path(source))
-    publish_report(report, run_dir, detector, ema, main=main)
-    return report
-
-
-__all__ = [
-    "WEIGHT_SUFFIXES",
-    "init_from_weights",
-    "is_weight_file",
-    "match_prefixes",
-    "read_weight_file",
-    "start_from",
-]
+__all__ = ["WEIGHT_SUFFIXES", "is_weight_file", "match_prefixes", "matched_weights", "read_weight_file"]
