@@ -19,7 +19,7 @@ from _cli import run_cli
 from organdetr.inference.export import export_checkpoint, load_session, onnx_detect
 from organdetr.models import build_detector, model_preset
 from organdetr.models.blocks.backbone import Backbone3d
-from organdetr.models.blocks.backbones import build_feature_pyramid, check_backbone
+from organdetr.models.blocks.backbones import build_feature_pyramid, build_segmentation_unet, check_backbone
 from organdetr.models.blocks.backbones.mednext_v2 import GRN3d, MedNeXtBlock
 from organdetr.models.blocks.backbones.primus import SimpleFeaturePyramid3d
 from organdetr.models.config import build_backbone
@@ -239,3 +239,29 @@ def test_train_init_from_weight_file_cli(tmp_path, capsys):
     assert code == 0, err
     report = json.loads((run / "init_from.json").read_text())
     assert report["counts"]["loaded"] == len(pretrained.state_dict())
+
+
+@pytest.mark.parametrize("kind", [k for k in KINDS if k.values[0] != "mednext_v2"])
+def test_init_from_a_dynamic_network_architectures_checkpoint(tmp_path, kind):
+    """A whole segmentation network of the package (nnU-Net's ResidualEncoderUNet saved as nnU-Net does,
+    under ``network_weights``; Primus as safetensors): its encoder / Transformer tensors load into
+    Organ-DETR's backbone of the same size by name (prefix ``""`` -> ``network.backbone.``), its decoder
+    stays unused."""
+    torch.manual_seed(4)
+    segmenter = build_segmentation_unet(kind, "S", 1, 3, GRID)
+    weights = {k: v.contiguous() for k, v in segmenter.state_dict().items()}
+    if kind == "resenc":
+        torch.save({"network_weights": weights}, tmp_path / "w.pth")
+        path = tmp_path / "w.pth"
+    else:
+        save_file(weights, str(tmp_path / "w.safetensors"))
+        path = tmp_path / "w.safetensors"
+    detector = _detector("organdetr", kind)
+    report = init_from_weights(detector, "organdetr", path)
+    assert report.source_arch == "weights (prefix '' -> 'network.backbone.')"
+    trunk = "encoder." if kind == "resenc" else ("down_projection.", "eva.")
+    expected = [k for k in weights if k.startswith(trunk)]
+    assert report.count("loaded") == len(expected) > 0
+    state = detector.state_dict()
+    for key in expected:
+        torch.testing.assert_close(state[f"network.backbone.{key}"], weights[key], rtol=0, atol=0)
