@@ -10,7 +10,9 @@ process's ``time.process_time`` of training, validation excluded, summed across 
 reported beside the steps as a second x axis. The lr schedule of a run spans its cap (``train.steps = cap``),
 so a run that stops by patience stopped before its schedule ended.
 
-Runs (``--runs``, comma-separated ``KIND[:SEED][@CAP]``):
+Runs (``--runs``, comma-separated ``KIND[+BACKBONE[.SIZE]][:SEED][@CAP]``; ``+BACKBONE``: the recipe with
+``model.backbone=BACKBONE`` and ``model.backbone_size=SIZE`` (default S), issue 25's comparison, e.g.
+``organdetr+mednext_v2:1``, ``seg2box+resenc.B``; not for ``nnunet``):
 
 - ``organdetr:SEED``: the ``demo`` preset (lr 1e-3, grad clip 1.0, 50 warm-up steps), ``train.seed=SEED``.
 - ``seg2box``: the demo's baseline, preset ``seg2box`` with ``seg2box.features=[8, 8, 16, 32, 64, 8]`` and the
@@ -114,27 +116,42 @@ NNUNET_DATASET = "Dataset513_PhantomConvergence"
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One run: ``kind`` (organdetr / seg2box / retinanet / nnunet), training ``seed``, step ``cap``."""
+    """One run: ``kind`` (organdetr / seg2box / retinanet / nnunet), training ``seed``, step ``cap``,
+    ``backbone`` (``""``: the recipe's; else ``NAME`` or ``NAME.SIZE`` of ``model.backbone``)."""
 
     kind: str
     seed: int
     cap: int
+    backbone: str = ""
 
     @property
     def name(self) -> str:
-        return f"{self.kind}_seed{self.seed}"
+        return f"{self.kind}{'+' + self.backbone if self.backbone else ''}_seed{self.seed}"
+
+
+def recipe_of(spec: RunSpec, smoke: bool = False) -> tuple[str, list[str]]:
+    """``(preset, overrides)`` of a run: its kind's recipe, plus its backbone's overrides."""
+    preset, overrides = (SMOKE_RECIPES if smoke else RECIPES)[spec.kind]
+    if not spec.backbone:
+        return preset, list(overrides)
+    name, _, size = spec.backbone.partition(".")
+    return preset, [*overrides, f"model.backbone={name}", f"model.backbone_size={size or 'S'}"]
 
 
 def parse_run(text: str, cap: int | None = None) -> RunSpec:
-    """``KIND[:SEED][@CAP]`` -> :class:`RunSpec` (``cap``: the ``--cap`` for all runs, else per kind)."""
+    """``KIND[+BACKBONE[.SIZE]][:SEED][@CAP]`` -> :class:`RunSpec` (``cap``: the ``--cap`` for all runs,
+    else per kind)."""
     head, _, cap_text = text.strip().partition("@")
     kind, _, seed_text = head.partition(":")
+    kind, _, backbone = kind.partition("+")
+    if backbone and kind == "nnunet":
+        raise ValueError(f"{text!r}: nnU-Net brings its own network (no +BACKBONE)")
     if kind not in DEFAULT_CAPS:
         raise ValueError(f"unknown run kind {kind!r} in {text!r}; choose from {sorted(DEFAULT_CAPS)}")
     run_cap = int(cap_text) if cap_text else (cap if cap is not None else DEFAULT_CAPS[kind])
     if run_cap < 1:
         raise ValueError(f"the step cap of {text!r} must be >= 1")
-    return RunSpec(kind, int(seed_text) if seed_text else 0, run_cap)
+    return RunSpec(kind, int(seed_text) if seed_text else 0, run_cap, backbone)
 
 
 def stop_reason(curve: list[dict], patience: int, cap: int) -> str | None:
@@ -296,7 +313,7 @@ def organdetr_config(spec: RunSpec, cache: Path, train: list, val: list, chunk: 
     chunk (``chunk`` must be whole epochs), ``last/`` only at chunk ends."""
     from organdetr.training.config import load_config
 
-    preset, overrides = (SMOKE_RECIPES if smoke else RECIPES)[spec.kind]
+    preset, overrides = recipe_of(spec, smoke)
     steps_per_epoch = math.ceil(len(train) / 2)
     if chunk % steps_per_epoch:
         raise ValueError(f"--chunk {chunk} must be a multiple of the {steps_per_epoch} steps of an epoch")
@@ -372,7 +389,7 @@ def run_organdetr(spec: RunSpec, out: Path, data: dict, args) -> dict:
         )
     else:
         seconds = progress["settings"]["step_wall_s"]
-    recipe = (SMOKE_RECIPES if args.smoke else RECIPES)[spec.kind]
+    recipe = recipe_of(spec, args.smoke)
     settings = {"recipe": list(recipe), "seed": spec.seed, "step_wall_s": round(seconds, 3)}
     progress = converge(
         folder, FitChunks(cfg, folder / "train"), chunk=args.chunk, patience=args.patience, cap=spec.cap,
@@ -846,7 +863,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--runs", default="organdetr:0,organdetr:1,seg2box,retinanet",
-                        help="comma-separated KIND[:SEED][@CAP]; kinds: "
+                        help="comma-separated KIND[+BACKBONE[.SIZE]][:SEED][@CAP]; kinds: "
                         + ", ".join(DEFAULT_CAPS))  # fmt: skip
     parser.add_argument("--chunk", type=int, default=400, help="steps between validations (whole epochs)")
     parser.add_argument(

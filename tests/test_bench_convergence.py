@@ -40,6 +40,12 @@ def test_parse_run(bench):
     assert bench.parse_run("seg2box@800") == bench.RunSpec("seg2box", 0, 800)
     assert bench.parse_run("retinanet", cap=400).cap == 400
     assert bench.parse_run("nnunet:2@500").name == "nnunet_seed2"
+    backbone = bench.parse_run("seg2box+resenc.B:1")
+    assert backbone.name == "seg2box+resenc.B_seed1"
+    assert bench.recipe_of(backbone)[1][-2:] == ["model.backbone=resenc", "model.backbone_size=B"]
+    assert bench.recipe_of(bench.parse_run("organdetr"))[1] == bench.RECIPES["organdetr"][1]
+    with pytest.raises(ValueError, match="nnU-Net brings its own network"):
+        bench.parse_run("nnunet+mednext_v2")
     with pytest.raises(ValueError, match="unknown run kind"):
         bench.parse_run("yolo")
 
