@@ -33,7 +33,11 @@ class ModelConfig:
 
     Backbone: a stride-2 stem then ``len(backbone_channels)`` residual stages, each halving the grid, so
     stage ``s`` has stride ``2 ** (s + 2)`` (4, 8, 16, 32, ...). The last ``num_levels`` stages form the
-    feature pyramid (finest first). Input sizes should be divisible by the coarsest stride.
+    feature pyramid (finest first). Input sizes should be divisible by the coarsest stride. ``backbone``
+    (issue 25, :mod:`organdetr.models.blocks.backbones`): ``"conv"`` is that residual CNN; ``"mednext_v2"``,
+    ``"resenc"`` and ``"primus"`` give the same stages and strides with their ``backbone_size`` preset's
+    widths (``stem_channels``, ``backbone_depth`` and the widths above are then not read); seg2box and
+    MaskMed read the same two fields for their U-Nets.
 
     Encoder (``encoder``):
 
