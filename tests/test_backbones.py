@@ -18,6 +18,7 @@ from _cache_factory import make_cache, save_random_checkpoint
 from _cli import run_cli
 from organdetr.inference.export import export_checkpoint, load_session, onnx_detect
 from organdetr.models import build_detector, model_preset
+from organdetr.models.blocks import backbones
 from organdetr.models.blocks.backbone import Backbone3d
 from organdetr.models.blocks.backbones import build_feature_pyramid, build_segmentation_unet, check_backbone
 from organdetr.models.blocks.backbones.mednext_v2 import GRN3d, MedNeXtBlock
@@ -110,6 +111,16 @@ def test_conv_is_the_default_and_keeps_its_parameter_names():
         model_preset("tiny", backbone="swin")
     with pytest.raises(ValueError, match="backbone_size"):
         check_backbone("resenc", "XXL")
+
+
+@pytest.mark.parametrize("kind", ["resenc", "primus"])
+def test_a_missing_optional_package_is_a_config_error(monkeypatch, kind):
+    """Without dynamic-network-architectures (or timm) the model section itself is refused, naming the
+    extra, before anything is built (the config loader turns it into a one-line InputError, exit 2)."""
+    monkeypatch.setattr(backbones, f"{kind.upper()}_AVAILABLE", False)
+    with pytest.raises(ValueError, match=r"needs the optional package .*organdetr\[backbones\]"):
+        model_preset("tiny", backbone=kind)
+    model_preset("tiny", backbone="mednext_v2")  # own code: always there
 
 
 @pytest.mark.parametrize("kind", KINDS)

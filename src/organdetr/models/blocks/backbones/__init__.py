@@ -25,7 +25,9 @@ from organdetr.models.blocks.backbones.mednext_v2 import (
     MedNeXtStages,
     MedNeXtUNet,
 )
+from organdetr.models.blocks.backbones.primus import AVAILABLE as PRIMUS_AVAILABLE
 from organdetr.models.blocks.backbones.primus import PRIMUS_SIZES, PrimusPyramid, primus_segmenter
+from organdetr.models.blocks.backbones.resenc import AVAILABLE as RESENC_AVAILABLE
 from organdetr.models.blocks.backbones.resenc import (
     RESENC_SIZES,
     ResEncPyramid,
@@ -39,10 +41,17 @@ UNET_LEVELS = 5  # segmentation U-Nets: strides 1 .. 16
 
 
 def check_backbone(kind: str, size: str) -> None:
-    """ValueError for an unknown backbone or a size it does not have (``conv`` takes any size: its
-    widths are the model section's)."""
+    """ValueError for an unknown backbone, a size it does not have (``conv`` takes any size: its widths are
+    the model section's), or one whose optional package is not installed (checked with the config, before
+    anything is built)."""
     if kind not in BACKBONE_KINDS:
         raise ValueError(f"model.backbone must be one of {BACKBONE_KINDS}, got {kind!r}")
+    if (kind == "resenc" and not RESENC_AVAILABLE) or (kind == "primus" and not PRIMUS_AVAILABLE):
+        raise ValueError(
+            f"model.backbone {kind!r} needs the optional package dynamic-network-architectures"
+            + (" and timm (which imports torchvision)" if kind == "primus" else "")
+            + ": pip install 'organdetr[backbones]'"
+        )
     if kind != "conv" and size not in _SIZES[kind]:
         raise ValueError(f"model.backbone_size for {kind} must be one of {tuple(_SIZES[kind])}, got {size!r}")
 

@@ -27,6 +27,7 @@ try:  # optional: pip install organdetr[backbones] (imports timm, which needs to
     from dynamic_network_architectures.architectures.primus import Primus
 except ImportError:  # pragma: no cover - exercised where the extra is absent
     Primus = None
+AVAILABLE = Primus is not None
 
 PATCH = 8  # Primus's token size (voxels per axis)
 
@@ -141,6 +142,7 @@ def primus_segmenter(
 
 
 __all__ = [
+    "AVAILABLE",
     "PATCH",
     "PRIMUS_SIZES",
     "PrimusPyramid",

@@ -21,6 +21,7 @@ try:  # optional: pip install organdetr[backbones]
     from dynamic_network_architectures.building_blocks.residual_encoders import ResidualEncoder
 except ImportError:  # pragma: no cover - exercised where the extra is absent
     ResidualEncoder = ResidualEncoderUNet = None
+AVAILABLE = ResidualEncoder is not None
 
 MISSING_EXTRA = (
     "needs the optional package dynamic-network-architectures (pip install 'organdetr[backbones]')"
@@ -113,4 +114,12 @@ def resenc_unet(in_channels: int, out_channels: int, size: ResEncSize, levels: i
     )
 
 
-__all__ = ["MISSING_EXTRA", "RESENC_SIZES", "ResEncPyramid", "ResEncSize", "resenc_unet", "residual_encoder"]
+__all__ = [
+    "AVAILABLE",
+    "MISSING_EXTRA",
+    "RESENC_SIZES",
+    "ResEncPyramid",
+    "ResEncSize",
+    "resenc_unet",
+    "residual_encoder",
+]
