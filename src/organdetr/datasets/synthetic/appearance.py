@@ -66,7 +66,8 @@ class AppearanceConfig:
     ``texture_hu``: per-structure standard deviation; ``texture_mm``: size of the texture's blobs;
     ``bias``: MONAI ``RandBiasField`` coefficient upper bound (0 = off); ``blur_mm``: in-plane Gaussian sigma,
     ``slice_blur``: through-plane sigma as a multiple of it; ``gamma``: exponent range; ``noise_hu``: noise
-    standard deviation. ``fixed_hu``: name -> HU, every structure constant, nothing random.
+    standard deviation. ``fixed_hu``: name -> HU for every structure name (``outside_body`` and
+    ``body_unlabelled`` included), every structure constant, nothing random.
     """
 
     p_ct_prior: float = 0.5
