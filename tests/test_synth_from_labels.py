@@ -30,6 +30,7 @@ from organdetr.datasets.synthetic.label_sources import (
     phantom_label_source,
     read_label_source,
 )
+from organdetr.experiments.demo.real_ct import real_scan_truth, score_versus_truth
 from organdetr.io.images import write_image
 
 runner = CliRunner(env={"COLUMNS": "200"})
@@ -187,3 +188,20 @@ def test_cli_synth_from_labels_bad_name_is_one_line_exit_2(tmp_path, monkeypatch
     err = capsys.readouterr().err.strip()
     assert exit_.value.code == 2 and "\n" not in err and "a.nii.gz: label 3" in err and "colonn" in err
     assert not out.exists()
+
+
+def test_real_scan_truth_for_every_scan_of_the_pack(shared_data):
+    """TotalSegmentator's boxes of the organs each real scan holds (the bench's pseudo ground truth); the
+    truth scored against itself is perfect."""
+    organs = set(TARGET_CLASSES.values())
+    expected = {
+        "example_ct.nii.gz": organs,
+        "example_ct_dicom": {"liver", "spleen", "stomach", "pancreas", "aorta", "inferior_vena_cava"},
+        "example_mr_sm.nii.gz": organs - {"urinary_bladder"},
+    }
+    for name, names in expected.items():
+        truth = real_scan_truth(shared_data, shared_data / "totalsegmentator" / name, organs)
+        assert {t["label"] for t in truth} == names, name
+    detections = [{"label": t["label"], "score": 0.9, "box_mm": t["box_mm"]} for t in truth]
+    summary = score_versus_truth("mr", detections, truth).summary
+    assert summary["AP50"] == 1.0 and summary["center_error_mm_median"] == 0.0
