@@ -30,8 +30,10 @@ from organdetr.datasets.synthetic.label_sources import (
     phantom_label_source,
     read_label_source,
 )
+from organdetr.experiments.demo import DemoConfig
 from organdetr.experiments.demo.real_ct import real_scan_truth, score_versus_truth
 from organdetr.io.images import write_image
+from organdetr.runtime.errors import InputError
 
 runner = CliRunner(env={"COLUMNS": "200"})
 CLASSES = {1: "liver", 2: "kidney_left", 3: "colon", 4: "vertebrae_L1", 5: "bladder"}
@@ -205,3 +207,11 @@ def test_real_scan_truth_for_every_scan_of_the_pack(shared_data):
     detections = [{"label": t["label"], "score": 0.9, "box_mm": t["box_mm"]} for t in truth]
     summary = score_versus_truth("mr", detections, truth).summary
     assert summary["AP50"] == 1.0 and summary["center_error_mm_median"] == 0.0
+
+
+def test_demo_data_option(tmp_path):
+    """`demo --data from-labels` names its training data, takes the phantoms' plan; a bad kind is refused."""
+    cfg = DemoConfig.quick(out_dir=tmp_path, data="from-labels")
+    assert "label maps" in cfg.data_text() and "phantoms' plan" in cfg.grid_text()
+    with pytest.raises(InputError, match="--data must be one of phantom, from-labels"):
+        DemoConfig(out_dir=tmp_path, data="labels")
