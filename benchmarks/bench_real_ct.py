@@ -13,6 +13,8 @@ image is scored); TS-B (the upper-abdomen DICOM slab) and the MR (a contrast tes
 are never used. ``--test-set N`` also scores N phantoms of data seed 7 (the phantom test set, clean and
 perturbed).
 
+``--resynthesis`` adds the on-the-fly appearance synthesis (``data.synthesis: appearance``: every step paints
+new intensities onto the cached labels; with ``--data phantom`` it is the phantom with random appearance).
 Ablation switches (one line each in BENCHMARKS.md): ``--no-deform`` (no affine / elastic motion), ``--ct-prior
 1`` (CT-like intensities only, no fully random contrasts), ``--phantom-sources 0`` or ``--label-map`` none
 (real vs procedural maps), ``--phantom-sources N`` (number of source maps).
@@ -150,6 +152,11 @@ def main() -> None:
     parser.add_argument("--phantom-sources", type=int, default=20)
     parser.add_argument("--ct-prior", type=float, default=0.5)
     parser.add_argument("--no-deform", action="store_true")
+    parser.add_argument(
+        "--resynthesis",
+        action="store_true",
+        help="also a new appearance per step (data.synthesis=appearance)",
+    )
     parser.add_argument("--preset", default="demo")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch", type=int, default=2)
@@ -179,9 +186,10 @@ def main() -> None:
         test_set = prepare_test_set(
             args.out, args.test_set, args.size, tuple(args.hu), 7, tuple(args.spacing)
         )
-    run = train_run(args.preset, out, out / "cache", train, val, args, test_set)
+    spec = args.preset + ("|data.synthesis=appearance" if args.resynthesis else "")
+    run = train_run(spec, out, out / "cache", train, val, args, test_set)
     classes = set(class_map_from_plans(load_plans(out / "cache"), out / "cache" / "plans.json").values())
-    real = score_real_scans(run_dir_for(args.preset, out, args.train_seed), shared, out / "real", classes)
+    real = score_real_scans(run_dir_for(spec, out, args.train_seed), shared, out / "real", classes)
     options = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     result = {"tag": tag, "options": options, "data_s": round(data_s), "train": run, "real": real}
     (out / "result.json").write_text(json.dumps(result, indent=1))

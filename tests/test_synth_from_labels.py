@@ -8,12 +8,16 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from scipy import ndimage
 from typer.testing import CliRunner
 
+from _cache_factory import make_cache  # tests/ is on sys.path (pytest rootdir import mode)
 from organdetr.cli import app, main
 from organdetr.core.boxes.labels import boxes_from_labels
 from organdetr.core.geometry import Geometry
+from organdetr.data.cache_dataset import CacheDataset
+from organdetr.data.resynthesis import Resynthesis
 from organdetr.datasets.nnunet import load_dataset, write_dataset_json
 from organdetr.datasets.synthetic.appearance import OUTSIDE, AppearanceConfig
 from organdetr.datasets.synthetic.from_labels import (
@@ -34,6 +38,7 @@ from organdetr.experiments.demo import DemoConfig
 from organdetr.experiments.demo.real_ct import real_scan_truth, score_versus_truth
 from organdetr.io.images import write_image
 from organdetr.runtime.errors import InputError
+from organdetr.training.config import DataConfig
 
 runner = CliRunner(env={"COLUMNS": "200"})
 CLASSES = {1: "liver", 2: "kidney_left", 3: "colon", 4: "vertebrae_L1", 5: "bladder"}
@@ -215,3 +220,25 @@ def test_demo_data_option(tmp_path):
     assert "label maps" in cfg.data_text() and "phantoms' plan" in cfg.grid_text()
     with pytest.raises(InputError, match="--data must be one of phantom, from-labels"):
         DemoConfig(out_dir=tmp_path, data="labels")
+
+
+def test_cache_resynthesis_paints_the_cached_labels(tmp_path):
+    """`data.synthesis: appearance`: with fixed intensities every organ voxel of the sample gets its organ's
+    normalised HU and the background its bin's; p=0 leaves the cached image; a random draw is reproducible
+    from the key, stays in [0, 1] and differs from the cached image."""
+    cache = make_cache(tmp_path, num_cases=1, size=16)
+    hu = {"outside_body": -1000.0, "body_unlabelled": -50.0, "muscle": 60.0, "vertebrae": 500.0}
+    hu |= {"liver": 100.0, "kidney_left": 150.0, "kidney_right": 120.0, "spleen": 80.0}
+    fixed = CacheDataset(cache, synthesis=Resynthesis(1.0, AppearanceConfig(fixed_hu=hu)))
+    image, target = fixed[(0, 3)]
+    low, high = fixed.plans["hu_window"]
+    seg = target["seg"].numpy()
+    for dense, name in enumerate(fixed.class_names, start=1):
+        assert np.allclose(image[0].numpy()[seg == dense], np.clip((hu[name] - low) / (high - low), 0, 1))
+    cached, _ = CacheDataset(cache)[(0, 3)]
+    assert torch.equal(CacheDataset(cache, synthesis=Resynthesis(0.0))[(0, 3)][0], cached)
+    drawn = CacheDataset(cache, synthesis=Resynthesis(1.0))
+    a, b = drawn[(0, 5)][0], drawn[(0, 5)][0]
+    assert torch.equal(a, b) and not torch.equal(a, cached) and 0.0 <= float(a.min()) <= float(a.max()) <= 1.0
+    with pytest.raises(ValueError, match="data.synthesis must be"):
+        DataConfig(synthesis="labels")
