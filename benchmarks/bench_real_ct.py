@@ -16,7 +16,7 @@ perturbed).
 ``--resynthesis`` adds the on-the-fly appearance synthesis (``data.synthesis: appearance``: every step paints
 new intensities onto the cached labels; with ``--data phantom`` it is the phantom with random appearance).
 Ablation switches (one line each in BENCHMARKS.md): ``--no-deform`` (no affine / elastic motion), ``--ct-prior
-1`` (CT-like intensities only, no fully random contrasts), ``--phantom-sources 0`` or ``--label-map`` none
+1`` (CT-like intensities only, no fully random contrasts), ``--phantom-sources 0`` or ``--no-label-maps``
 (real vs procedural maps), ``--phantom-sources N`` (number of source maps).
 
 Usage::
@@ -74,6 +74,7 @@ def training_data(args, shared: Path, raw: Path) -> Path:
     if args.data == "phantom":
         return write_synthetic_dataset(raw, args.cases, seed=args.seed, workers=1)
     maps = [shared / TS_A_LABELS] if args.label_map is None else [Path(p) for p in args.label_map]
+    maps = [] if args.no_label_maps else maps
     sources = [read_label_source(path) for path in maps]
     sources += [phantom_label_source(s) for s in case_seeds(args.seed + 1, args.phantom_sources)]
     appearance = replace(AppearanceConfig(), p_ct_prior=args.ct_prior)
@@ -149,6 +150,7 @@ def main() -> None:
     )
     parser.add_argument("--data", choices=("from-labels", "phantom"), default="from-labels")
     parser.add_argument("--label-map", action="append", default=None, help="source label map (repeatable)")
+    parser.add_argument("--no-label-maps", action="store_true", help="procedural phantoms' label maps only")
     parser.add_argument("--phantom-sources", type=int, default=20)
     parser.add_argument("--ct-prior", type=float, default=0.5)
     parser.add_argument("--no-deform", action="store_true")
