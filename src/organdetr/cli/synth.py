@@ -88,6 +88,8 @@ def synth(
 
     *label_maps, out = paths
     if kind == Kind.from_labels:
+        if size or spacing or spacing_jitter is not None or size_jitter:
+            raise typer.BadParameter("--size / --spacing / --*-jitter do not apply to --kind from-labels")
         _from_labels(label_maps, out, cases, seed, workers, preview, phantom_sources, ct_prior)
         return
     if label_maps:
