@@ -32,6 +32,14 @@ def demo(
         Path, typer.Option(help="Real-data pack (default: ../shared/data or $ORGANDETR_SHARED_DATA).")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the phantoms, the split and training.")] = 0,
+    data: Annotated[
+        str,
+        typer.Option(
+            help="Training data: phantom (the procedural phantoms) or from-labels (scans synthesised from "
+            "TotalSegmentator's label map of the pack's TS-A and phantoms' label maps, random shape and "
+            "appearance; the real scans stay test scans)."
+        ),
+    ] = "phantom",
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Run the whole pipeline on CPU in minutes and write OUT/report/REPORT.md.
@@ -54,6 +62,7 @@ def demo(
         "seed": seed,
         "progress": progress,
         "baselines": baselines,
+        "data": data,
     }
     if cases is not None:
         changes["cases"] = cases
@@ -61,7 +70,7 @@ def demo(
         changes["steps"] = steps
     cfg = DemoConfig.quick(**changes) if quick else DemoConfig(**changes)
     typer.echo(
-        f"organdetr demo: {cfg.cases} phantom scans, {cfg.preset} model on a {cfg.grid_text()}, "
+        f"organdetr demo: {cfg.cases} {cfg.data_text()}, {cfg.preset} model on a {cfg.grid_text()}, "
         f"{cfg.steps} steps per model, output {cfg.out_dir}"
     )
     result = run_demo(cfg, echo=typer.echo)

@@ -44,6 +44,7 @@ from organdetr.data.augment import (
     sample_params,
     transform_boxes,
 )
+from organdetr.data.resynthesis import Resynthesis, resynthesize
 from organdetr.data.splits import fold_cases
 from organdetr.preprocessing.cache import list_cases, load_case
 from organdetr.preprocessing.plans import (
@@ -131,6 +132,7 @@ class CacheDataset(Dataset):
         case_ids: list[str] | None = None,
         augment: AugmentConfig | None = None,
         box_targets: str = "labels",
+        synthesis: Resynthesis | None = None,
     ):
         if box_targets not in BOX_TARGETS:
             raise ValueError(f"box_targets must be one of {BOX_TARGETS}, got {brief(box_targets)}")
@@ -148,6 +150,12 @@ class CacheDataset(Dataset):
         self._lut = dense_lut(self.classes)
         self._swap = left_right_swap_table(self.class_names)
         self._exact: dict[str, dict[int, np.ndarray]] = {}  # case id -> dense class -> grid box
+        self.synthesis = synthesis
+        if synthesis is not None and ("hu_window" not in self.plans or "channel_norm" in self.plans):
+            raise InputError(
+                self.cache_dir / "plans.json",
+                "data.synthesis: appearance needs a single-channel cache normalised with an HU window",
+            )
 
     @property
     def num_classes(self) -> int:
@@ -194,6 +202,8 @@ class CacheDataset(Dataset):
         if label_np is None:
             raise InputError(self.cache_dir / "cases" / f"{case_id}.json", "case has no label array")
         seg = self._dense_seg(label_np, case_id)
+        if self.synthesis is not None:
+            image = self._resynthesised(image, seg, record, seed)
         params = AugmentParams()
         if self.augment is not None:
             rng = np.random.default_rng(seed if seed is not None else None)
@@ -207,6 +217,20 @@ class CacheDataset(Dataset):
         if self.case_classes:
             target["case_label"] = torch.tensor(self.case_label_index(record, case_id), dtype=torch.int64)
         return (image[None] if image.ndim == 3 else image), target
+
+    def _resynthesised(self, image: Tensor, seg: Tensor, record: dict, seed: int | None) -> Tensor:
+        """``image`` replaced, with probability ``synthesis.probability``, by a new appearance of its labels
+        (:mod:`organdetr.data.resynthesis`); its own random stream, so the augmentation's draws stay as they
+        are without synthesis."""
+        rng = np.random.default_rng(None if seed is None else [int(seed), 24])
+        if rng.uniform() >= self.synthesis.probability:
+            return image
+        spacing = tuple(float(s) for s in record["grid"]["spacing"])
+        window = tuple(float(v) for v in self.plans["hu_window"])
+        new = resynthesize(
+            image.numpy(), seg.numpy(), self.class_names, spacing, window, rng, self.synthesis.appearance
+        )
+        return torch.from_numpy(np.ascontiguousarray(new, dtype=np.float32))
 
     def median_box_sizes(self) -> Tensor:
         """Median normalised ``(i, j, k)`` box extent of each organ class over this dataset's cases

@@ -60,6 +60,8 @@ class DataConfig:
     batch_size: int = 2  # per process (per GPU)
     num_workers: int = 2  # DataLoader worker processes per process
     box_targets: BoxTargets = "labels"  # training boxes: label voxels, or exact from the original scan
+    synthesis: str = "none"  # "appearance": new random intensities per sample from its labels (issue 24)
+    synthesis_p: float = 0.8  # probability that a training sample is resynthesised
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.val_fraction < 1.0:
@@ -70,6 +72,10 @@ class DataConfig:
             raise ValueError(f"data.batch_size must be >= 1, got {self.batch_size}")
         if self.num_workers < 0:
             raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        if self.synthesis not in ("none", "appearance"):
+            raise ValueError(f"data.synthesis must be 'none' or 'appearance', got {self.synthesis!r}")
+        if not 0.0 <= self.synthesis_p <= 1.0:
+            raise ValueError(f"data.synthesis_p must be in [0, 1], got {self.synthesis_p}")
 
 
 @dataclass

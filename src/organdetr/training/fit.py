@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from organdetr.data.cache_dataset import CacheDataset, split_cases
 from organdetr.data.properties import DataProperties
+from organdetr.data.resynthesis import Resynthesis
 from organdetr.evaluation.presence import threshold_state
 from organdetr.models import detector_from_config
 from organdetr.models.organdetr.proposals import anchor_sizes_from_boxes
@@ -262,7 +263,8 @@ def _load_data(
     if not train_ids:
         raise InputError(cache_dir, "no complete training cases in the cache (run `organdetr preprocess`)")
     verify_cases(cache_dir, [*train_ids, *val_ids], plans, progress=cfg.train.progress and dist_info.is_main)
-    train_ds = CacheDataset(cache_dir, train_ids, cfg.augment, cfg.data.box_targets)
+    synthesis = Resynthesis(cfg.data.synthesis_p) if cfg.data.synthesis == "appearance" else None
+    train_ds = CacheDataset(cache_dir, train_ids, cfg.augment, cfg.data.box_targets, synthesis)
     val_ds = CacheDataset(cache_dir, val_ids, None, cfg.data.box_targets) if val_ids else None
     plans = with_intensity_reference(plans, (train_ds.record(i) for i in range(len(train_ds))))  # predict
     return RunData(plans, dist_info, device, train_ds, val_ds)

@@ -163,6 +163,22 @@ def generate_case_with_info(
     """:func:`generate_case` plus the :class:`CaseInfo` of what was drawn."""
     cfg = cfg or PhantomConfig()
     rng = np.random.default_rng(seed)
+    tissue, labels, geometry, info = _draw_maps(rng, cfg)
+    image = _ct_numbers(rng, tissue, geometry, cfg, info.phase)  # reads the spacing only
+    return image, labels, geometry, info
+
+
+def phantom_maps(seed: int, cfg: PhantomConfig | None = None) -> tuple[np.ndarray, np.ndarray, Geometry]:
+    """The maps of case ``seed`` before CT numbers: ``(tissue uint8 [I,J,K] (:class:`Tissue` values),
+    labels uint8 [I,J,K], geometry)``, the same anatomy :func:`generate_case` paints for that seed."""
+    tissue, labels, geometry, _ = _draw_maps(np.random.default_rng(seed), cfg or PhantomConfig())
+    return tissue, labels, geometry
+
+
+def _draw_maps(
+    rng: np.random.Generator, cfg: PhantomConfig
+) -> tuple[np.ndarray, np.ndarray, Geometry, CaseInfo]:
+    """Grid, contrast phase, organs present and the painted tissue / label maps of one case."""
     body_scale, scan_range, world_offset = None, "fixed", np.zeros(3)
     if cfg.field_of_view == "varied":
         body_scale = float(rng.uniform(*cfg.body_scale))
@@ -174,12 +190,11 @@ def generate_case_with_info(
     grid = Grid(geometry.size, geometry.spacing, geometry.origin)  # anatomy frame: the body's centre at 0
     variation = Variation(cfg.organ_shift_mm, cfg.organ_scale_jitter, cfg.organ_rotation_deg)
     tissue, labels, _ = render(grid, rng, present=present, variation=variation, body_scale=body_scale)
-    image = _ct_numbers(rng, tissue, geometry, cfg, phase)
     missing = tuple(name for name, here in present.items() if not here)
     if world_offset.any():  # the scanner's frame: where the table happened to be
         origin = tuple(round(float(o), 3) for o in np.asarray(geometry.origin) + world_offset)
         geometry = Geometry(geometry.size, geometry.spacing, origin, geometry.direction)
-    return image, labels, geometry, CaseInfo(phase=phase, missing=missing, scan_range=scan_range)
+    return tissue, labels, geometry, CaseInfo(phase=phase, missing=missing, scan_range=scan_range)
 
 
 def sample_scan(

@@ -131,4 +131,10 @@ def tissue_hu(rng: np.random.Generator, phase: str) -> tuple[np.ndarray, np.ndar
     return means, texture
 
 
-__all__ = ["LABEL_IDS", "PHASES", "Tissue", "tissue_hu"]
+def tissue_hu_range(tissue: Tissue) -> tuple[float, float]:
+    """The widest mean-HU range of ``tissue`` over every contrast phase, ``(low, high)``."""
+    ranges = [(_HU["native"] | _HU[phase])[tissue] for phase in PHASES]
+    return float(min(lo for lo, _ in ranges)), float(max(hi for _, hi in ranges))
+
+
+__all__ = ["LABEL_IDS", "PHASES", "Tissue", "tissue_hu", "tissue_hu_range"]

@@ -12,20 +12,24 @@ import organdetr
 from organdetr.core.boxes.labels import boxes_from_labels
 from organdetr.core.geometry import axis_codes
 from organdetr.datasets.labels import load_class_map
-from organdetr.evaluation import Detection, GroundTruth, evaluate_detections
+from organdetr.evaluation import Detection, EvaluationResult, GroundTruth, evaluate_detections
 from organdetr.inference.overlay import render_overlay
 from organdetr.inference.predict import predict_scans
 from organdetr.inference.predictor import Predictor
 from organdetr.io.discovery import ScanInput, case_id_of
-from organdetr.io.images import read_image, read_label_map
+from organdetr.io.images import read_image, read_label_map, read_label_table
 from organdetr.runtime.errors import InputError
 from organdetr.runtime.json_files import read_json
 
 SHARED_DATA_ENV = "ORGANDETR_SHARED_DATA"
 REAL_CT_CANDIDATES = ("totalsegmentator/example_ct.nii.gz", "totalsegmentator/example_ct_dicom")
 REAL_CT_LABELS = {
-    "totalsegmentator/example_ct.nii.gz": "totalsegmentator/example_seg_fast_force_split.nii.gz"
+    "totalsegmentator/example_ct.nii.gz": "totalsegmentator/example_seg_fast_force_split.nii.gz",
+    "totalsegmentator/example_ct_dicom": "totalsegmentator/example_seg_dicom.nii.gz",
+    "totalsegmentator/example_mr_sm.nii.gz": "totalsegmentator/example_seg_mr.nii.gz",
 }
+"""Scan of the data pack -> TotalSegmentator's label map of it (pseudo ground truth: a model's output, not a
+manual annotation); the map's header table names its structures (``total`` or ``total_mr``)."""
 
 
 def find_shared_data(explicit: Path | None = None) -> Path | None:
@@ -79,7 +83,7 @@ def predict_real_ct(cfg, run_dir: Path, out_dir: Path, classes: dict[int, str], 
         if scan.case_id not in summary.done:
             continue
         prediction = read_json(out_dir / f"{scan.case_id}.json")
-        truth = _real_ct_truth(shared, scan, set(classes.values()))
+        truth = real_scan_truth(shared, scan.path, set(classes.values()))
         volume = read_image(scan.path)
         kind = "DICOM series" if scan.path.is_dir() else "NIfTI"
         title = f"real CT {scan.path.name} ({kind}): phantom-trained model"
@@ -103,15 +107,22 @@ def predict_real_ct(cfg, run_dir: Path, out_dir: Path, classes: dict[int, str], 
     return results
 
 
+def score_versus_truth(case_id: str, detections: list[dict], truth: list[dict]) -> EvaluationResult:
+    """COCO-style scores (1 box per organ) of a prediction JSON's ``detections`` against ``truth``
+    (:func:`real_scan_truth`), over the organs the truth has."""
+    names = sorted({t["label"] for t in truth})
+    dets = [Detection(case_id, d["label"], float(d["score"]), np.asarray(d["box_mm"])) for d in detections
+            if d["label"] in names]  # fmt: skip
+    gts = [GroundTruth(case_id, t["label"], np.asarray(t["box_mm"])) for t in truth]
+    return evaluate_detections(dets, gts, names, max_detections=1)
+
+
 def _versus_truth(case_id: str, detections: list[dict], truth: list[dict]) -> str | None:
     """One honest sentence comparing the boxes with TotalSegmentator's, for the organs both have."""
     if not truth:
         return None
     names = sorted({t["label"] for t in truth})
-    dets = [Detection(case_id, d["label"], float(d["score"]), np.asarray(d["box_mm"])) for d in detections
-            if d["label"] in names]  # fmt: skip
-    gts = [GroundTruth(case_id, t["label"], np.asarray(t["box_mm"])) for t in truth]
-    summary = evaluate_detections(dets, gts, names, max_detections=1).summary
+    summary = score_versus_truth(case_id, detections, truth).summary
     centre = summary.get("center_error_mm_median")
     centre_text = (
         f"{centre:.0f} mm"
@@ -126,14 +137,15 @@ def _versus_truth(case_id: str, detections: list[dict], truth: list[dict]) -> st
     )
 
 
-def _real_ct_truth(shared: Path, scan, names: set[str]) -> list[dict]:
-    """TotalSegmentator boxes of the organs the phantom also has (for the picture), or ``[]``."""
-    rel = next((r for r in REAL_CT_LABELS if shared / r == scan.path), None)
+def real_scan_truth(shared: Path, scan_path: Path, names: set[str]) -> list[dict]:
+    """TotalSegmentator boxes (``{"label", "box_mm"}``) of the organs in ``names`` that its label map of the
+    pack's scan ``scan_path`` holds, or ``[]`` (no label map, or none of those organs)."""
+    rel = next((r for r in REAL_CT_LABELS if shared / r == Path(scan_path)), None)
     if rel is None or not (shared / REAL_CT_LABELS[rel]).is_file():
         return []
     try:
         labels = read_label_map(shared / REAL_CT_LABELS[rel])
-        ts_classes = load_class_map("totalsegmentator")
+        ts_classes = read_label_table(shared / REAL_CT_LABELS[rel]) or load_class_map("totalsegmentator")
         present = {i: n for i, n in ts_classes.items() if n in names}
         boxes = boxes_from_labels(
             np.where(np.isin(labels.array, list(present)), labels.array, 0), labels.geometry, present
@@ -143,4 +155,12 @@ def _real_ct_truth(shared: Path, scan, names: set[str]) -> list[dict]:
     return [{"label": b.name, "box_mm": [float(v) for v in b.box_mm]} for b in boxes]
 
 
-__all__ = ["REAL_CT_CANDIDATES", "REAL_CT_LABELS", "SHARED_DATA_ENV", "find_shared_data", "predict_real_ct"]
+__all__ = [
+    "REAL_CT_CANDIDATES",
+    "REAL_CT_LABELS",
+    "SHARED_DATA_ENV",
+    "find_shared_data",
+    "predict_real_ct",
+    "real_scan_truth",
+    "score_versus_truth",
+]

@@ -107,7 +107,7 @@ def _report_text(cfg, report, runs, tables, overlays, real, timings, run, has_lo
         f"Organ-DETR (`{cfg.preset}` preset: MSA encoder, two-stage deformable decoder with iterative box "
         "refinement, contrastive denoising, Dense Query Matching, multiscale segmentation loss) trained on "
         f"CPU for **{run['steps']} optimizer steps** of batch {cfg.batch_size} ({seconds} measured before "
-        f"training) on synthetic abdomen phantoms ({cfg.cases} scans, {len(run['classes'])} organ classes, "
+        f"training) on {cfg.data_text()} ({cfg.cases} scans, {len(run['classes'])} organ classes, "
         f"model {cfg.grid_text()}), then evaluated on {run['held_out_cases']} held-out phantom scans "
         "it never saw, read from their raw NIfTI files exactly as `organdetr predict` reads a user's scan."
         + baseline,
@@ -152,14 +152,14 @@ def _report_text(cfg, report, runs, tables, overlays, real, timings, run, has_lo
               "boxes in colour (solid where the slice cuts the box, dotted where it does not), ground "
               "truth white dashed.", ""]  # fmt: skip
     lines += [f"![{p.stem}]({rel(p)})" for p in overlays] + [""]
-    lines += ["## Real CT", ""] + _real_ct_lines(real)
+    lines += ["## Real CT", ""] + _real_ct_lines(real, cfg.data)
     lines += ["## Time", "", "| step | seconds |", "|---|---:|"]
     lines += [f"| {name} | {seconds:.1f} |" for name, seconds in timings.items()]
     lines += ["", f"Machine: {os.cpu_count()} CPU cores visible, torch threads {cfg.threads}.", ""]
     return "\n".join(lines)
 
 
-def _real_ct_lines(real: list[dict]) -> list[str]:
+def _real_ct_lines(real: list[dict], data: str = "phantom") -> list[str]:
     if not real:
         return [
             "Skipped: the real-data pack (`../shared/data` or `$ORGANDETR_SHARED_DATA`) was not found.",
@@ -168,9 +168,13 @@ def _real_ct_lines(real: list[dict]) -> list[str]:
     lines = [
         "The same model on real scans shows that real geometry (orientation, anisotropic spacing, DICOM "
         "series) is handled end to end: boxes come back in the scan's own voxel indices and in LPS mm. "
-        "A model trained for minutes on phantoms **does not find real organs well**; the white dashed "
-        "boxes are TotalSegmentator's labels of the organs the phantom also has, where the data pack "
-        "has them.",
+        + (
+            "A model trained for minutes on phantoms **does not find real organs well**; "
+            if data == "phantom"
+            else "The model trained on scans synthesised from label maps only (never on these pixels); "
+        )
+        + "the white dashed boxes are TotalSegmentator's labels (pseudo ground truth) of the model's organs, "
+        "where the data pack has them.",
         "",
     ]  # fmt: skip
     for item in real:

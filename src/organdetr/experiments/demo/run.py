@@ -18,9 +18,12 @@ import torch
 
 from organdetr.data.cache_dataset import CacheDataset, collate
 from organdetr.datasets.nnunet import load_dataset
+from organdetr.datasets.synthetic.from_labels_dataset import write_from_labels_dataset
+from organdetr.datasets.synthetic.label_sources import phantom_label_source, read_label_source
 from organdetr.datasets.synthetic.phantom import write_synthetic_dataset
+from organdetr.datasets.synthetic.writing import case_seeds
 from organdetr.experiments.demo.evaluate import evaluate_held_out
-from organdetr.experiments.demo.real_ct import predict_real_ct
+from organdetr.experiments.demo.real_ct import find_shared_data, predict_real_ct
 from organdetr.experiments.demo.report import write_demo_report
 from organdetr.models import detector_from_config
 from organdetr.preprocessing.cache import list_cases
@@ -39,6 +42,13 @@ ends). Measured on the demo phantoms, Organ-DETR reached 3x the held-out mAP of 
 same 600 steps (BENCHMARKS.md, "Demo design"); the nnU-Net-style labelled-foreground window that
 ``organdetr preprocess`` uses by default comes out at about -975..256 HU here, because the phantom's (and
 TotalSegmentator's) stomach label includes its gas."""
+
+DATA_KINDS = ("phantom", "from-labels")
+FROM_LABELS_PLAN = ((5.8, 5.8, 6.8), (-133.0, 367.0))
+"""Spacing (mm, for a 64^3 grid; scaled for others) and HU window of ``data="from-labels"``: what the plan
+chooses for the phantoms (BENCHMARKS.md issue 23). The plan's own rules would read the synthetic scans'
+random intensities and spacings, which say nothing about the scans the model will see."""
+TS_A_LABEL_MAP = "totalsegmentator/example_seg_fast_force_split.nii.gz"
 
 
 @dataclass
@@ -73,6 +83,10 @@ class DemoConfig:
     threads: int = 2
     num_workers: int = 0  # augmentation in the main process: on 2 cores a worker only competes with torch
     max_overlays: int = 4
+    # data="from-labels": train on scans synthesised from label maps (issue 24): TotalSegmentator's map of
+    # the pack's TS-A (its labels only; its image stays a test scan) and `phantom_sources` phantoms' maps
+    data: str = "phantom"
+    phantom_sources: int = 20
     shared_data: Path | None = None
     progress: bool = True
 
@@ -97,7 +111,10 @@ class DemoConfig:
     def grid_text(self) -> str:
         """``64^3 grid at 6.5 x 6.5 x 6 mm`` or ``64^3 grid (whole scan resized)``, for console and report."""
         if self.plan and not self._planned:
-            return f"{self.input_size}^3 grid, spacing and HU window planned from the training phantoms"
+            source = (
+                "the training phantoms" if self.data == "phantom" else "the phantoms' plan (FROM_LABELS_PLAN)"
+            )
+            return f"{self.input_size}^3 grid, spacing and HU window planned from {source}"
         if self.target_spacing is None:
             return f"{self.input_size}^3 grid (whole scan resized)"
         return f"{self.input_size}^3 grid at " + " x ".join(f"{s:g}" for s in self.target_spacing) + " mm"
@@ -122,6 +139,17 @@ class DemoConfig:
             raise InputError(None, f"--steps must be >= 1, got {self.steps}")
         if self.threads < 1:
             raise InputError(None, f"--threads must be >= 1, got {self.threads}")
+        if self.data not in DATA_KINDS:
+            raise InputError(None, f"--data must be one of {', '.join(DATA_KINDS)}, got {self.data!r}")
+
+    def data_text(self) -> str:
+        """What the model trains on, for console and report."""
+        if self.data == "phantom":
+            return "synthetic abdomen phantoms"
+        return (
+            "scans synthesised from label maps (TotalSegmentator's map of the pack's TS-A, where found, and "
+            f"{self.phantom_sources} phantoms' maps: random deformation, field of view and appearance)"
+        )
 
 
 @dataclass
@@ -173,8 +201,10 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult
     n = 7 if cfg.baselines else 6
     step = iter(range(1, n + 1))
 
-    with clock.step("synth", f"{next(step)}/{n} synthesising {cfg.cases} phantom CT scans with organ labels"):
-        dataset_root = _synthesise(cfg, out / "data")
+    with clock.step(
+        "synth", f"{next(step)}/{n} synthesising {cfg.cases} {cfg.data_text()} with organ labels"
+    ):
+        dataset_root = _synthesise(cfg, out / "data", echo)
     with clock.step("preprocess", f"{next(step)}/{n} preprocessing onto a {cfg.grid_text()}"):
         train_ids, test_ids, cache_dir, classes = _preprocess(cfg, dataset_root, out / "cache")
     if cfg.plan:
@@ -232,12 +262,32 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult
     return result
 
 
-def _synthesise(cfg: DemoConfig, data_dir: Path) -> Path:
-    root = data_dir / "Dataset990_OrganPhantom"
+def _synthesise(cfg: DemoConfig, data_dir: Path, echo: Callable[[str], None]) -> Path:
     workers = max(1, cfg.threads)
-    return Path(
-        write_synthetic_dataset(root, cfg.cases, seed=cfg.seed, workers=workers, progress=cfg.progress)
+    if cfg.data == "phantom":
+        root = data_dir / "Dataset990_OrganPhantom"
+        return Path(
+            write_synthetic_dataset(root, cfg.cases, seed=cfg.seed, workers=workers, progress=cfg.progress)
+        )
+    root = data_dir / "Dataset991_FromLabels"
+    if '"from-labels"' in _text_or_empty(root / "dataset.json"):  # an earlier demo's data: write afresh
+        shutil.rmtree(root)
+    shared = find_shared_data(cfg.shared_data)
+    sources = (
+        [read_label_source(shared / TS_A_LABEL_MAP)] if shared and (shared / TS_A_LABEL_MAP).is_file() else []
     )
+    if not sources:
+        echo("      no TotalSegmentator label map found: synthesising from the phantoms' label maps only")
+    sources += [
+        phantom_label_source(s) for s in case_seeds(cfg.seed + 1, max(cfg.phantom_sources, 1 - len(sources)))
+    ]
+    return write_from_labels_dataset(
+        root, sources, cfg.cases, seed=cfg.seed, workers=workers, progress=cfg.progress
+    )
+
+
+def _text_or_empty(path: Path) -> str:
+    return path.read_text("utf-8", errors="replace") if path.is_file() else ""
 
 
 def _fit(cfg: DemoConfig) -> dict:
@@ -253,7 +303,11 @@ def _preprocess(cfg: DemoConfig, dataset_root: Path, cache_dir: Path):
     n_test = max(1, round(cfg.test_fraction * len(case_ids)))
     order = np.random.default_rng(cfg.seed).permutation(len(case_ids))
     test_ids = sorted(case_ids[i] for i in order[:n_test])
-    if cfg.plan:
+    if cfg.plan and cfg.data == "from-labels":
+        spacing, cfg.hu_window = FROM_LABELS_PLAN
+        cfg.target_spacing = tuple(s * 64 / cfg.input_size for s in spacing)
+        cfg._planned = True
+    elif cfg.plan:
         cfg.apply_plan(dataset_root, sorted(set(case_ids) - set(test_ids)))
     pre = PreprocessConfig(input_size=(cfg.input_size,) * 3, hu_window=cfg.hu_window, **_fit(cfg))
     summary = preprocess_dataset(
