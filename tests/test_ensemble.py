@@ -208,7 +208,25 @@ def test_predict_cli_ensembles_run_folders_and_names_them_in_the_json(tmp_path, 
     assert [m["run"] for m in model["members"]] == [str(runs[0]), str(runs[1])]
     assert all(len(m["sha256"]) == 64 for m in model["members"])
     assert model["members"][0]["sha256"] != model["members"][1]["sha256"]
-    assert model["tta"] == {"used": True, "views": ["none", "flip k"]} and model["forward_passes"] == 4
+    assert model["tta"] == {"used": True, "views": ["none", "flip k"], "axes_not_mirrored_in_training": ["k"]}
+    assert model["forward_passes"] == 4
+    assert "warning: --tta mirrors along k, which training never mirrored" in err
+
+
+def test_tta_warns_only_about_axes_training_never_mirrored(runs):
+    """A run trained with left-right flips: mirroring along i is what it saw, j / k are not; a run without
+    flips: every axis is unseen. A model built in memory (no training record) is not judged."""
+    flipped = Predictor.from_checkpoint(runs[0], "cpu", "off")
+    flipped.trained_mirror_axes = (0,)
+    plain = Predictor.from_checkpoint(runs[1], "cpu", "off")
+    assert plain.trained_mirror_axes == ()  # the tiny preset trains without flips
+    assert EnsemblePredictor([flipped], flip_views("i")).unseen_mirror_axes() == []
+    assert EnsemblePredictor([flipped], flip_views("ijk")).unseen_mirror_axes() == ["j", "k"]
+    assert EnsemblePredictor([flipped, plain], flip_views("i")).unseen_mirror_axes() == ["i"]
+    assert EnsemblePredictor([flipped, plain]).unseen_mirror_axes() == []  # no mirrored view
+    plans = make_plans(PreprocessConfig(input_size=GRID), CLASSES)
+    in_memory = Predictor(PositionalDetector(), plans, "cpu", "off")
+    assert EnsemblePredictor([in_memory], flip_views("ijk")).unseen_mirror_axes() == []
 
 
 def test_members_with_different_class_lists_are_refused_in_one_line(tmp_path, runs, capsys):

@@ -41,7 +41,20 @@ def load_predictor(runs, tta, tta_axes, device, amp):
         return Predictor.from_checkpoint(runs[0], device, amp)
     predictor = EnsemblePredictor.from_checkpoints(runs, views, device, amp)
     typer.echo(f"ensemble: {predictor.describe()}")
+    warn_unseen_mirrors(predictor)
     return predictor
+
+
+def warn_unseen_mirrors(predictor) -> None:
+    """One warning line when ``--tta`` mirrors an axis the model never saw mirrored in training."""
+    unseen = predictor.unseen_mirror_axes()
+    if unseen:
+        typer.echo(
+            f"warning: --tta mirrors along {''.join(unseen)}, which training never mirrored (augment.flip_lr "
+            "flips i only): the model sees anatomy it never saw and such views usually lower accuracy "
+            "(BENCHMARKS.md, issue 23); train with augment.flip_lr > 0 and use --tta-axes i",
+            err=True,
+        )
 
 
 def predict_out_of_fold(folds, tta, tta_axes, device, amp, predict) -> tuple[int, list]:
@@ -60,7 +73,9 @@ def predict_out_of_fold(folds, tta, tta_axes, device, amp, predict) -> tuple[int
     def load(run):
         if not tta:
             return Predictor.from_checkpoint(run.run, device, amp)
-        return EnsemblePredictor.from_checkpoints([run.run], views, device, amp)
+        predictor = EnsemblePredictor.from_checkpoints([run.run], views, device, amp)
+        warn_unseen_mirrors(predictor)
+        return predictor
 
     total = sum(len(scans) for _, scans in plan)
     typer.echo(f"out of fold: {total} case(s) of {plan[0][0].cache_dir}, each by the 1 of {len(plan)} "

@@ -211,11 +211,26 @@ class EnsemblePredictor(Predictor):
             {
                 "members": self.records,
                 "fusion": "score-weighted box fusion per organ (missing members score 0)",
-                "tta": {"used": len(self.views) > 1, "views": [view_name(v) for v in self.views]},
+                "tta": {
+                    "used": len(self.views) > 1,
+                    "views": [view_name(v) for v in self.views],
+                    "axes_not_mirrored_in_training": self.unseen_mirror_axes(),
+                },
                 "forward_passes": self.forward_passes,
             }
         )
         return prediction
+
+    def unseen_mirror_axes(self) -> list[str]:
+        """Axes (letters of ``"ijk"``) the views mirror but some member never saw mirrored in training.
+
+        Training mirrors at most axis i (``augment.flip_lr``, left / right swapped); j and k flips show the
+        model an upside-down or back-to-front abdomen. On the demo phantoms, models trained without flips lost
+        62 % of their test mAP with ``--tta-axes i`` and more with ``ijk`` (BENCHMARKS.md, issue 23), so
+        predict warns. Members built in memory (no training record) are not judged."""
+        mirrored = {a for view in self.views for a in view}
+        known = [m.trained_mirror_axes for m in self.members if m.trained_mirror_axes is not None]
+        return [AXIS_NAMES[a] for a in sorted(mirrored) if any(a not in seen for seen in known)]
 
     def describe(self) -> str:
         """One line for the console: members, views and what it costs."""

@@ -77,14 +77,17 @@ class Predictor:
         self.case_classes = case_classes_from_plans(plans)
         # the checkpoint's validated score threshold (state.json "score_threshold"; None: older runs)
         self.stored_score_threshold: dict | None = None
+        # grid axes the training mirrored (augment.flip_lr: i); None = not known (a model built in memory)
+        self.trained_mirror_axes: tuple[int, ...] | None = None
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path, device: str = "auto", amp: str = "auto") -> Predictor:
         """Load a run folder / checkpoint folder (safetensors weights, no unpickling)."""
         resolved = resolve_device(device, option="--device")
-        detector, _, plans = load_detector(checkpoint, resolved)
+        detector, cfg, plans = load_detector(checkpoint, resolved)
         predictor = cls(detector, plans, resolved, amp)
         predictor.source = str(checkpoint)
+        predictor.trained_mirror_axes = (0,) if cfg.augment.flip_lr > 0 else ()
         predictor.stored_score_threshold = read_state(resolve_checkpoint_dir(checkpoint)).get(
             "score_threshold"
         )
