@@ -24,8 +24,6 @@ from pathlib import Path
 import torch
 from rich.console import Console
 from rich.table import Table
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from organdetr.data.properties import DataProperties
@@ -41,7 +39,7 @@ from organdetr.training.checkpoint import (
     resolve_checkpoint_dir,
 )
 from organdetr.training.config import TrainConfig, load_config
-from organdetr.training.init_weights import is_weight_file, matched_weights
+from organdetr.training.init_weights import is_weight_file, matched_weights, read_weight_file
 
 REPORT_FILE = "init_from.json"
 
@@ -129,13 +127,6 @@ def _source_files(run: str | Path) -> tuple[Path, dict, str]:
     return ckpt, plans, load_config(config_path).arch
 
 
-def _read_tensors(path: Path) -> dict[str, Tensor]:
-    try:
-        return load_file(str(path), device="cpu")
-    except (SafetensorError, OSError) as err:
-        raise InputError(path, f"not a readable safetensors file ({err})") from None
-
-
 def _copy_class_rows(
     fresh: Tensor, old: Tensor, axis: ClassAxis, old_k: int, row_map: dict[int, int]
 ) -> Tensor | None:
@@ -177,7 +168,7 @@ def init_from_run(
     same_classes = old_names == new_names
     row_map = {i: old_names.index(n) for i, n in enumerate(new_names) if n in old_names}
     weights = ckpt / EMA_FILE if (ckpt / EMA_FILE).is_file() else ckpt / MODEL_FILE  # as load_detector
-    old = _read_tensors(weights)
+    old = read_weight_file(weights)
     report = InitReport(str(weights), old_arch, arch, [new_names[i] for i in row_map], new_names)
     state = detector.state_dict()
     for name, fresh in state.items():
