@@ -110,6 +110,41 @@ def test_seg2box_trains_in_channels_last_and_its_checkpoint_round_trips(tmp_path
         torch.testing.assert_close(loaded.eval()(image), expected)
 
 
+def test_seg2box_on_a_coarse_grid_sees_the_pooled_image_and_answers_on_the_input_grid():
+    """``seg2box.input_stride=2``: the U-Net is built for and fed the 2x average-pooled image, its logits are
+    upsampled to the input grid (so the loss and the boxes stay there; 64^3: BasicUNet's
+    instance norm needs 2^3 voxels at its deepest level of the 32^3 it sees), it learns a cube from that loss
+    alone, and a stride other than 1, 2, 4 is refused."""
+    from organdetr.models.baselines.seg2box import CoarseGridSegmenter
+
+    cfg = load_config("seg2box", ["seg2box.features=[4, 4, 8, 8, 16, 4]", "seg2box.input_stride=2"])
+    torch.manual_seed(0)
+    detector = detector_from_config(cfg, K, (64, 64, 64))
+    assert isinstance(detector.network, CoarseGridSegmenter)
+    seen = []
+    detector.network.network.register_forward_hook(lambda _m, args, _o: seen.append(args[0]))
+    image = torch.randn(1, 1, 64, 64, 64)
+    assert detector(image).shape == (1, K + 1, 64, 64, 64)
+    torch.testing.assert_close(seen[0], torch.nn.functional.avg_pool3d(image, 2))
+    assert seen[0].shape == (1, 1, 32, 32, 32)
+
+    seg = torch.zeros(1, 64, 64, 64, dtype=torch.int64)
+    seg[0, 20:44, 16:38, 24:46] = 2  # class 1 (dense 2): a box on even voxel boundaries
+    image = torch.where(seg > 0, 1.0, 0.0)[:, None] + 0.05 * torch.randn(1, 1, 64, 64, 64)
+    optimizer = torch.optim.Adam(detector.parameters(), lr=1e-2)
+    for _ in range(60):
+        optimizer.zero_grad()
+        detector.loss(image, [{"seg": seg[0]}])["loss"].backward()
+        optimizer.step()
+    detector.eval()
+    found = detector.detect(image)[0]
+    assert found["labels"].tolist() == [1]
+    box = found["boxes"][0].float()
+    torch.testing.assert_close(box, torch.tensor([20.0, 16, 24, 44, 38, 46]), atol=1, rtol=0)
+    with pytest.raises(ValueError, match="input_stride"):
+        load_config("seg2box", ["seg2box.input_stride=3"]).seg2box  # noqa: B018
+
+
 def test_grid_labels_back_to_an_oblique_original_grid():
     """Nearest-neighbour mapping of a model-grid label map onto a RAS scan's own grid: geometry exact."""
     from organdetr.core.volume import Volume

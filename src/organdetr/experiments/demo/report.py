@@ -88,6 +88,15 @@ def _finite(summary: dict) -> dict:
     return {k: float(v) for k, v in summary.items() if isinstance(v, int | float) and np.isfinite(v)}
 
 
+def _stride_text(cfg) -> str:
+    """The baseline's coarse grid in words, when its overrides set ``seg2box.input_stride`` > 1."""
+    key = "seg2box.input_stride="
+    stride = next((o[len(key) :].strip() for o in cfg.baseline_overrides if o.startswith(key)), "1")
+    if stride == "1":
+        return ""
+    return f"; its U-Net sees the grid average-pooled {stride}x and its logits are upsampled back"
+
+
 def _report_text(cfg, report, runs, tables, overlays, real, timings, run, has_loss) -> str:
     def rel(path: Path) -> str:
         return os.path.relpath(path, report)
@@ -96,8 +105,8 @@ def _report_text(cfg, report, runs, tables, overlays, real, timings, run, has_lo
     absent = tables["absent"]
     baseline = (
         " The **seg2box** baseline (MONAI BasicUNet trained with CE + Dice; box = largest connected "
-        f"component per organ, score = its mean probability) was trained for the same {run['steps']} steps "
-        "on the same cases."
+        f"component per organ, score = its mean probability{_stride_text(cfg)}) was trained for the same "
+        f"{run['steps']} steps on the same cases."
         if "seg2box" in runs
         else " The seg2box baseline was not trained (`--no-baselines`)."
     )
