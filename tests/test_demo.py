@@ -77,7 +77,7 @@ def test_train_config_takes_the_demo_budget_optimiser_and_split(tmp_path):
     assert train_cfg.data.train_cases == cases and train_cfg.data.val_cases == []
     seg = _train_config(cfg, tmp_path / "cache", cases, "seg2box", cfg.baseline_overrides)
     assert seg.arch == "seg2box" and seg.train.steps == 30 and seg.optim.lr == 5e-4  # same budget
-    # the demo's baseline: the narrow U-Net on the 2x pooled grid (measured stronger and cheaper), said so
+    # the demo's baseline: the narrow U-Net on the 2x pooled grid (measured as strong, cheaper), said so
     from organdetr.experiments.demo.report import _stride_text
 
     assert seg.seg2box.input_stride == 2 and seg.seg2box.features == (8, 8, 16, 32, 64, 8)

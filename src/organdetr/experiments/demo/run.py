@@ -63,8 +63,9 @@ class DemoConfig:
     preset: str = "demo"
     baseline_preset: str = "seg2box"
     # the U-Net on the 2x average-pooled grid, its logits upsampled back (seg2box.input_stride): measured on
-    # the demo's data at 1000 steps (BENCHMARKS.md "Issue 20"), held-out mAP 0.068 / 0.077 (2 seeds) against
-    # the full grid's 0.032-0.054 for 2.4x fewer CPU-seconds: the stronger baseline, and the cheaper one
+    # the demo's data at 1000 steps (BENCHMARKS.md "Issue 20"), held-out mAP 0.068 / 0.077 (seeds 0 / 1)
+    # against the full grid's 0.032 and 0.054 (seed 0, two runs) / 0.089 (seed 1): as strong within the runs'
+    # spread (mean 0.073 vs 0.058), for 2.5x fewer CPU-seconds per step
     baseline_overrides: tuple[str, ...] = ("seg2box.features=[8, 8, 16, 32, 64, 8]", "seg2box.input_stride=2")
     baselines: bool = True  # also train seg2box (the priors are always scored: they cost nothing)
     input_size: int = 64
