@@ -15,6 +15,7 @@ from organdetr.formats.html_viewer import write_viewer
 from organdetr.inference.overlay import render_overlay
 from organdetr.io.images import read_image
 from organdetr.runtime import atomic
+from organdetr.training.config import load_config
 
 SUMMARY_KEYS = ("mAP", "AP50", "AP75", "mAR", "mAP_10_50", "center_error_mm_median")
 
@@ -89,10 +90,9 @@ def _finite(summary: dict) -> dict:
 
 
 def _stride_text(cfg) -> str:
-    """The baseline's coarse grid in words, when its overrides set ``seg2box.input_stride`` > 1."""
-    key = "seg2box.input_stride="
-    stride = next((o[len(key) :].strip() for o in cfg.baseline_overrides if o.startswith(key)), "1")
-    if stride == "1":
+    """The baseline's coarse grid in words, when its preset + overrides set ``seg2box.input_stride`` > 1."""
+    stride = load_config(cfg.baseline_preset, list(cfg.baseline_overrides)).seg2box.input_stride
+    if stride == 1:
         return ""
     return f"; its U-Net sees the grid average-pooled {stride}x and its logits are upsampled back"
 

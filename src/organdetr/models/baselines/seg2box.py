@@ -85,6 +85,9 @@ def build_seg2box_detector(spec: DetectorSpec) -> SegmentationDetector:
     """
     check_input_size(spec.model, spec.input_size)
     cfg = spec.arch_cfg or Seg2BoxConfig()
+    if any(int(n) % cfg.input_stride for n in spec.input_size):
+        size = tuple(spec.input_size)
+        raise ValueError(f"input_size {size} must be divisible by seg2box.input_stride {cfg.input_stride}")
     network = _unet(spec, cfg, tuple(int(n) // cfg.input_stride for n in spec.input_size))
     if cfg.input_stride > 1:
         network = CoarseGridSegmenter(network, cfg.input_stride)
@@ -94,11 +97,6 @@ def build_seg2box_detector(spec: DetectorSpec) -> SegmentationDetector:
 def _unet(spec: DetectorSpec, cfg: Seg2BoxConfig, grid: tuple[int, ...]) -> nn.Module:
     """The U-Net of ``model.backbone`` on the ``grid`` it will see (the input grid / ``input_stride``)."""
     model = spec.model
-    if any(int(n) * cfg.input_stride != int(m) for n, m in zip(grid, spec.input_size, strict=True)):
-        raise ValueError(
-            f"input_size {tuple(spec.input_size)} must be divisible by "
-            f"seg2box.input_stride {cfg.input_stride}"
-        )
     if model.backbone != "conv":
         if any(int(n) % 2 ** (UNET_LEVELS - 1) for n in grid):
             raise ValueError(
