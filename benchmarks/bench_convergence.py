@@ -15,8 +15,9 @@ Runs (``--runs``, comma-separated ``KIND[+BACKBONE[.SIZE]][:SEED][@CAP]``; ``+BA
 ``organdetr+mednext_v2:1``, ``seg2box+resenc.B``; not for ``nnunet``):
 
 - ``organdetr:SEED``: the ``demo`` preset (lr 1e-3, grad clip 1.0, 50 warm-up steps), ``train.seed=SEED``.
-- ``seg2box``: the demo's baseline, preset ``seg2box`` with ``seg2box.features=[8, 8, 16, 32, 64, 8]`` and the
-  demo's optimiser (lr 1e-3, grad clip 1.0, 50 warm-up steps), as ``organdetr demo`` trains it.
+- ``seg2box``: the demo's baseline, preset ``seg2box`` with ``seg2box.features=[8, 8, 16, 32, 64, 8]`` on the
+  2x average-pooled grid (``seg2box.input_stride=2``; any ``+BACKBONE`` U-Net too) and the demo's optimiser
+  (lr 1e-3, grad clip 1.0, 50 warm-up steps), as ``organdetr demo`` trains it.
 - ``retinanet``: ``arch=retinanet``, MONAI's ``RetinaNetDetector`` with the defaults of
   ``organdetr.models.baselines.retinanet.RetinaNetConfig`` (MONAI's 3D detection tutorial: three anchor
   shapes per level, ATSS matching with 4 candidates, hard-negative sampler of 64 anchors per image at 30 %
@@ -34,7 +35,7 @@ Runs (``--runs``, comma-separated ``KIND[+BACKBONE[.SIZE]][:SEED][@CAP]``; ``+BA
   scans are predicted at the end (best and last point), clean only: zoom / shift exist only as caches.
 
 Default caps keep each run under ~90 minutes on 2 cores at one torch thread (CPU per step, BENCHMARKS.md):
-``demo`` ~0.6 CPU-s/step -> 8000 steps (~80 min); ``seg2box`` ~2 CPU-s/step -> 2400 steps (~80 min);
+``demo`` ~0.6 CPU-s/step -> 8000 steps (~80 min); ``seg2box`` (pooled grid) ~0.4 CPU-s/step -> 2400 steps;
 RetinaNet on the demo backbone (no fine level, dense heads on strides 8 / 16 / 32) is not measured yet:
 6000 steps, check the s/step printed at its start. nnU-Net plans ``3d_fullres`` on these scans (~96 x 73 x 96
 voxels of ~4 mm) with a 96^3 patch (the whole scan) and batch 2: a 2-step smoke run measured ~50 CPU-s per
@@ -99,7 +100,9 @@ DEFAULT_CAPS = {"organdetr": 8000, "seg2box": 2400, "retinanet": 6000, "nnunet":
 DEMO_OPTIM = ["optim.lr=1e-3", "optim.grad_clip=1.0", "optim.warmup_steps=50"]
 RECIPES: dict[str, tuple[str, list[str]]] = {  # kind -> (preset, overrides)
     "organdetr": ("demo", DEMO_OPTIM),
-    "seg2box": ("seg2box", ["seg2box.features=[8, 8, 16, 32, 64, 8]", *DEMO_OPTIM]),
+    # organdetr.experiments.demo.DemoConfig.baseline_overrides: the U-Net on the 2x pooled grid (as strong
+    # within the runs' spread as the full grid at 1000 steps, 2.5x cheaper per step; BENCHMARKS.md issue 20)
+    "seg2box": ("seg2box", ["seg2box.features=[8, 8, 16, 32, 64, 8]", "seg2box.input_stride=2", *DEMO_OPTIM]),
     "retinanet": ("demo", ["arch=retinanet", *DEMO_OPTIM]),
 }
 SMOKE_RECIPES: dict[str, tuple[str, list[str]]] = {  # --smoke: tiny models, for a 32^3 check of the plumbing
