@@ -2,7 +2,9 @@
 seg2box and MaskMed; MedNeXt-v2's GRN against a naive one; ``--init-from`` a plain backbone weight file.
 
 ``resenc`` and ``primus`` come from the optional ``dynamic-network-architectures`` (``backbones`` extra):
-their cases skip where it (for Primus: timm, which imports torchvision) does not import.
+their cases skip where it does not import. Primus also needs timm and einops; timm imports torchvision, which
+Primus never calls: where torchvision is missing, Primus is imported with a stand-in
+(:mod:`_torchvision_standin`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from safetensors.torch import save_file
 
 from _cache_factory import make_cache, save_random_checkpoint
 from _cli import run_cli
+from _torchvision_standin import enable_primus
 from organdetr.inference.export import export_checkpoint, load_session, onnx_detect
 from organdetr.models import build_detector, model_preset
 from organdetr.models.blocks import backbones
@@ -49,7 +52,7 @@ def _available(module: str) -> bool:
 NEEDS = {
     "mednext_v2": True,
     "resenc": _available("dynamic_network_architectures.building_blocks.residual_encoders"),
-    "primus": _available("dynamic_network_architectures.architectures.primus"),
+    "primus": enable_primus(),  # without torchvision: imported with a stand-in (_torchvision_standin)
 }
 KINDS = [
     pytest.param(
