@@ -55,8 +55,34 @@ def test_demo_quick_end_to_end(tmp_path):
     assert "held-out" in text and ("does not find real organs well" in text or "Skipped" in text)
     assert "| seg2box |" in text and "| prior (mean box, mm) |" in text
     assert (out / "run" / "last" / "model.safetensors").is_file()
+    # two threads: seg2box trained beside Organ-DETR in a second process, its console in its run folder
+    assert "beside it, in a second process, seg2box" in result.output
+    assert (out / "run_seg2box" / "train_console.log").is_file()
+    assert "trained side by side in two processes" in text and "| train_seg2box |" in text
     last_lines = result.output.strip().splitlines()[-4:]
     assert any(str(report / "REPORT.md") in line for line in last_lines)
+
+
+def test_thread_split_gives_the_baseline_a_third_of_two_or_more_threads():
+    from organdetr.experiments.demo.training import thread_split
+
+    assert thread_split(2, concurrent=True) == (1, 1)
+    assert thread_split(6, concurrent=True) == (4, 2) and thread_split(4, concurrent=True) == (3, 1)
+    assert thread_split(1, concurrent=True) is None  # one thread: one after the other
+    assert thread_split(8, concurrent=False) is None
+
+
+def test_demo_sequential_trains_one_model_after_the_other(tmp_path):
+    from organdetr.experiments.demo import DemoConfig, run_demo
+
+    lines: list[str] = []
+    cfg = DemoConfig.quick(out_dir=tmp_path / "demo", concurrent=False, steps=4, cases=4, progress=False)
+    result = run_demo(cfg, echo=lines.append)
+    text = "\n".join(lines)
+    assert "3/7 training Organ-DETR" in text and "4/7 training seg2box" in text
+    assert "second process" not in text
+    assert {"train", "train_seg2box"} <= set(result.timings) and "train_Organ-DETR" not in result.timings
+    assert (tmp_path / "demo" / "run_seg2box" / "last" / "model.safetensors").is_file()
 
 
 def test_demo_rejects_bad_arguments(tmp_path):
@@ -66,16 +92,17 @@ def test_demo_rejects_bad_arguments(tmp_path):
 
 
 def test_train_config_takes_the_demo_budget_optimiser_and_split(tmp_path):
-    from organdetr.experiments.demo.run import DemoConfig, _train_config
+    from organdetr.experiments.demo.run import DemoConfig
+    from organdetr.experiments.demo.training import train_config
 
     cfg = DemoConfig(out_dir=tmp_path, lr=5e-4, grad_clip=2.0, batch_size=2, steps=30, warmup_steps=50)
     cases = ["a", "b", "c", "d"]
-    train_cfg = _train_config(cfg, tmp_path / "cache", cases, "tiny")
+    train_cfg = train_config(cfg, tmp_path / "cache", cases, "tiny")
     assert train_cfg.optim.lr == 5e-4 and train_cfg.optim.grad_clip == 2.0
     assert train_cfg.optim.warmup_steps == 3  # at most 10 % of the 30 steps
     assert train_cfg.train.steps == 30 and train_cfg.train.device == "cpu"  # a step budget, not minutes
     assert train_cfg.data.train_cases == cases and train_cfg.data.val_cases == []
-    seg = _train_config(cfg, tmp_path / "cache", cases, "seg2box", cfg.baseline_overrides)
+    seg = train_config(cfg, tmp_path / "cache", cases, "seg2box", cfg.baseline_overrides)
     assert seg.arch == "seg2box" and seg.train.steps == 30 and seg.optim.lr == 5e-4  # same budget
     # the demo's baseline: the narrow U-Net on the 2x pooled grid (measured as strong, cheaper), said so
     from organdetr.experiments.demo.report import _stride_text

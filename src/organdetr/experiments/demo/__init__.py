@@ -6,7 +6,9 @@ Steps (each timed, each with a progress bar; :mod:`~organdetr.experiments.demo.r
    so that organ positions differ from scan to scan);
 2. preprocess the cases into a cache (``organdetr preprocess``);
 3. train Organ-DETR (``demo`` preset) on CPU for a fixed number of optimizer steps (``organdetr train``);
-4. train the ``seg2box`` baseline (a U-Net whose masks give the boxes) for the same steps on the same data;
+4. train the ``seg2box`` baseline (a U-Net whose masks give the boxes) for the same steps on the same data:
+   with two or more threads beside Organ-DETR, in a second process
+   (:mod:`~organdetr.experiments.demo.training`);
 5. predict the held-out cases from their raw NIfTI files (``organdetr predict``) and score both models and
    the two image-blind priors (mean training box per organ, :mod:`organdetr.models.baselines.prior`) against
    boxes from the
@@ -29,13 +31,8 @@ from __future__ import annotations
 from organdetr.experiments.demo.evaluate import PRIOR_ROWS
 from organdetr.experiments.demo.real_ct import SHARED_DATA_ENV, find_shared_data
 from organdetr.experiments.demo.report import comparison_markdown, summary_markdown
-from organdetr.experiments.demo.run import (
-    ABDOMEN_WINDOW,
-    DemoConfig,
-    DemoResult,
-    measure_step_seconds,
-    run_demo,
-)
+from organdetr.experiments.demo.run import ABDOMEN_WINDOW, DemoConfig, DemoResult, run_demo
+from organdetr.experiments.demo.training import measure_step_seconds
 
 __all__ = [
     "ABDOMEN_WINDOW",

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from organdetr.data.cache_dataset import CacheDataset, collate
 from organdetr.datasets.nnunet import load_dataset
 from organdetr.datasets.synthetic.from_labels_dataset import write_from_labels_dataset
 from organdetr.datasets.synthetic.label_sources import phantom_label_source, read_label_source
@@ -25,16 +24,19 @@ from organdetr.datasets.synthetic.writing import case_seeds
 from organdetr.experiments.demo.evaluate import evaluate_held_out
 from organdetr.experiments.demo.real_ct import find_shared_data, predict_real_ct
 from organdetr.experiments.demo.report import write_demo_report
-from organdetr.models import detector_from_config
+from organdetr.experiments.demo.training import (
+    measure_step_seconds,
+    thread_split,
+    torch_threads,
+    train_config,
+    train_models,
+)
 from organdetr.preprocessing.cache import list_cases
 from organdetr.preprocessing.fingerprint import fingerprint_dataset
 from organdetr.preprocessing.planning import choose_spacing, intensity_plan
 from organdetr.preprocessing.plans import PreprocessConfig, class_map_from_plans, load_plans
 from organdetr.preprocessing.run import preprocess_dataset
-from organdetr.runtime.devices import cpu_bf16_capable
 from organdetr.runtime.errors import InputError
-from organdetr.training.config import load_config, replace_section
-from organdetr.training.fit import fit
 
 ABDOMEN_WINDOW = (-200.0, 300.0)
 """HU window of the demo's cache: the abdominal organs' soft-tissue range (air, gas and bone clip to its
@@ -85,6 +87,10 @@ class DemoConfig:
     warmup_steps: int = 50
     seed: int = 0
     threads: int = 2
+    # concurrent=True (and threads >= 2): seg2box trains in a second process beside Organ-DETR, the threads
+    # split between them (training.thread_split), instead of after it: measured on 2 cores, the same two
+    # 1000-step trainings in X s instead of Y s (BENCHMARKS.md "Issue 20"); the step budgets are unchanged
+    concurrent: bool = True
     num_workers: int = 0  # augmentation in the main process: on 2 cores a worker only competes with torch
     max_overlays: int = 4
     # data="from-labels": train on scans synthesised from label maps (issue 24): TotalSegmentator's map of
@@ -202,7 +208,8 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult
     out = cfg.out_dir
     out.mkdir(parents=True, exist_ok=True)
     clock = _Clock(echo)
-    n = 7 if cfg.baselines else 6
+    split = thread_split(cfg.threads, cfg.concurrent) if cfg.baselines else None
+    n = 6 if split or not cfg.baselines else 7  # side by side, the two trainings are one step
     step = iter(range(1, n + 1))
 
     with clock.step(
@@ -216,26 +223,11 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult
     echo(
         f"      {len(train_ids)} training cases, {len(test_ids)} held-out cases, {len(classes)} organ classes"
     )
-    models = {"Organ-DETR": (cfg.preset, ()), **({"seg2box": (cfg.baseline_preset, cfg.baseline_overrides)}
-                                                  if cfg.baselines else {})}  # fmt: skip
-    configs = {name: _train_config(cfg, cache_dir, train_ids, preset, overrides)
-               for name, (preset, overrides) in models.items()}  # fmt: skip
-    step_seconds = {
-        name: measure_step_seconds(c, cache_dir, train_ids, cfg.batch_size) for name, c in configs.items()
-    }
-    expected = sum(step_seconds.values()) * cfg.steps
-    echo(
-        f"      {cfg.steps} steps of batch {cfg.batch_size} per model; measured "
-        + ", ".join(f"{name} {sec:.2f} s/step" for name, sec in step_seconds.items())
-        + f" -> expect about {expected / 60:.0f} min of training on this machine"
+    runs, step_seconds, train_seconds = _train_models(
+        cfg, cache_dir, train_ids, split, lambda key, text: clock.step(key, f"{next(step)}/{n} {text}"), echo
     )
-    runs: dict[str, Path] = {}
-    for name, train_cfg in configs.items():
-        key = "train" if name == "Organ-DETR" else "train_seg2box"
-        with clock.step(
-            key, f"{next(step)}/{n} training {name} ({models[name][0]} preset) for {cfg.steps} steps"
-        ):
-            runs[name] = _train(train_cfg, out / ("run" if name == "Organ-DETR" else "run_seg2box"))
+    if split:  # "train" timed both side by side: each one's own time within it
+        clock.timings.update({f"train_{name}": sec for name, sec in train_seconds.items()})
     with clock.step(
         "evaluate", f"{next(step)}/{n} predicting and scoring the {len(test_ids)} held-out cases"
     ):
@@ -264,6 +256,35 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult
     )
     result.timings["total"] = clock.elapsed()
     return result
+
+
+def _train_models(cfg: DemoConfig, cache_dir: Path, train_ids: list[str], split, step, echo):
+    """Organ-DETR and (``cfg.baselines``) seg2box: their step time measured at the threads each will use,
+    the expected time printed, then trained (beside each other when ``split``; :mod:`.training`).
+    Returns ``(runs, step_seconds, train_seconds)``: name -> run folder, measured seconds per step, wall
+    seconds of its training."""
+    models = {"Organ-DETR": (cfg.preset, (), "run"),
+              **({"seg2box": (cfg.baseline_preset, cfg.baseline_overrides, "run_seg2box")} if cfg.baselines
+                 else {})}  # fmt: skip
+    configs = {name: train_config(cfg, cache_dir, train_ids, preset, overrides)
+               for name, (preset, overrides, _) in models.items()}  # fmt: skip
+    threads = dict(zip(configs, split or (cfg.threads,) * len(configs), strict=False))
+    step_seconds = {}
+    for name, train_cfg in configs.items():
+        with torch_threads(threads[name]):
+            step_seconds[name] = measure_step_seconds(train_cfg, cache_dir, train_ids, cfg.batch_size)
+    totals = [seconds * cfg.steps for seconds in step_seconds.values()]
+    expected = max(totals) if split else sum(totals)
+    echo(
+        f"      {cfg.steps} steps of batch {cfg.batch_size} per model; measured "
+        + ", ".join(f"{name} {sec:.2f} s/step ({threads[name]} thr.)" for name, sec in step_seconds.items())
+        + f" -> expect about {expected / 60:.0f} min of training on this machine"
+        + (" (the two side by side)" if split else "")
+    )
+    jobs = {name: (configs[name], cfg.out_dir / folder, f"{name} ({preset} preset)")
+            for name, (preset, _, folder) in models.items()}  # fmt: skip
+    seconds = train_models(jobs, split, step, echo)
+    return {name: run_dir for name, (_, run_dir, _) in jobs.items()}, step_seconds, seconds
 
 
 def _synthesise(cfg: DemoConfig, data_dir: Path, echo: Callable[[str], None]) -> Path:
@@ -328,60 +349,4 @@ def _preprocess(cfg: DemoConfig, dataset_root: Path, cache_dir: Path):
     return train_ids, test_ids, cache_dir, classes
 
 
-def measure_step_seconds(train_cfg, cache_dir: Path, case_ids: Sequence[str], batch_size: int) -> float:
-    """Seconds per optimizer step on this machine, data loading and augmentation included.
-
-    Runs 5 real steps (cached cases, the config's augmentation, a throw-away model) and returns the
-    median of the last 3 (the first two pay one-off allocation and kernel-selection costs). Only used to
-    print the expected time: the budget is a step count. The steps run in bf16 autocast where training will
-    most likely use it (``train.amp`` bf16, or auto on a CPU with bf16 instructions; the run itself decides
-    auto by its own measurement, :mod:`organdetr.training.precision`).
-    """
-    amp = train_cfg.train.amp
-    bf16 = amp == "bf16" or (amp == "auto" and cpu_bf16_capable())
-    torch.manual_seed(0)
-    dataset = CacheDataset(cache_dir, list(case_ids), train_cfg.augment)
-    detector = detector_from_config(train_cfg, dataset.num_classes, dataset.input_size)
-    optimizer = torch.optim.AdamW(detector.parameters(), lr=1e-5)
-    times = []
-    for step in range(5):
-        t0 = time.perf_counter()
-        images, targets = collate(
-            [dataset[((step * batch_size + b) % len(dataset), step)] for b in range(batch_size)]
-        )
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = detector.loss(images, targets)["loss"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times[2:]))
-
-
-def _train_config(
-    cfg: DemoConfig, cache_dir: Path, train_ids: list[str], preset: str, overrides: Sequence[str] = ()
-):
-    """``preset`` (+ ``overrides``) with the demo's data split, step budget, optimiser and CPU settings."""
-    train_cfg = load_config(preset, list(overrides))
-    train_cfg = replace_section(
-        train_cfg, "data", cache_dir=str(cache_dir), train_cases=list(train_ids), val_cases=[],
-        batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-    )  # fmt: skip
-    train_cfg = replace_section(
-        train_cfg, "train", steps=cfg.steps, val_every=0, checkpoint_every=1000, device="cpu",
-        seed=cfg.seed, log_every=max(1, min(10, cfg.steps // 50)), progress=cfg.progress,
-    )  # fmt: skip
-    warmup = min(cfg.warmup_steps, max(1, cfg.steps // 10))
-    return replace_section(train_cfg, "optim", warmup_steps=warmup, lr=cfg.lr, grad_clip=cfg.grad_clip)
-
-
-def _train(train_cfg, run_dir: Path) -> Path:
-    """Train ``train_cfg`` into ``run_dir`` for its ``train.steps`` optimizer steps (the cosine schedule
-    spans exactly them); an earlier demo's run there is replaced."""
-    if (run_dir / "config.yaml").is_file():  # an earlier demo's run: start afresh
-        shutil.rmtree(run_dir)
-    fit(train_cfg, run_dir)
-    return run_dir
-
-
-__all__ = ["ABDOMEN_WINDOW", "DemoConfig", "DemoResult", "measure_step_seconds", "run_demo"]
+__all__ = ["ABDOMEN_WINDOW", "DemoConfig", "DemoResult", "run_demo"]
