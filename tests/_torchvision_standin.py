@@ -7,6 +7,10 @@ torch, so without this every Primus case would skip. :func:`enable_primus` impor
 stand-in ``torchvision`` modules (an import finder) and removes them again right after (nothing else ever sees
 a torchvision), then points organdetr's Primus module at the class. Where a real torchvision imports, or timm
 / einops / dynamic-network-architectures are absent, it changes nothing.
+
+As a launcher, for benchmarks of Primus in one process (BENCHMARKS.md issue 25)::
+
+    PYTHONPATH=src:benchmarks python tests/_torchvision_standin.py benchmarks/bench_convergence.py --runs ...
 """
 
 from __future__ import annotations
@@ -82,3 +86,13 @@ def enable_primus() -> bool:
             del sys.modules[name]
     primus.Primus, primus.AVAILABLE, backbones.PRIMUS_AVAILABLE = cls, True, True
     return True
+
+
+if __name__ == "__main__":  # python tests/_torchvision_standin.py SCRIPT ARGS: SCRIPT with Primus enabled
+    import runpy
+
+    if len(sys.argv) < 2:
+        raise SystemExit("usage: python tests/_torchvision_standin.py SCRIPT [ARGS...]")
+    print(f"Primus available: {enable_primus()} (a torchvision stand-in where it is missing)", flush=True)
+    sys.argv = sys.argv[1:]
+    runpy.run_path(sys.argv[0], run_name="__main__")
