@@ -11,7 +11,7 @@ import numpy as np
 from organdetr.evaluation import write_report
 from organdetr.evaluation.report import describe, to_markdown
 from organdetr.experiments.demo.evaluate import plot_loss_curve
-from organdetr.experiments.demo.training import thread_split
+from organdetr.experiments.demo.training import thread_split, threads_text
 from organdetr.formats.html_viewer import write_viewer
 from organdetr.inference.overlay import render_overlay
 from organdetr.io.images import read_image
@@ -168,9 +168,9 @@ def _report_text(cfg, report, runs, tables, overlays, real, timings, run, has_lo
     lines += ["", f"Machine: {os.cpu_count()} CPU cores visible, torch threads {cfg.threads}."]
     split = thread_split(cfg.threads, cfg.concurrent) if "seg2box" in runs else None
     if split:
-        lines += [f"Organ-DETR ({split[0]} threads) and seg2box ({split[1]}) trained side by side in two "
-                  "processes: `train` is the two together, `train_Organ-DETR` / `train_seg2box` each one's "
-                  "own time within it."]  # fmt: skip
+        pair = f"Organ-DETR ({threads_text(split[0])}) and seg2box ({threads_text(split[1])})"
+        lines += [f"{pair} trained side by side in two processes: `train` is the two together, "
+                  "`train_Organ-DETR` / `train_seg2box` each one's own time within it."]  # fmt: skip
     lines += [""]
     return "\n".join(lines)
 

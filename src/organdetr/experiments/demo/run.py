@@ -27,6 +27,7 @@ from organdetr.experiments.demo.report import write_demo_report
 from organdetr.experiments.demo.training import (
     measure_step_seconds,
     thread_split,
+    threads_text,
     torch_threads,
     train_config,
     train_models,
@@ -275,9 +276,10 @@ def _train_models(cfg: DemoConfig, cache_dir: Path, train_ids: list[str], split,
             step_seconds[name] = measure_step_seconds(train_cfg, cache_dir, train_ids, cfg.batch_size)
     totals = [seconds * cfg.steps for seconds in step_seconds.values()]
     expected = max(totals) if split else sum(totals)
+    measured = [f"{name} {s:.2f} s/step on {threads_text(threads[name])}" for name, s in step_seconds.items()]
     echo(
         f"      {cfg.steps} steps of batch {cfg.batch_size} per model; measured "
-        + ", ".join(f"{name} {sec:.2f} s/step ({threads[name]} thr.)" for name, sec in step_seconds.items())
+        + ", ".join(measured)
         + f" -> expect about {expected / 60:.0f} min of training on this machine"
         + (" (the two side by side)" if split else "")
     )

@@ -110,8 +110,9 @@ def train_run(train_cfg, run_dir: Path) -> Path:
 
 
 def _train_in_child(train_cfg, run_dir: Path, threads: int) -> float:
-    """The concurrent baseline's process: ``threads`` torch threads, its console into ``run_dir``'s
-    :data:`BASELINE_LOG` (the parent's terminal shows Organ-DETR's progress); returns its wall seconds."""
+    """The concurrent baseline's process: ``threads`` torch threads, its console (the precision chosen, a line
+    per epoch, progress bars where ``train.progress``) into ``run_dir``'s :data:`BASELINE_LOG`: the terminal
+    shows Organ-DETR's. Returns its wall seconds."""
     torch.set_num_threads(threads)
     started = time.perf_counter()
     if (run_dir / "config.yaml").is_file():
@@ -150,10 +151,10 @@ def train_models(
         return seconds
     first_cfg, first_dir, first_label = jobs[names[0]]
     second_cfg, second_dir, second_label = jobs[names[1]]
-    second_cfg = replace_section(second_cfg, "train", progress=False)
     message = (
-        f"training {first_label} ({_threads(split[0])}) and beside it, in a second process, {second_label} "
-        f"({_threads(split[1])}; log {second_dir / BASELINE_LOG}), {first_cfg.train.steps} steps each"
+        f"training {first_label} on {threads_text(split[0])} and beside it, in a second process, "
+        f"{second_label} on {threads_text(split[1])} (its log: {second_dir / BASELINE_LOG}), "
+        f"{first_cfg.train.steps} steps each"
     )
     spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch thread pools
     with step("train", message), ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
@@ -169,7 +170,8 @@ def train_models(
     return seconds
 
 
-def _threads(n: int) -> str:
+def threads_text(n: int) -> str:
+    """``1 thread`` / ``2 threads``."""
     return f"{n} thread{'s' if n > 1 else ''}"
 
 
@@ -177,6 +179,7 @@ __all__ = [
     "BASELINE_LOG",
     "measure_step_seconds",
     "thread_split",
+    "threads_text",
     "torch_threads",
     "train_config",
     "train_models",
