@@ -14,8 +14,11 @@ batch (``bench_model``'s targets; no optimiser step). ``gflop``: ``torch.utils.f
 (forward + backward; convolutions, matmuls and attention - norms and activations are not counted);
 ``cpu_s``: median process CPU time of ``--steps`` steps after a warm-up (divide by the threads for an idle
 machine's wall time); ``peak_MiB``: growth of ``ru_maxrss`` over all steps above the built model's.
-Backbones whose optional package is missing are reported as skipped. Prints one JSON line per run, then a
-Markdown table.
+Backbones whose optional package is missing are reported as skipped (Primus without torchvision: put
+``tests/`` on ``PYTHONPATH`` to measure it with ``tests/_torchvision_standin.py``). ``--set ARCH:KEY=VALUE``
+adds a config override for one architecture (e.g. seg2box on the demo's pooled grid:
+``--set seg2box:seg2box.input_stride=2 --set "seg2box:seg2box.features=[8, 8, 16, 32, 64, 8]"``). Prints one
+JSON line per run, then a Markdown table.
 """
 
 from __future__ import annotations
@@ -42,11 +45,14 @@ def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def measure(arch: str, kind: str, size_name: str, size: int, steps: int, classes: int) -> dict:
-    """One configuration's cost (see the module docstring)."""
+def measure(
+    arch: str, kind: str, size_name: str, size: int, steps: int, classes: int, extra: list[str] = ()
+) -> dict:
+    """One configuration's cost (see the module docstring); ``extra``: more ``KEY=VALUE`` overrides."""
     torch.manual_seed(0)
     grid = (size,) * 3
-    cfg = load_config(PRESETS[arch], [f"model.backbone={kind}", f"model.backbone_size={size_name}"])
+    overrides = [f"model.backbone={kind}", f"model.backbone_size={size_name}", *extra]
+    cfg = load_config(PRESETS[arch], overrides)
     detector = detector_from_config(cfg, classes, grid).train()
     images = torch.randn(1, 1, *grid)
     targets = _synthetic_targets(1, size, classes, torch.device("cpu"))
@@ -71,17 +77,29 @@ def measure(arch: str, kind: str, size_name: str, size: int, steps: int, classes
         "cpu_s": round(statistics.median(cpu), 2),
         "peak_MiB": round(_rss_mib() - base, 1),
         "threads": torch.get_num_threads(),
+        **({"overrides": list(extra)} if extra else {}),
     }
 
 
 def _run_one(args: argparse.Namespace, arch: str, kind: str, size_name: str) -> dict:
     command = [sys.executable, __file__, "--one", arch, kind, size_name, "--size", str(args.size)]
     command += ["--steps", str(args.steps), "--threads", str(args.threads), "--classes", str(args.classes)]
+    command += [f"--set={item}" for item in args.set if item.startswith(f"{arch}:")]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode:
         reason = (done.stderr.strip().splitlines() or ["failed"])[-1]
         return {"arch": arch, "backbone": kind, "size": size_name, "skipped": reason}
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _enable_primus_standin() -> None:
+    """With ``tests/`` on ``PYTHONPATH``, Primus is measured where torchvision is missing (timm imports it;
+    Primus never calls it): ``tests/_torchvision_standin.py``. Otherwise Primus needs a real torchvision."""
+    try:
+        from _torchvision_standin import enable_primus
+    except ImportError:
+        return
+    enable_primus()
 
 
 def _table(rows: list[dict]) -> str:
@@ -108,11 +126,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="ARCH:KEY=VALUE",
+        help="a config override for one architecture, e.g. 'seg2box:seg2box.input_stride=2' (repeatable)",
+    )  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.one:
         arch, kind, size_name = args.one
-        print(json.dumps(measure(arch, kind, size_name, args.size, args.steps, args.classes)))
+        _enable_primus_standin()
+        extra = [item.partition(":")[2] for item in args.set if item.startswith(f"{arch}:")]
+        print(json.dumps(measure(arch, kind, size_name, args.size, args.steps, args.classes, extra)))
         return
     rows = []
     for arch in args.archs:
