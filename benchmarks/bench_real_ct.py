@@ -26,7 +26,10 @@ Usage::
     .venv/bin/python benchmarks/bench_real_ct.py --out /tmp/realct --steps 300 --cases 60 --threads 1 \\
         --data phantom --tag phantom
 
-Prints one JSON line (also ``OUT/<tag>/result.json``); pictures of the predictions beside TotalSegmentator's
+``--real-points K`` scores the real scans at K evenly spaced steps of the one run (the schedule spans
+``--steps``; training continues exactly from each point): ``real_curve`` in the result, one JSON line per
+point, pictures of the intermediate points in ``OUT/<tag>/real/step<N>/``. Prints one JSON line (also
+``OUT/<tag>/result.json``); pictures of the predictions beside TotalSegmentator's
 boxes are in ``OUT/<tag>/real/<scan>.png``.
 """
 
@@ -138,6 +141,11 @@ def score_real_scans(run_dir: Path, shared: Path, out: Path, classes: set[str]) 
     return results
 
 
+def _headline(result: dict) -> dict:
+    """AP10 / AP50 / median centre error of one scan's :func:`score_real_scans` entry."""
+    return {k: result.get(k) for k in ("AP10", "AP50", "center_error_mm_median")}
+
+
 def _round(value) -> float | None:
     return None if value is None or not np.isfinite(value) else round(float(value), 3)
 
@@ -169,6 +177,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="data and split seed")
     parser.add_argument("--train-seed", type=int, default=0)
     parser.add_argument("--val-points", type=int, default=2)
+    parser.add_argument(
+        "--real-points", type=int, default=1,
+        help="score the real scans at K evenly spaced steps of the one run (a budget curve on real CT)",
+    )  # fmt: skip
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--test-set", type=int, default=0, help="phantom test set size (0: none)")
     parser.add_argument("--shared-data", type=Path, default=None)
@@ -189,11 +201,22 @@ def main() -> None:
             args.out, args.test_set, args.size, tuple(args.hu), 7, tuple(args.spacing)
         )
     spec = args.preset + ("|data.synthesis=appearance" if args.resynthesis else "")
-    run = train_run(spec, out, out / "cache", train, val, args, test_set)
     classes = set(class_map_from_plans(load_plans(out / "cache"), out / "cache" / "plans.json").values())
-    real = score_real_scans(run_dir_for(spec, out, args.train_seed), shared, out / "real", classes)
+    run, curve = None, []
+    for point in range(1, args.real_points + 1):  # chunks of one run: the schedule spans --steps
+        step = round(args.steps * point / args.real_points)
+        last = point == args.real_points
+        chunk = train_run(spec, out, out / "cache", train, val, args, test_set if last else None,
+                          stop_at_step=None if args.real_points == 1 else step, resume=point > 1)  # fmt: skip
+        cpu = chunk["cpu_s"] + (run["cpu_s"] if run else 0)
+        run = {**chunk, "cpu_s": cpu, "wall_s": chunk["wall_s"] + (run["wall_s"] if run else 0)}
+        where = out / "real" if last else out / "real" / f"step{step}"
+        real = score_real_scans(run_dir_for(spec, out, args.train_seed), shared, where, classes)
+        curve.append({"step": step, "cpu_s": cpu, **{scan: _headline(r) for scan, r in real.items()}})
+        print(json.dumps(curve[-1]), flush=True)
     options = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    result = {"tag": tag, "options": options, "data_s": round(data_s), "train": run, "real": real}
+    result = {"tag": tag, "options": options, "data_s": round(data_s), "train": run, "real": real,
+              "real_curve": curve}  # fmt: skip
     (out / "result.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result), flush=True)
 

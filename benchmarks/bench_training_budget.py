@@ -114,16 +114,22 @@ def run_dir_for(spec: str, out: Path, train_seed: int) -> Path:
 
 
 def val_curve(run_dir: Path) -> list[dict]:
-    """The run's held-out validation rows: ``[{"step", "mAP", ...}]``."""
+    """The run's held-out validation rows: ``[{"step", "mAP", ...}]`` (none before its first validation)."""
+    if not (run_dir / "val_log.csv").is_file():
+        return []
     with open(run_dir / "val_log.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     return [{"step": int(float(r["step"])), **{k: round(float(r[k]), 3) for k in METRICS}} for r in rows]
 
 
 def train_run(
-    spec: str, out: Path, cache: Path, train: list, test: list, args, test_set: dict[str, Path] | None = None
+    spec: str, out: Path, cache: Path, train: list, test: list, args, test_set: dict[str, Path] | None = None,
+    stop_at_step: int | None = None, resume: bool = False,
 ) -> dict:
-    """Train ``PRESET|overrides`` for ``args.steps`` steps; returns the held-out validation curve."""
+    """Train ``PRESET|overrides`` for ``args.steps`` steps; returns the held-out validation curve.
+
+    ``stop_at_step``: train only up to that step (the schedule still spans ``args.steps``) and save ``last/``;
+    a later call with ``resume`` continues exactly from there. ``wall_s`` / ``cpu_s`` are this call's."""
     preset, *overrides = spec.split("|")
     epochs_per_val = max(1, args.steps // (args.val_points * max(1, len(train) // args.batch)))
     cfg = load_config(
@@ -148,11 +154,11 @@ def train_run(
     cfg.data.train_cases, cfg.data.val_cases = train, test
     run_dir = run_dir_for(spec, out, args.train_seed)
     start, cpu = time.perf_counter(), time.process_time()
-    fit(cfg, run_dir)
+    fit(cfg, run_dir, resume=resume, stop_at_step=stop_at_step)
     result = {
         "run": spec,
         "train_seed": args.train_seed,
-        "steps": args.steps,
+        "steps": args.steps if stop_at_step is None else min(stop_at_step, args.steps),
         "threads": torch.get_num_threads(),
         "wall_s": round(time.perf_counter() - start),
         "cpu_s": round(time.process_time() - cpu),
