@@ -10,9 +10,10 @@ process's ``time.process_time`` of training, validation excluded, summed across 
 reported beside the steps as a second x axis. The lr schedule of a run spans its cap (``train.steps = cap``),
 so a run that stops by patience stopped before its schedule ended.
 
-Runs (``--runs``, comma-separated ``KIND[+BACKBONE[.SIZE]][:SEED][@CAP]``; ``+BACKBONE``: the recipe with
-``model.backbone=BACKBONE`` and ``model.backbone_size=SIZE`` (default S), issue 25's comparison, e.g.
-``organdetr+mednext_v2:1``, ``seg2box+resenc.B``; not for ``nnunet``):
+Runs (``--runs``, comma-separated ``KIND[+BACKBONE[.SIZE]][:SEED][@CAP][|KEY=VALUE...]``; ``+BACKBONE``: the
+recipe with ``model.backbone=BACKBONE`` and ``model.backbone_size=SIZE`` (default S), issue 25's comparison,
+e.g. ``organdetr+mednext_v2:1``, ``seg2box+resenc.B``; ``|KEY=VALUE``: an override after the recipe's, e.g.
+``organdetr+primus:0@960|optim.lr=3e-4``; neither for ``nnunet``):
 
 - ``organdetr:SEED``: the ``demo`` preset (lr 1e-3, grad clip 1.0, 50 warm-up steps), ``train.seed=SEED``.
 - ``seg2box``: the demo's baseline, preset ``seg2box`` with ``seg2box.features=[8, 8, 16, 32, 64, 8]`` on the
@@ -126,24 +127,30 @@ class RunSpec:
     seed: int
     cap: int
     backbone: str = ""
+    overrides: tuple[str, ...] = ()  # ``|KEY=VALUE`` after the recipe's (e.g. another ``optim.lr``)
 
     @property
     def name(self) -> str:
-        return f"{self.kind}{'+' + self.backbone if self.backbone else ''}_seed{self.seed}"
+        extra = "".join(f"_{o.replace(' ', '').replace('/', '-')}" for o in self.overrides)
+        return f"{self.kind}{'+' + self.backbone if self.backbone else ''}{extra}_seed{self.seed}"
 
 
 def recipe_of(spec: RunSpec, smoke: bool = False) -> tuple[str, list[str]]:
     """``(preset, overrides)`` of a run: its kind's recipe, plus its backbone's overrides."""
     preset, overrides = (SMOKE_RECIPES if smoke else RECIPES)[spec.kind]
     if not spec.backbone:
-        return preset, list(overrides)
+        return preset, [*overrides, *spec.overrides]
     name, _, size = spec.backbone.partition(".")
-    return preset, [*overrides, f"model.backbone={name}", f"model.backbone_size={size or 'S'}"]
+    backbone = [f"model.backbone={name}", f"model.backbone_size={size or 'S'}"]
+    return preset, [*overrides, *backbone, *spec.overrides]
 
 
 def parse_run(text: str, cap: int | None = None) -> RunSpec:
-    """``KIND[+BACKBONE[.SIZE]][:SEED][@CAP]`` -> :class:`RunSpec` (``cap``: the ``--cap`` for all runs,
-    else per kind)."""
+    """``KIND[+BACKBONE[.SIZE]][:SEED][@CAP][|KEY=VALUE...]`` -> :class:`RunSpec` (``cap``: the ``--cap``
+    for all runs, else per kind; ``|KEY=VALUE``: config overrides after the recipe's, named in the run)."""
+    text, *extra = text.strip().split("|")
+    if extra and text.partition("@")[0].partition(":")[0].partition("+")[0] == "nnunet":
+        raise ValueError(f"{text!r}: nnU-Net brings its own recipe (no |KEY=VALUE)")
     head, _, cap_text = text.strip().partition("@")
     kind, _, seed_text = head.partition(":")
     kind, _, backbone = kind.partition("+")
@@ -154,7 +161,7 @@ def parse_run(text: str, cap: int | None = None) -> RunSpec:
     run_cap = int(cap_text) if cap_text else (cap if cap is not None else DEFAULT_CAPS[kind])
     if run_cap < 1:
         raise ValueError(f"the step cap of {text!r} must be >= 1")
-    return RunSpec(kind, int(seed_text) if seed_text else 0, run_cap, backbone)
+    return RunSpec(kind, int(seed_text) if seed_text else 0, run_cap, backbone, tuple(extra))
 
 
 def stop_reason(curve: list[dict], patience: int, cap: int) -> str | None:

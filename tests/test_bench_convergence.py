@@ -44,6 +44,11 @@ def test_parse_run(bench):
     assert backbone.name == "seg2box+resenc.B_seed1"
     assert bench.recipe_of(backbone)[1][-2:] == ["model.backbone=resenc", "model.backbone_size=B"]
     assert bench.recipe_of(bench.parse_run("organdetr"))[1] == bench.RECIPES["organdetr"][1]
+    tuned = bench.parse_run("organdetr+primus:0@960|optim.lr=3e-4")
+    assert tuned.cap == 960 and tuned.name == "organdetr+primus_optim.lr=3e-4_seed0"
+    assert bench.recipe_of(tuned)[1][-1] == "optim.lr=3e-4"  # after the recipe's lr: it wins
+    with pytest.raises(ValueError, match="nnU-Net brings its own recipe"):
+        bench.parse_run("nnunet:0|optim.lr=1")
     with pytest.raises(ValueError, match="nnU-Net brings its own network"):
         bench.parse_run("nnunet+mednext_v2")
     with pytest.raises(ValueError, match="unknown run kind"):
