@@ -90,7 +90,8 @@ class DemoConfig:
     threads: int = 2
     # concurrent=True (and threads >= 2): seg2box trains in a second process beside Organ-DETR, the threads
     # split between them (training.thread_split), instead of after it: measured on 2 cores, the same two
-    # 1000-step trainings in X s instead of Y s (BENCHMARKS.md "Issue 20"); the step budgets are unchanged
+    # 1000-step trainings in 466 s instead of 708 s, the demo in 8.9 min instead of 13.3 (BENCHMARKS.md
+    # "Issue 20"); the step budgets are unchanged
     concurrent: bool = True
     num_workers: int = 0  # augmentation in the main process: on 2 cores a worker only competes with torch
     max_overlays: int = 4
