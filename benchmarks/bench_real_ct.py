@@ -202,14 +202,14 @@ def main() -> None:
         )
     spec = args.preset + ("|data.synthesis=appearance" if args.resynthesis else "")
     classes = set(class_map_from_plans(load_plans(out / "cache"), out / "cache" / "plans.json").values())
-    run, curve = None, []
+    curve, cpu, wall = [], 0, 0
     for point in range(1, args.real_points + 1):  # chunks of one run: the schedule spans --steps
         step = round(args.steps * point / args.real_points)
         last = point == args.real_points
         chunk = train_run(spec, out, out / "cache", train, val, args, test_set if last else None,
                           stop_at_step=None if args.real_points == 1 else step, resume=point > 1)  # fmt: skip
-        cpu = chunk["cpu_s"] + (run["cpu_s"] if run else 0)
-        run = {**chunk, "cpu_s": cpu, "wall_s": chunk["wall_s"] + (run["wall_s"] if run else 0)}
+        cpu, wall = cpu + chunk["cpu_s"], wall + chunk["wall_s"]
+        run = {**chunk, "cpu_s": cpu, "wall_s": wall}  # the whole run's time so far
         where = out / "real" if last else out / "real" / f"step{step}"
         real = score_real_scans(run_dir_for(spec, out, args.train_seed), shared, where, classes)
         curve.append({"step": step, "cpu_s": cpu, **{scan: _headline(r) for scan, r in real.items()}})

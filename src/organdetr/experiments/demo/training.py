@@ -103,10 +103,15 @@ def train_config(cfg, cache_dir: Path, train_ids: list[str], preset: str, overri
 def train_run(train_cfg, run_dir: Path) -> Path:
     """Train ``train_cfg`` into ``run_dir`` for its ``train.steps`` optimizer steps (the cosine schedule
     spans exactly them); an earlier demo's run there is replaced."""
-    if (run_dir / "config.yaml").is_file():  # an earlier demo's run: start afresh
-        shutil.rmtree(run_dir)
+    _start_afresh(run_dir)
     fit(train_cfg, run_dir)
     return run_dir
+
+
+def _start_afresh(run_dir: Path) -> None:
+    """Remove an earlier demo's run in ``run_dir`` (one that wrote its ``config.yaml``)."""
+    if (run_dir / "config.yaml").is_file():
+        shutil.rmtree(run_dir)
 
 
 def _train_in_child(train_cfg, run_dir: Path, threads: int) -> float:
@@ -115,8 +120,7 @@ def _train_in_child(train_cfg, run_dir: Path, threads: int) -> float:
     shows Organ-DETR's. Returns its wall seconds."""
     torch.set_num_threads(threads)
     started = time.perf_counter()
-    if (run_dir / "config.yaml").is_file():
-        shutil.rmtree(run_dir)
+    _start_afresh(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     log = run_dir / BASELINE_LOG
     with open(log, "w", encoding="utf-8") as stream, contextlib.redirect_stdout(stream), \
