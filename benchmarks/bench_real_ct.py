@@ -17,7 +17,9 @@ perturbed).
 new intensities onto the cached labels; with ``--data phantom`` it is the phantom with random appearance).
 Ablation switches (one line each in BENCHMARKS.md): ``--no-deform`` (no affine / elastic motion), ``--ct-prior
 1`` (CT-like intensities only, no fully random contrasts), ``--phantom-sources 0`` or ``--no-label-maps``
-(real vs procedural maps), ``--phantom-sources N`` (number of source maps).
+(real vs procedural maps), ``--phantom-sources N`` (number of source maps), ``--real-share S`` (the fraction of
+cases drawn from the ``--label-map`` files; default uniform over every map, i.e. 1 / 21 for one map and 20
+phantoms).
 
 Usage::
 
@@ -82,7 +84,9 @@ def training_data(args, shared: Path, raw: Path) -> Path:
     sources += [phantom_label_source(s) for s in case_seeds(args.seed + 1, args.phantom_sources)]
     appearance = replace(AppearanceConfig(), p_ct_prior=args.ct_prior)
     cfg = FromLabelsConfig(deform=not args.no_deform, appearance=appearance)
-    return write_from_labels_dataset(raw, sources, args.cases, seed=args.seed, cfg=cfg, workers=1)
+    return write_from_labels_dataset(
+        raw, sources, args.cases, seed=args.seed, cfg=cfg, workers=1, real_share=args.real_share
+    )
 
 
 def cache_and_split(args, raw: Path, cache: Path) -> tuple[list[str], list[str]]:
@@ -160,6 +164,10 @@ def main() -> None:
     parser.add_argument("--label-map", action="append", default=None, help="source label map (repeatable)")
     parser.add_argument("--no-label-maps", action="store_true", help="procedural phantoms' label maps only")
     parser.add_argument("--phantom-sources", type=int, default=20)
+    parser.add_argument(
+        "--real-share", type=float, default=None,
+        help="fraction of the cases drawn from the --label-map files (default: uniform over all sources)",
+    )  # fmt: skip
     parser.add_argument("--ct-prior", type=float, default=0.5)
     parser.add_argument("--no-deform", action="store_true")
     parser.add_argument(

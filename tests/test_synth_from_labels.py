@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,6 +27,7 @@ from organdetr.datasets.synthetic.from_labels import (
     structure_map,
     synthesize,
 )
+from organdetr.datasets.synthetic.from_labels_dataset import source_weights
 from organdetr.datasets.synthetic.label_sources import (
     TARGET_CLASSES,
     LabelSource,
@@ -182,6 +184,30 @@ def test_cli_synth_from_labels_writes_a_dataset(tmp_path):
     assert len(dataset.cases) == 2 and dataset.classes == TARGET_CLASSES
     assert json.loads((out / "dataset.json").read_text())["synthesis"]["kind"] == "from-labels"
     assert "from-labels" in runner.invoke(app, ["synth", "--help"]).output
+
+
+def test_real_share_weights_the_file_maps_against_the_phantoms():
+    labels = _label_map()
+    files = [LabelSource(f"f{i}", labels, GEOMETRY, dict(CLASSES), path=Path(f"f{i}")) for i in range(2)]
+    phantoms = [LabelSource(f"ph{i}", labels, GEOMETRY, dict(CLASSES)) for i in range(3)]
+    weights = source_weights(files + phantoms, 0.6)
+    assert weights == pytest.approx((0.3, 0.3, 0.4 / 3, 0.4 / 3, 0.4 / 3))
+    assert source_weights(files + phantoms, None) is None and source_weights(files, 0.6) is None
+    with pytest.raises(ValueError, match="real_share"):
+        source_weights(files + phantoms, 1.5)
+
+
+def test_cli_synth_real_share_draws_every_case_from_the_label_maps(tmp_path):
+    labels_tr = _labels_tr(tmp_path / "src", CLASSES)
+    out = tmp_path / "Dataset951_FromLabels"
+    args = ["synth", "--kind", "from-labels", str(labels_tr), str(out), "--cases", "3"]
+    args += ["--phantom-sources", "2"]
+    result = runner.invoke(app, [*args, "--real-share", "1"])
+    assert result.exit_code == 0, result.output
+    synthesis = json.loads((out / "dataset.json").read_text())["synthesis"]
+    assert synthesis["real_share"] == 1.0 and len(synthesis["sources"]) == 3
+    assert all(case["source"] == "a" for case in synthesis["cases"])
+    assert runner.invoke(app, [*args[:4], str(tmp_path / "x"), "--real-share", "2"]).exit_code == 2
 
 
 def test_cli_synth_from_labels_bad_name_is_one_line_exit_2(tmp_path, monkeypatch, capsys):

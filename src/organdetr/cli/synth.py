@@ -58,6 +58,14 @@ def synth(
     phantom_sources: int = typer.Option(
         0, "--phantom-sources", min=0, help="from-labels: also use this many procedural phantoms' label maps."
     ),
+    real_share: float = typer.Option(
+        None,
+        "--real-share",
+        min=0.0,
+        max=1.0,
+        help="from-labels: fraction of cases drawn from LABEL_MAPS, the rest from --phantom-sources "
+        "[uniform over all maps].",
+    ),
     ct_prior: float = typer.Option(
         0.5,
         "--ct-prior",
@@ -90,7 +98,7 @@ def synth(
     if kind == Kind.from_labels:
         if size or spacing or spacing_jitter is not None or size_jitter:
             raise typer.BadParameter("--size / --spacing / --*-jitter do not apply to --kind from-labels")
-        _from_labels(label_maps, out, cases, seed, workers, preview, phantom_sources, ct_prior)
+        _from_labels(label_maps, out, cases, seed, workers, preview, phantom_sources, ct_prior, real_share)
         return
     if label_maps:
         raise typer.BadParameter("label maps are read by --kind from-labels only; give one OUT folder")
@@ -159,7 +167,9 @@ def _brain(out, cases, seed, size, spacing, spacing_jitter, hgg_fraction, worker
         console.print(f"preview: {path}")
 
 
-def _from_labels(label_maps, out, cases, seed, workers, preview, phantom_sources, ct_prior) -> None:
+def _from_labels(
+    label_maps, out, cases, seed, workers, preview, phantom_sources, ct_prior, real_share
+) -> None:
     from dataclasses import replace
 
     from rich.console import Console
@@ -181,7 +191,9 @@ def _from_labels(label_maps, out, cases, seed, workers, preview, phantom_sources
     sources = [read_label_source(path) for path in label_map_files(label_maps)]
     sources += [phantom_label_source(s) for s in case_seeds(seed + 1, phantom_sources)]
     cfg = FromLabelsConfig(appearance=replace(AppearanceConfig(), p_ct_prior=ct_prior))
-    root = write_from_labels_dataset(out, sources, cases, seed=seed, cfg=cfg, workers=workers, progress=True)
+    root = write_from_labels_dataset(
+        out, sources, cases, seed=seed, cfg=cfg, workers=workers, progress=True, real_share=real_share
+    )
     console = Console(stderr=True)
     console.print(
         f"[bold]{root}[/]: {cases} cases synthesised from {len(sources)} label maps (seed {seed}), "

@@ -1,7 +1,11 @@
 """Writing a from-label synthesised dataset (``organdetr synth --kind from-labels``), nnU-Net v2 raw.
 
 Case ``n`` draws its source label map and its whole synthesis from its own seed (``writing.case_seeds``), so
-the dataset is the same for the same seed and sources whatever ``workers`` is. Images are int16 HU (rounded),
+the dataset is the same for the same seed and sources whatever ``workers`` is. Sources are drawn uniformly, or
+with ``real_share`` that fraction of the cases from the label maps read from files and the rest from the
+procedural phantoms' maps: uniform draws over one real map and twenty phantoms gave the real anatomy ~5 % of
+the cases, and a model trained so found the phantoms' organs and not the real map's own (BENCHMARKS.md,
+"Issue 24"). Images are int16 HU (rounded),
 labels the model's organ ids (:data:`~organdetr.datasets.synthetic.label_sources.TARGET_CLASSES`,
 TotalSegmentator ``total`` ids): every other verb (``preprocess``, ``train``, ``evaluate``) reads it as it
 reads the phantom's datasets.
@@ -29,6 +33,23 @@ class FromLabelsJob:
 
     sources: tuple[LabelSource, ...]
     cfg: FromLabelsConfig
+    weights: tuple[float, ...] | None = None  # probability of each source; None: uniform
+
+
+def source_weights(sources: list[LabelSource], real_share: float | None) -> tuple[float, ...] | None:
+    """Per-source probabilities giving the maps read from files (``path`` set: real anatomy) ``real_share``
+    of the cases, evenly among them, and the procedural ones the rest; ``None`` (uniform) when ``real_share``
+    is ``None`` or either group is empty. ValueError for a share outside [0, 1]."""
+    if real_share is None:
+        return None
+    if not 0.0 <= real_share <= 1.0:
+        raise ValueError(f"real_share must be in [0, 1], got {real_share}")
+    real = [s.path is not None for s in sources]
+    n_real = sum(real)
+    if n_real in (0, len(sources)):
+        return None
+    n_proc = len(sources) - n_real
+    return tuple(real_share / n_real if r else (1.0 - real_share) / n_proc for r in real)
 
 
 def case_id(index: int) -> str:
@@ -39,7 +60,10 @@ def case_id(index: int) -> str:
 def write_from_labels_case(root: Path, index: int, seed: int, job: FromLabelsJob) -> dict:
     """Synthesise case ``index`` from ``seed`` (its source drawn first) and write it; returns its summary."""
     rng = np.random.default_rng(seed)
-    source = job.sources[int(rng.integers(len(job.sources)))]
+    if job.weights is None:
+        source = job.sources[int(rng.integers(len(job.sources)))]
+    else:
+        source = job.sources[int(rng.choice(len(job.sources), p=np.asarray(job.weights)))]
     case = synthesize(source, rng, job.cfg)
     cid = case_id(index)
     write_image(image_path(root, cid), np.rint(case.image).astype(np.int16), case.geometry)
@@ -56,11 +80,13 @@ def write_from_labels_dataset(
     cfg: FromLabelsConfig | None = None,
     workers: int = 1,
     progress: bool = False,
+    real_share: float | None = None,
 ) -> Path:
     """Write ``num_cases`` cases synthesised from ``sources`` into the new or empty folder ``out_dir``.
 
     ``dataset.json`` (written last) records the seed, the sources, the config and each case's seed, source
-    and organs. InputError (naming ``out_dir``) for a folder that holds anything, no sources or no cases.
+    and organs. ``real_share``: see :func:`source_weights`. InputError (naming ``out_dir``) for a folder that
+    holds anything, no sources or no cases.
     """
     cfg = cfg or FromLabelsConfig()
     root = check_output_folder(out_dir)
@@ -70,7 +96,7 @@ def write_from_labels_dataset(
         raise InputError(root, "no source label maps given")
     if root.exists() and any(not p.name.startswith(".") for p in root.iterdir()):
         raise InputError(root, "output folder is not empty; choose a new folder")
-    job = FromLabelsJob(tuple(sources), cfg)
+    job = FromLabelsJob(tuple(sources), cfg, source_weights(sources, real_share))
     cases = write_cases(
         write_from_labels_case, root, case_seeds(seed, num_cases), job, workers, progress=progress
     )
@@ -86,6 +112,7 @@ def write_from_labels_dataset(
             "kind": "from-labels",
             "seed": int(seed),
             "sources": [s.name if s.path is None else str(s.path) for s in sources],
+            "real_share": real_share,
             "config": cfg.to_dict(),
             "cases": cases,
         },
@@ -93,4 +120,10 @@ def write_from_labels_dataset(
     return root
 
 
-__all__ = ["FromLabelsJob", "case_id", "write_from_labels_case", "write_from_labels_dataset"]
+__all__ = [
+    "FromLabelsJob",
+    "case_id",
+    "source_weights",
+    "write_from_labels_case",
+    "write_from_labels_dataset",
+]
