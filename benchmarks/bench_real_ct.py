@@ -17,8 +17,8 @@ perturbed).
 new intensities onto the cached labels; with ``--data phantom`` it is the phantom with random appearance).
 Ablation switches (one line each in BENCHMARKS.md): ``--no-deform`` (no affine / elastic motion), ``--ct-prior
 1`` (CT-like intensities only, no fully random contrasts), ``--phantom-sources 0`` or ``--no-label-maps``
-(real vs procedural maps), ``--phantom-sources N`` (number of source maps), ``--real-share S`` (the fraction of
-cases drawn from the ``--label-map`` files; default uniform over every map, i.e. 1 / 21 for one map and 20
+(real vs procedural maps), ``--phantom-sources N`` (number of source maps), ``--real-share S`` (the fraction
+of cases drawn from the ``--label-map`` files; default uniform over every map, i.e. 1 / 21 for one map and 20
 phantoms).
 
 Usage::
