@@ -19,7 +19,8 @@ Ablation switches (one line each in BENCHMARKS.md): ``--no-deform`` (no affine /
 1`` (CT-like intensities only, no fully random contrasts), ``--phantom-sources 0`` or ``--no-label-maps``
 (real vs procedural maps), ``--phantom-sources N`` (number of source maps), ``--real-share S`` (the fraction
 of cases drawn from the ``--label-map`` files; default uniform over every map, i.e. 1 / 21 for one map and 20
-phantoms).
+phantoms), ``--fov-k LOW HIGH`` (the scan range as a fraction of the anatomy's cranio-caudal extent: thin
+slabs such as TS-B's 38 mm need a low bound near 0.1).
 
 Usage::
 
@@ -83,7 +84,7 @@ def training_data(args, shared: Path, raw: Path) -> Path:
     sources = [read_label_source(path) for path in maps]
     sources += [phantom_label_source(s) for s in case_seeds(args.seed + 1, args.phantom_sources)]
     appearance = replace(AppearanceConfig(), p_ct_prior=args.ct_prior)
-    cfg = FromLabelsConfig(deform=not args.no_deform, appearance=appearance)
+    cfg = FromLabelsConfig(deform=not args.no_deform, appearance=appearance, fov_k=tuple(args.fov_k))
     return write_from_labels_dataset(
         raw, sources, args.cases, seed=args.seed, cfg=cfg, workers=1, real_share=args.real_share
     )
@@ -170,6 +171,10 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--ct-prior", type=float, default=0.5)
     parser.add_argument("--no-deform", action="store_true")
+    parser.add_argument(
+        "--fov-k", type=float, nargs=2, default=FromLabelsConfig().fov_k,
+        help="scan range drawn as this fraction (low, high) of the moved anatomy's cranio-caudal extent",
+    )  # fmt: skip
     parser.add_argument(
         "--resynthesis",
         action="store_true",
