@@ -244,8 +244,11 @@ def test_demo_data_option(tmp_path):
     """`demo --data from-labels` names its training data, takes the phantoms' plan; a bad kind is refused."""
     cfg = DemoConfig.quick(out_dir=tmp_path, data="from-labels")
     assert "label maps" in cfg.data_text() and "phantoms' plan" in cfg.grid_text()
+    assert "TS-A, where found, for 50% of the cases" in cfg.data_text()
     with pytest.raises(InputError, match="--data must be one of phantom, from-labels"):
         DemoConfig(out_dir=tmp_path, data="labels")
+    with pytest.raises(InputError, match="real_share"):
+        DemoConfig(out_dir=tmp_path, data="from-labels", real_share=1.5)
 
 
 def test_cache_resynthesis_paints_the_cached_labels(tmp_path):
