@@ -19,8 +19,8 @@ Ablation switches (one line each in BENCHMARKS.md): ``--no-deform`` (no affine /
 1`` (CT-like intensities only, no fully random contrasts), ``--phantom-sources 0`` or ``--no-label-maps``
 (real vs procedural maps), ``--phantom-sources N`` (number of source maps), ``--real-share S`` (the fraction
 of cases drawn from the ``--label-map`` files; default uniform over every map, i.e. 1 / 21 for one map and 20
-phantoms), ``--fov-k LOW HIGH`` (the scan range as a fraction of the anatomy's cranio-caudal extent: thin
-slabs such as TS-B's 38 mm need a low bound near 0.1).
+phantoms), ``--fov-k LOW HIGH`` (the scan range as a fraction of the anatomy's cranio-caudal extent; default
+0.1 1, which shows thin slabs such as TS-B's 38 mm; the lines before 2026-12-04 07:00 UTC ran with 0.35 1).
 
 Usage::
 

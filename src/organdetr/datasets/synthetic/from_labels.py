@@ -54,7 +54,10 @@ class FromLabelsConfig:
     elastic_nodes_mm: float = 70.0
     spacing_in_plane: tuple[float, float] = (1.5, 4.0)
     spacing_slice: tuple[float, float] = (1.5, 6.0)
-    fov_k: tuple[float, float] = (0.35, 1.0)
+    # scan range down to a tenth of the anatomy (~35 mm of an abdomen): real scans include thin slabs (the
+    # pack's TS-B: 38 mm, its MR: 60 mm) and a low bound of 0.35 (~120 mm) never showed one; at 0.1 the MR's
+    # AP10 rose 0.67 -> 0.89 and TS-B's AP50 0.00 -> 0.17 (2000 steps, one seed; BENCHMARKS.md "Issue 24")
+    fov_k: tuple[float, float] = (0.1, 1.0)
     fov_in_plane: tuple[float, float] = (0.85, 1.15)
     off_centre: float = 0.10
     max_size: int = 128
