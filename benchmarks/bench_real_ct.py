@@ -73,6 +73,14 @@ REAL_SCANS = {
 }
 
 
+def require_shared_data(explicit: Path | None) -> Path:
+    """The real-data pack (``explicit``, ``../shared/data`` or ``$ORGANDETR_SHARED_DATA``); else exit."""
+    shared = find_shared_data(explicit)
+    if shared is None:
+        raise SystemExit("no real-data pack found (../shared/data or $ORGANDETR_SHARED_DATA)")
+    return shared
+
+
 def training_data(args, shared: Path, raw: Path) -> Path:
     """The synthetic training dataset of ``args`` in ``raw`` (reused when complete)."""
     if (raw / "dataset.json").is_file():
@@ -199,9 +207,7 @@ def main() -> None:
     parser.add_argument("--shared-data", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    shared = find_shared_data(args.shared_data)
-    if shared is None:
-        raise SystemExit("no real-data pack found (../shared/data or $ORGANDETR_SHARED_DATA)")
+    shared = require_shared_data(args.shared_data)
     tag = args.tag or f"{args.data}_n{args.cases}_s{args.steps}_seed{args.seed}"
     out = args.out / tag
     start = time.perf_counter()

@@ -31,10 +31,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench_real_ct import require_shared_data
 from organdetr.datasets.synthetic.appearance import BODY, OUTSIDE, AppearanceConfig
 from organdetr.datasets.synthetic.from_labels import FromLabelsConfig, structure_map, synthesize
 from organdetr.datasets.synthetic.label_sources import read_label_source
-from organdetr.experiments.demo.real_ct import find_shared_data, real_scan_truth, score_versus_truth
+from organdetr.experiments.demo.real_ct import real_scan_truth, score_versus_truth
 from organdetr.inference.overlay import render_overlay
 from organdetr.inference.predict import predict_scans
 from organdetr.inference.predictor import Predictor
@@ -102,9 +103,7 @@ def main() -> None:
     parser.add_argument("--shared-data", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    shared = find_shared_data(args.shared_data)
-    if shared is None:
-        raise SystemExit("no real-data pack found (../shared/data or $ORGANDETR_SHARED_DATA)")
+    shared = require_shared_data(args.shared_data)
     run_dir = args.checkpoint.parent
     organs = set(class_map_from_plans(load_plans(run_dir), run_dir / "plans.json").values())
     truth = real_scan_truth(shared, shared / CT, organs)
