@@ -1,14 +1,15 @@
 """Writing a from-label synthesised dataset (``organdetr synth --kind from-labels``), nnU-Net v2 raw.
 
 Case ``n`` draws its source label map and its whole synthesis from its own seed (``writing.case_seeds``), so
-the dataset is the same for the same seed and sources whatever ``workers`` is. Sources are drawn uniformly, or
-with ``real_share`` that fraction of the cases from the label maps read from files and the rest from the
-procedural phantoms' maps: uniform draws over one real map and twenty phantoms gave the real anatomy ~5 % of
-the cases, and a model trained so found the phantoms' organs and not the real map's own (BENCHMARKS.md,
-"Issue 24"). Images are int16 HU (rounded),
+the dataset is the same for the same seed and sources whatever ``workers`` is. Images are int16 HU (rounded),
 labels the model's organ ids (:data:`~organdetr.datasets.synthetic.label_sources.TARGET_CLASSES`,
 TotalSegmentator ``total`` ids): every other verb (``preprocess``, ``train``, ``evaluate``) reads it as it
 reads the phantom's datasets.
+
+Sources are drawn uniformly, or with ``real_share`` that fraction of the cases from the label maps read from
+files and the rest from the procedural phantoms' maps: uniform draws over one real map and twenty phantoms
+gave the real anatomy ~5 % of the cases, and a model trained so found the phantoms' organs and not the real
+map's own (BENCHMARKS.md, "Issue 24").
 """
 
 from __future__ import annotations
