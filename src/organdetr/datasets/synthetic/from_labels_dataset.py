@@ -61,7 +61,7 @@ def case_id(index: int) -> str:
 def write_from_labels_case(root: Path, index: int, seed: int, job: FromLabelsJob) -> dict:
     """Synthesise case ``index`` from ``seed`` (its source drawn first) and write it; returns its summary."""
     rng = np.random.default_rng(seed)
-    if job.weights is None:
+    if job.weights is None:  # the draw datasets written before real_share used: same seed, same dataset
         source = job.sources[int(rng.integers(len(job.sources)))]
     else:
         source = job.sources[int(rng.choice(len(job.sources), p=np.asarray(job.weights)))]
